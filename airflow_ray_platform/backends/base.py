@@ -1,0 +1,128 @@
+"""The seam between what the user asked for and where clusters live.
+
+Operators, sensors and triggers speak only to :class:`RayBackend`. A backend owns both clusters and
+jobs because "a job" differs by backend: a Jobs API submission on the local backend, a RayJob custom
+resource on KubeRay. Every method is synchronous and idempotent; async callers (triggers) run them in
+a worker thread so the triggerer's event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.naming import OWNER_LABEL, TEAM_LABEL
+
+
+class ClusterState(enum.StrEnum):
+    PROVISIONING = "PROVISIONING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+class JobState(enum.StrEnum):
+    """Ray's ``JobStatus`` values."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED)
+
+
+class BackendError(RuntimeError):
+    """A backend could not do what was asked; the message carries the underlying reason."""
+
+
+class ClusterNotFoundError(BackendError):
+    """The named cluster does not exist on this backend."""
+
+
+class ClusterFailedError(BackendError):
+    """The cluster will not become ready (a process died, a pod is unschedulable, a deadline passed)."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What a backend knows of one cluster. Never holds a credential."""
+
+    name: str
+    backend: str
+    state: ClusterState
+    dashboard_url: str | None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict)
+    created_at: datetime | None = None
+    last_active_at: datetime | None = None
+    message: str | None = None
+
+    @property
+    def owner(self) -> str | None:
+        return self.labels.get(OWNER_LABEL)
+
+    @property
+    def team(self) -> str | None:
+        return self.labels.get(TEAM_LABEL)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What a backend knows of one Ray job."""
+
+    submission_id: str
+    cluster_name: str
+    state: JobState
+    entrypoint: str = ""
+    message: str | None = None
+    error_type: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@runtime_checkable
+class RayBackend(Protocol):
+    """Where clusters live. ``local`` and ``kuberay`` implement it."""
+
+    name: str
+
+    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
+        """Create the cluster, or return the existing one of that name; never two."""
+
+    def describe_cluster(self, name: str) -> ClusterInfo | None:
+        """Current state, or None when no such cluster exists."""
+
+    def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
+        """Clusters of this backend whose labels include ``labels``."""
+
+    def delete_cluster(self, name: str) -> bool:
+        """Delete the cluster; False when it did not exist."""
+
+    def submit_job(
+        self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]
+    ) -> JobInfo:
+        """Submit the job under ``submission_id``, or return the job that already has that id."""
+
+    def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:
+        """Current state, or None when the cluster has no job of that id."""
+
+    def list_jobs(self, cluster_name: str) -> list[JobInfo]:
+        """Every job the cluster knows."""
+
+    def job_logs(self, cluster_name: str, submission_id: str) -> str:
+        """The job's driver log so far."""
+
+    def stop_job(self, cluster_name: str, submission_id: str) -> bool:
+        """Ask the job to stop; False when it had already finished."""
+
+    def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
+        """Where a person sees this job in the Ray dashboard, if anywhere."""
+

@@ -1,0 +1,90 @@
+"""A Ray cluster that exists outside the platform, reached through its dashboard (Jobs API).
+
+For pipelines that already have a Ray cluster: the ``ray`` connection's host and port name its
+dashboard and its password holds the cluster's token. Jobs work as on any backend; the cluster's
+lifecycle is someone else's, so creating or deleting clusters is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from airflow_ray_platform.backends.base import (
+    BackendError,
+    ClusterInfo,
+    ClusterNotFoundError,
+    ClusterState,
+    JobInfo,
+)
+from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.config import ClusterSpec, JobSpec
+
+
+class DashboardBackend:
+    """Exactly one existing cluster, named ``cluster_name``, at ``address``."""
+
+    name = "dashboard"
+
+    def __init__(
+        self, address: str, cluster_name: str = "default", token: str | None = None, verify: bool | str = True
+    ) -> None:
+        self.address = address.rstrip("/")
+        self.cluster_name = cluster_name
+        self._token = token
+        self._verify = verify
+        self._client: JobsApiClient | None = None
+
+    def _jobs(self, cluster_name: str) -> JobsApiClient:
+        if cluster_name != self.cluster_name:
+            raise ClusterNotFoundError(
+                f"this connection reaches only the Ray cluster {self.cluster_name!r} at {self.address}, "
+                f"not {cluster_name!r}"
+            )
+        if self._client is None:
+            self._client = JobsApiClient(cluster_name, self.address, self._token, self._verify)
+        return self._client
+
+    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
+        if name == self.cluster_name and spec.reuses_existing:
+            return self._info()
+        raise BackendError(
+            f"the dashboard backend cannot create clusters: it reaches the existing cluster "
+            f"{self.cluster_name!r} at {self.address}; use the local or kuberay backend to create {name!r}"
+        )
+
+    def _info(self) -> ClusterInfo:
+        try:
+            self._jobs(self.cluster_name).list()
+            state, message = ClusterState.READY, None
+        except BackendError as error:
+            state, message = ClusterState.PROVISIONING, str(error)
+        return ClusterInfo(self.cluster_name, self.name, state, self.address, message=message)
+
+    def describe_cluster(self, name: str) -> ClusterInfo | None:
+        return self._info() if name == self.cluster_name else None
+
+    def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
+        return [] if labels else [self._info()]
+
+    def delete_cluster(self, name: str) -> bool:
+        raise BackendError(f"the dashboard backend does not delete clusters ({name!r} is managed elsewhere)")
+
+    def submit_job(
+        self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]
+    ) -> JobInfo:
+        return self._jobs(cluster_name).submit(submission_id, job, metadata)
+
+    def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:
+        return self._jobs(cluster_name).describe(submission_id)
+
+    def list_jobs(self, cluster_name: str) -> list[JobInfo]:
+        return self._jobs(cluster_name).list()
+
+    def job_logs(self, cluster_name: str, submission_id: str) -> str:
+        return self._jobs(cluster_name).logs(submission_id)
+
+    def stop_job(self, cluster_name: str, submission_id: str) -> bool:
+        return self._jobs(cluster_name).stop(submission_id)
+
+    def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
+        return f"{self.address}/#/jobs/{submission_id}"

@@ -1,0 +1,444 @@
+"""The embedded default backend: real Ray clusters as local processes.
+
+A cluster is one ``ray start --head --block`` process (plus one ``ray start --address=… --block``
+per local worker node), each in its own session so that every process Ray spawns stays in a process
+group this backend owns. Every port is chosen free (two heads on one machine otherwise clash on the
+agent's defaults, and Redis often holds 6379), resources are capped from the spec, usage stats are
+off and token authentication is on, with a token generated per cluster.
+
+The registry below is this backend's private runtime data (pids, ports, token): how to find and stop
+its processes from any Airflow process. It is not the platform's record of clusters and jobs (that
+is the lifecycle state store). It lives in a directory only its owner can read, since it holds
+tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+
+import psutil
+
+from airflow_ray_platform.backends.base import (
+    ClusterInfo,
+    ClusterNotFoundError,
+    ClusterState,
+    JobInfo,
+)
+from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.config import ClusterSpec, JobSpec, NodeResources, quantity_value
+
+DEFAULT_ROOT_ENV = "AIRFLOW_RAY_PLATFORM_HOME"
+READY_MARKER = "Ray runtime started"
+#: Ray refuses an object store smaller than this.
+MIN_OBJECT_STORE_BYTES = 80 * 1024**2
+#: Environment a cluster must not inherit: it would point Ray at another cluster or another token.
+_INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(DEFAULT_ROOT_ENV) or Path.home() / ".airflow_ray_platform")
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel reports free right now, all distinct (held open together while chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass
+class NodeProcess:
+    """One ``ray start --block`` process; the session it leads holds every process of that node."""
+
+    role: str
+    pid: int
+    create_time: float
+    log_path: str
+    agent_port: int
+
+    def process(self) -> psutil.Process | None:
+        """The live process, or None if it exited or its pid now belongs to someone else."""
+        try:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.create_time) > 1 or process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return process
+        except psutil.NoSuchProcess:
+            return None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def started(self) -> bool:
+        try:
+            return READY_MARKER in Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return False
+
+
+@dataclass
+class LocalClusterRecord:
+    name: str
+    labels: dict[str, str]
+    created_at: str
+    last_active_at: str
+    dashboard_port: int
+    gcs_port: int
+    temp_dir: str
+    resources: dict[str, float]
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @classmethod
+    def from_json(cls, text: str) -> LocalClusterRecord:
+        data = json.loads(text)
+        data["nodes"] = [NodeProcess(**node) for node in data["nodes"]]
+        return cls(**data)
+
+
+class LocalClusterRegistry:
+    """Cluster records on disk: ``<root>/clusters/<name>/`` holds the record, token and node logs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.clusters_dir = root / "clusters"
+        self.clusters_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self.clusters_dir):
+            directory.chmod(0o700)
+
+    def cluster_dir(self, name: str) -> Path:
+        return self.clusters_dir / name
+
+    def token_path(self, name: str) -> Path:
+        return self.cluster_dir(name) / "auth_token"
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Serialise create and delete of one cluster across processes."""
+        lock_path = self.clusters_dir / f".{name}.lock"
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def load(self, name: str) -> LocalClusterRecord | None:
+        try:
+            return LocalClusterRecord.from_json((self.cluster_dir(name) / "record.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def save(self, record: LocalClusterRecord) -> None:
+        directory = self.cluster_dir(record.name)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        tmp = directory / "record.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(record), handle, indent=2)
+        tmp.replace(directory / "record.json")
+
+    def write_token(self, name: str, token: str) -> Path:
+        path = self.token_path(name)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        return path
+
+    def read_token(self, name: str) -> str:
+        return self.token_path(name).read_text().strip()
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.clusters_dir.iterdir() if (p / "record.json").exists())
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
+
+
+def _node_resources(resources: NodeResources) -> tuple[int, int, int, int]:
+    """(num_cpus, memory, object_store_memory, num_gpus) for ``ray start`` from a node spec."""
+    num_cpus = max(1, math.ceil(quantity_value(resources.cpu)))
+    memory = int(quantity_value(resources.memory))
+    if resources.object_store_memory is not None:
+        object_store = int(quantity_value(resources.object_store_memory))
+    else:
+        object_store = int(memory * 0.3)
+    return num_cpus, memory, max(object_store, MIN_OBJECT_STORE_BYTES), resources.gpu
+
+
+class LocalBackend:
+    """Ray clusters as local processes, found again by any process through the registry."""
+
+    name = "local"
+
+    def __init__(self, root_dir: str | Path | None = None, probe_timeout: float = 2.0) -> None:
+        self.registry = LocalClusterRegistry(Path(root_dir) if root_dir else default_root())
+        self.probe_timeout = probe_timeout
+        self._clients: dict[tuple[str, str], JobsApiClient] = {}
+
+    # ----------------------------------------------------------------- clusters
+    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is not None:
+                if record.nodes[0].process() is not None:
+                    return self._describe(record)
+                # The head is gone (a reboot, a kill): clear what is left, then start afresh.
+                self._stop_processes(record)
+                self.registry.remove(name)
+            return self._describe(self._start(name, spec, dict(labels)))
+
+    def _ray_environment(self, name: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_RAY_VARIABLES}
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(self.registry.token_path(name)),
+            RAY_USAGE_STATS_ENABLED="0",
+            # Job drivers run ``python`` from the raylet's PATH: make it this interpreter.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        )
+        return env
+
+    def _start(self, name: str, spec: ClusterSpec, labels: dict[str, str]) -> LocalClusterRecord:
+        cluster_dir = self.registry.cluster_dir(name)
+        cluster_dir.mkdir(mode=0o700, exist_ok=True)
+        self.registry.write_token(name, secrets.token_urlsafe(32))
+        # Ray's unix sockets live under the temp dir and must stay short (108 bytes).
+        key = sha256(f"{self.registry.root.resolve()}/{name}".encode()).hexdigest()[:10]
+        temp_dir = Path(tempfile.gettempdir()) / f"arp-{key}"
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        env = self._ray_environment(name)
+        ray_bin = str(Path(sys.executable).parent / "ray")
+
+        gcs_port, dashboard_port, client_port, *node_ports = _free_ports(3 + 5 * (1 + sum(
+            group.replicas for group in spec.worker_groups
+        )))
+        totals = {"CPU": 0.0, "memory": 0.0, "object_store_memory": 0.0, "GPU": 0.0}
+
+        def launch(role: str, node_spec: NodeResources, role_args: list[str]) -> NodeProcess:
+            cpus, mem, store, gpus = _node_resources(node_spec)
+            totals["CPU"] += cpus
+            totals["memory"] += mem
+            totals["object_store_memory"] += store
+            totals["GPU"] += gpus
+            manager, objects, agent_http, agent_grpc, runtime_env = (node_ports.pop() for _ in range(5))
+            args = [
+                ray_bin, "start", "--block", *role_args,
+                "--node-ip-address", "127.0.0.1",
+                "--node-manager-port", str(manager),
+                "--object-manager-port", str(objects),
+                "--dashboard-agent-listen-port", str(agent_http),
+                "--dashboard-agent-grpc-port", str(agent_grpc),
+                "--runtime-env-agent-port", str(runtime_env),
+                "--metrics-export-port", "0",
+                "--num-cpus", str(cpus),
+                "--num-gpus", str(gpus),
+                "--memory", str(mem),
+                "--object-store-memory", str(store),
+                "--temp-dir", str(temp_dir),
+                "--disable-usage-stats",
+            ]
+            for key, value in node_spec.ray_start_params.items():
+                args += [f"--{key.replace('_', '-')}", value]
+            log_path = cluster_dir / f"{role}.log"
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    args, env=env, cwd=cluster_dir, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            return NodeProcess(role, process.pid, psutil.Process(process.pid).create_time(), str(log_path),
+                               agent_http)
+
+        nodes = [
+            launch("head", spec.head, [
+                "--head", "--port", str(gcs_port),
+                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+                "--ray-client-server-port", str(client_port), "--include-dashboard", "true",
+            ])
+        ]
+        for group in spec.worker_groups:
+            for index in range(group.replicas):
+                nodes.append(launch(f"worker-{group.group_name}-{index}", group,
+                                    ["--address", f"127.0.0.1:{gcs_port}"]))
+        now = _now()
+        record = LocalClusterRecord(
+            name=name, labels=labels, created_at=now, last_active_at=now, dashboard_port=dashboard_port,
+            gcs_port=gcs_port, temp_dir=str(temp_dir), resources=totals, nodes=nodes,
+        )
+        self.registry.save(record)
+        return record
+
+    def _probe(self, url: str, token: str) -> bool:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.probe_timeout) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _describe(self, record: LocalClusterRecord) -> ClusterInfo:
+        head = record.nodes[0]
+        dead = [node for node in record.nodes if node.process() is None]
+        message = None
+        if dead:
+            state = ClusterState.FAILED
+            message = "; ".join(
+                f"{node.role} process {node.pid} exited: {node.log_tail() or 'no output'}" for node in dead
+            )
+        elif all(node.started() for node in record.nodes) and self._ray_healthy(record):
+            state = ClusterState.READY
+        else:
+            state = ClusterState.PROVISIONING
+            message = head.log_tail(3) or None
+        return ClusterInfo(
+            name=record.name,
+            backend=self.name,
+            state=state,
+            dashboard_url=record.dashboard_url,
+            labels=dict(record.labels),
+            resources=dict(record.resources),
+            created_at=datetime.fromisoformat(record.created_at),
+            last_active_at=datetime.fromisoformat(record.last_active_at),
+            message=message,
+        )
+
+    def _ray_healthy(self, record: LocalClusterRecord) -> bool:
+        """Ray's own readiness probes (KubeRay's too): GCS through the dashboard, raylet via the agent."""
+        token = self.registry.read_token(record.name)
+        return self._probe(f"{record.dashboard_url}/api/gcs_healthz", token) and all(
+            self._probe(f"http://127.0.0.1:{node.agent_port}/api/local_raylet_healthz", token)
+            for node in record.nodes
+        )
+
+    def describe_cluster(self, name: str) -> ClusterInfo | None:
+        record = self.registry.load(name)
+        return None if record is None else self._describe(record)
+
+    def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
+        wanted = dict(labels or {})
+        found = []
+        for name in self.registry.names():
+            record = self.registry.load(name)
+            if record is not None and wanted.items() <= record.labels.items():
+                found.append(self._describe(record))
+        return found
+
+    def delete_cluster(self, name: str) -> bool:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is None:
+                return False
+            self._stop_processes(record)
+            shutil.rmtree(record.temp_dir, ignore_errors=True)
+            self.registry.remove(name)
+            self._clients = {key: client for key, client in self._clients.items() if key[0] != name}
+            return True
+
+    @staticmethod
+    def _stop_processes(record: LocalClusterRecord) -> None:
+        """Stop every process this cluster's nodes started, and nothing else.
+
+        A node's processes are its ``ray start`` process, that process's session (Ray's daemons are
+        reparented to init once ``ray start`` dies, but keep its session id), and their descendants
+        (job drivers start sessions of their own).
+        """
+        sessions = {node.pid: node.create_time for node in record.nodes}
+        targets: dict[int, psutil.Process] = {}
+        for process in psutil.process_iter(["pid", "create_time"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                sid = os.getsid(process.pid)
+                if sid in sessions and process.info["create_time"] >= sessions[sid] - 1:
+                    targets[process.pid] = process
+                    for child in process.children(recursive=True):
+                        targets[child.pid] = child
+        for process in targets.values():
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(list(targets.values()), timeout=3)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+    # --------------------------------------------------------------------- jobs
+    def _jobs(self, cluster_name: str) -> JobsApiClient:
+        record = self.registry.load(cluster_name)
+        if record is None:
+            raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
+        key = (cluster_name, record.created_at)
+        if key not in self._clients:
+            self._clients[key] = JobsApiClient(
+                cluster_name, record.dashboard_url, self.registry.read_token(cluster_name)
+            )
+        return self._clients[key]
+
+    def _touch(self, cluster_name: str) -> None:
+        with self.registry.lock(cluster_name):
+            record = self.registry.load(cluster_name)
+            if record is not None:
+                record.last_active_at = _now()
+                self.registry.save(record)
+
+    def submit_job(
+        self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]
+    ) -> JobInfo:
+        info = self._jobs(cluster_name).submit(submission_id, job, metadata)
+        self._touch(cluster_name)
+        return info
+
+    def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:
+        info = self._jobs(cluster_name).describe(submission_id)
+        if info is not None and not info.state.is_terminal:
+            self._touch(cluster_name)
+        return info
+
+    def list_jobs(self, cluster_name: str) -> list[JobInfo]:
+        return self._jobs(cluster_name).list()
+
+    def job_logs(self, cluster_name: str, submission_id: str) -> str:
+        return self._jobs(cluster_name).logs(submission_id)
+
+    def stop_job(self, cluster_name: str, submission_id: str) -> bool:
+        return self._jobs(cluster_name).stop(submission_id)
+
+    def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
+        record = self.registry.load(cluster_name)
+        return None if record is None else f"{record.dashboard_url}/#/jobs/{submission_id}"
+

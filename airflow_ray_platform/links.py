@@ -1,0 +1,25 @@
+"""Extra link from an Airflow task to its Ray job (or cluster) in the Ray dashboard."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.execution_time.xcom import XCom
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
+
+class RayDashboardLink(BaseOperatorLink):
+    """Pushed by the operators as soon as the address is known, so the link works while a job runs."""
+
+    name = "Ray Dashboard"
+
+    @property
+    def xcom_key(self) -> str:
+        return "ray_dashboard_url"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return XCom.get_value(ti_key=ti_key, key=self.xcom_key) or ""

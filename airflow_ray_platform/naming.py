@@ -1,0 +1,126 @@
+"""Names, identifiers and labels derived from a task's identity.
+
+Everything that must come out the same on every try of a task lives here: the deterministic Ray
+``submission_id`` (dag_id, task_id, run_id and map_index, never the try number), the name of a
+task's ephemeral cluster, and the labels that every backend puts on what it creates (they drive
+reattach on retry, garbage collection and cost attribution).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+LABEL_PREFIX = "airflow-ray-platform.io/"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "airflow-ray-platform"
+OWNER_LABEL = LABEL_PREFIX + "owner"
+TEAM_LABEL = LABEL_PREFIX + "team"
+DAG_ID_LABEL = LABEL_PREFIX + "dag-id"
+TASK_ID_LABEL = LABEL_PREFIX + "task-id"
+RUN_ID_LABEL = LABEL_PREFIX + "run-id"
+MAP_INDEX_LABEL = LABEL_PREFIX + "map-index"
+EPHEMERAL_LABEL = LABEL_PREFIX + "ephemeral"
+KEEP_LABEL = LABEL_PREFIX + "keep"
+CREATED_AT_LABEL = LABEL_PREFIX + "created-at"
+IDLE_TIMEOUT_LABEL = LABEL_PREFIX + "idle-timeout-seconds"
+MAX_LIFETIME_LABEL = LABEL_PREFIX + "max-lifetime-seconds"
+
+#: Ray job metadata keys (metadata is free-form text, so the full identifiers fit).
+TASK_KEY_METADATA = "airflow_task_key"
+TRY_NUMBER_METADATA = "airflow_try_number"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+def label_safe(value: object) -> str:
+    """A Kubernetes label value for any text: unsafe characters folded, long values hashed.
+
+    Label values are at most 63 characters of ``[A-Za-z0-9_.-]`` and start and end alphanumeric;
+    run ids (``manual__2026-01-01T00:00:00+00:00``) are not, so they are folded and, when too long,
+    cut and suffixed with a short hash so that two different values never collide.
+    """
+    text = str(value)
+    safe = _UNSAFE.sub("_", text).strip("_.-")
+    if len(safe) > 63 or safe != text:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        safe = f"{safe[: 63 - 9].rstrip('_.-')}-{digest}".strip("_.-")
+    return safe
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    """The Airflow coordinates of one task instance, without its try number."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int = -1
+
+    @classmethod
+    def from_context(cls, context: Mapping) -> TaskIdentity:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", None)
+        return cls(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dag_id}/{self.task_id}/{self.run_id}/{self.map_index}"
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+    def submission_id(self, attempt: int = 1) -> str:
+        """Ray submission id of this task's job; ``attempt`` > 1 only after a failed job's retry.
+
+        A DNS-1123 label (KubeRay uses it as the RayJob's name): a readable prefix for the dashboard,
+        a digest of the whole identity for uniqueness, at most 63 characters with the attempt suffix.
+        """
+        readable = _NOT_DNS.sub("-", f"{self.dag_id}-{self.task_id}".lower()).strip("-")[:30].rstrip("-")
+        base = f"airflow-{readable}-{self.digest[:16]}"
+        return base if attempt <= 1 else f"{base}-a{attempt}"
+
+    def ephemeral_cluster_name(self, config_name: str) -> str:
+        """The cluster a job creates for itself: the same on every try, so a retry finds it."""
+        return f"{config_name}-{self.digest[:8]}"
+
+    def labels(self) -> dict[str, str]:
+        return {
+            DAG_ID_LABEL: label_safe(self.dag_id),
+            TASK_ID_LABEL: label_safe(self.task_id),
+            RUN_ID_LABEL: label_safe(self.run_id),
+            MAP_INDEX_LABEL: str(self.map_index),
+        }
+
+
+def cluster_labels(
+    *,
+    owner: str,
+    team: str,
+    idle_timeout_seconds: int,
+    max_lifetime_seconds: int,
+    identity: TaskIdentity | None = None,
+    ephemeral: bool = False,
+    extra: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """Labels every backend puts on a cluster it creates."""
+    created = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    labels = {
+        **(extra or {}),
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        OWNER_LABEL: owner,
+        TEAM_LABEL: team,
+        CREATED_AT_LABEL: created,
+        IDLE_TIMEOUT_LABEL: str(idle_timeout_seconds),
+        MAX_LIFETIME_LABEL: str(max_lifetime_seconds),
+        EPHEMERAL_LABEL: "true" if ephemeral else "false",
+    }
+    if identity is not None:
+        labels.update(identity.labels())
+    return labels

@@ -1,0 +1,76 @@
+"""``RayJobSensor``: wait for a Ray job someone else submitted to reach a terminal state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.configuration import conf
+from airflow.exceptions import AirflowException
+from airflow.sdk import BaseSensorOperator, Context
+
+from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.triggers.ray import RayJobTrigger
+
+
+class RayJobSensor(BaseSensorOperator):
+    """Succeed when the job SUCCEEDED; fail with the job's message when it FAILED or was STOPPED.
+
+    Killing the sensor never stops the job: the sensor only watches.
+
+    :param submission_id: the job (templated, e.g. ``{{ ti.xcom_pull('train', key='submission_id') }}``).
+    :param cluster_name: the cluster it runs on (templated).
+    """
+
+    template_fields: Sequence[str] = ("submission_id", "cluster_name", "ray_conn_id")
+
+    def __init__(
+        self,
+        *,
+        submission_id: str,
+        cluster_name: str,
+        ray_conn_id: str = RayHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.submission_id = submission_id
+        self.cluster_name = cluster_name
+        self.ray_conn_id = ray_conn_id
+        self.deferrable = deferrable
+
+    def poke(self, context: Context) -> bool:
+        info = RayHook(self.ray_conn_id).get_job_info(self.cluster_name, self.submission_id)
+        if info is None:
+            raise AirflowException(f"Ray cluster {self.cluster_name!r} has no job {self.submission_id!r}")
+        self.log.info("Ray job %r: %s", self.submission_id, info.state)
+        if info.state in (JobState.FAILED, JobState.STOPPED):
+            raise AirflowException(f"Ray job {self.submission_id!r} {info.state}: {info.message}")
+        return info.state == JobState.SUCCEEDED
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        if not self.poke(context):
+            timeout_at = None
+            if self.timeout:
+                seconds = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
+                timeout_at = context["ti"].start_date.timestamp() + seconds if context["ti"].start_date else None
+            self.defer(
+                trigger=RayJobTrigger(
+                    ray_conn_id=self.ray_conn_id, cluster_name=self.cluster_name,
+                    submission_id=self.submission_id, poll_interval=float(self.poke_interval),
+                    timeout_at=timeout_at, stream_logs=False, stop_on_kill=False,
+                ),
+                method_name="execute_complete",
+            )
+        return None
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> None:
+        if event["status"] != "success":
+            raise AirflowException(
+                f"Ray job {event['submission_id']!r} {event.get('state', event['status'])}: {event['message']}"
+            )
+        self.log.info("Ray job %r succeeded", event["submission_id"])

@@ -1,0 +1,194 @@
+"""Deferrable waits: a Ray cluster becoming ready, a Ray job reaching a terminal state.
+
+Both triggers carry their whole state in ``serialize()`` (connection id, names, deadline, log
+offset), so a triggerer restart resumes them where they were. Every backend call runs in a worker
+thread (``asyncio.to_thread``): the triggerer's event loop is never blocked. ``cleanup()`` is left
+alone on purpose, since it also runs on every triggerer restart; only ``on_kill()`` (a user killing
+the task) stops the job and removes a task's ephemeral cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_ray_platform.backends.base import BackendError, JobInfo
+from airflow_ray_platform.hooks.ray import RayHook, cluster_wait_outcome
+
+#: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
+MAX_CONSECUTIVE_ERRORS = 5
+
+
+def job_event(info: JobInfo, log_offset: int) -> dict[str, Any]:
+    """The event payload both the trigger and the blocking path hand to the operator's completion."""
+    return {
+        "status": "success" if info.state == "SUCCEEDED" else "failed",
+        "state": str(info.state),
+        "submission_id": info.submission_id,
+        "cluster_name": info.cluster_name,
+        "message": info.message,
+        "log_offset": log_offset,
+    }
+
+
+class _RayTrigger(BaseTrigger):
+    """Shared plumbing: one hook per trigger instance, blocking calls moved to threads."""
+
+    def __init__(self, ray_conn_id: str, poll_interval: float) -> None:
+        super().__init__()
+        self.ray_conn_id = ray_conn_id
+        self.poll_interval = poll_interval
+        self._hook: RayHook | None = None
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self._hook is None:
+            self._hook = RayHook(self.ray_conn_id)
+        return await asyncio.to_thread(getattr(self._hook, method), *args)
+
+
+class RayClusterTrigger(_RayTrigger):
+    """Fires when the cluster is READY, or with the backend's reason when it fails or times out."""
+
+    def __init__(
+        self,
+        *,
+        ray_conn_id: str,
+        cluster_name: str,
+        timeout_at: float,
+        poll_interval: float = 1.0,
+        delete_on_kill: bool = False,
+    ) -> None:
+        super().__init__(ray_conn_id, poll_interval)
+        self.cluster_name = cluster_name
+        self.timeout_at = timeout_at
+        self.delete_on_kill = delete_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "ray_conn_id": self.ray_conn_id,
+                "cluster_name": self.cluster_name,
+                "timeout_at": self.timeout_at,
+                "poll_interval": self.poll_interval,
+                "delete_on_kill": self.delete_on_kill,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            try:
+                info = await self._call("describe_cluster", self.cluster_name)
+                outcome = cluster_wait_outcome(
+                    self.cluster_name, info, timed_out=time.time() >= self.timeout_at,
+                    timeout=max(0.0, self.timeout_at - time.time()),
+                )
+            except BackendError as error:
+                yield TriggerEvent({"status": "error", "cluster_name": self.cluster_name, "message": str(error)})
+                return
+            if outcome is not None:
+                yield TriggerEvent(
+                    {"status": "success", "cluster_name": self.cluster_name, "dashboard_url": outcome.dashboard_url}
+                )
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def on_kill(self) -> None:
+        if self.delete_on_kill:
+            await self._call("delete_cluster", self.cluster_name)
+
+
+class RayJobTrigger(_RayTrigger):
+    """Fires when the job is terminal (or its timeout passes), streaming its log into the task log."""
+
+    def __init__(
+        self,
+        *,
+        ray_conn_id: str,
+        cluster_name: str,
+        submission_id: str,
+        poll_interval: float = 2.0,
+        timeout_at: float | None = None,
+        stream_logs: bool = True,
+        log_offset: int = 0,
+        stop_on_kill: bool = True,
+        delete_cluster_on_kill: bool = False,
+    ) -> None:
+        super().__init__(ray_conn_id, poll_interval)
+        self.cluster_name = cluster_name
+        self.submission_id = submission_id
+        self.timeout_at = timeout_at
+        self.stream_logs = stream_logs
+        self.log_offset = log_offset
+        self.stop_on_kill = stop_on_kill
+        self.delete_cluster_on_kill = delete_cluster_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "ray_conn_id": self.ray_conn_id,
+                "cluster_name": self.cluster_name,
+                "submission_id": self.submission_id,
+                "poll_interval": self.poll_interval,
+                "timeout_at": self.timeout_at,
+                "stream_logs": self.stream_logs,
+                "log_offset": self.log_offset,
+                "stop_on_kill": self.stop_on_kill,
+                "delete_cluster_on_kill": self.delete_cluster_on_kill,
+            },
+        )
+
+    async def _stream_logs(self) -> None:
+        text, self.log_offset = await self._call(
+            "tail_job_logs", self.cluster_name, self.submission_id, self.log_offset
+        )
+        for line in text.splitlines():
+            self.log.info("[ray job %s] %s", self.submission_id, line)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        errors = 0
+        while True:
+            try:
+                info: JobInfo | None = await self._call("get_job_info", self.cluster_name, self.submission_id)
+                if self.stream_logs and info is not None:
+                    await self._stream_logs()
+                errors = 0
+            except BackendError as error:
+                errors += 1
+                if errors < MAX_CONSECUTIVE_ERRORS:
+                    self.log.warning("Ray status call failed (%d/%d): %s", errors, MAX_CONSECUTIVE_ERRORS, error)
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                yield TriggerEvent(self._event("error", str(error)))
+                return
+            if info is None:
+                yield TriggerEvent(self._event("error", f"cluster {self.cluster_name!r} has no job {self.submission_id!r}"))
+                return
+            if info.state.is_terminal:
+                yield TriggerEvent(job_event(info, self.log_offset))
+                return
+            if self.timeout_at is not None and time.time() >= self.timeout_at:
+                yield TriggerEvent(self._event("timeout", f"job {self.submission_id!r} exceeded its timeout"))
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    def _event(self, status: str, message: str) -> dict[str, Any]:
+        return {
+            "status": status,
+            "submission_id": self.submission_id,
+            "cluster_name": self.cluster_name,
+            "message": message,
+            "log_offset": self.log_offset,
+        }
+
+    async def on_kill(self) -> None:
+        """A user killed the deferred task: stop the job, and remove the task's ephemeral cluster."""
+        if self.stop_on_kill:
+            await self._call("stop_job", self.cluster_name, self.submission_id)
+        if self.delete_cluster_on_kill:
+            await self._call("delete_cluster", self.cluster_name)
