@@ -242,10 +242,9 @@ class RayJobOperator(_RayOperator):
                     trigger=RayClusterTrigger(
                         ray_conn_id=self.ray_conn_id, cluster_name=info.name,
                         timeout_at=time.time() + self._startup_timeout(),
-                        poll_interval=min(self.poll_interval, 1.0), delete_on_kill=ephemeral,
+                        poll_interval=min(self.poll_interval, 1.0), ephemeral_cluster=ephemeral,
                     ),
                     method_name="execute_after_cluster_ready",
-                    kwargs={"ephemeral": ephemeral},
                 )
             try:
                 self.hook.wait_for_cluster(info.name, self._startup_timeout(), min(self.poll_interval, 1.0))
@@ -254,8 +253,8 @@ class RayJobOperator(_RayOperator):
                 raise
         return self._submit_and_wait(context)
 
-    def execute_after_cluster_ready(self, context: Context, event: dict[str, Any], ephemeral: bool) -> str | None:
-        self._target_cluster, self._ephemeral = event["cluster_name"], ephemeral
+    def execute_after_cluster_ready(self, context: Context, event: dict[str, Any]) -> str | None:
+        self._target_cluster, self._ephemeral = event["cluster_name"], event["ephemeral_cluster"]
         if event["status"] != "success":
             self._cleanup_cluster(failed=True)
             raise AirflowException(event["message"])
@@ -314,10 +313,9 @@ class RayJobOperator(_RayOperator):
                 trigger=RayJobTrigger(
                     ray_conn_id=self.ray_conn_id, cluster_name=info.cluster_name,
                     submission_id=info.submission_id, poll_interval=self.poll_interval, timeout_at=timeout_at,
-                    stream_logs=self.get_logs, delete_cluster_on_kill=self._ephemeral,
+                    stream_logs=self.get_logs, ephemeral_cluster=self._ephemeral,
                 ),
                 method_name="execute_complete",
-                kwargs={"ephemeral": self._ephemeral},
             )
         return self._finish(self._wait_blocking(info, timeout_at))
 
@@ -344,8 +342,8 @@ class RayJobOperator(_RayOperator):
             self.log.info("[ray job %s] %s", submission_id, line)
         return offset
 
-    def execute_complete(self, context: Context, event: dict[str, Any], ephemeral: bool) -> str:
-        self._target_cluster, self._ephemeral = event["cluster_name"], ephemeral
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+        self._target_cluster, self._ephemeral = event["cluster_name"], event["ephemeral_cluster"]
         self._submission_id = event["submission_id"]
         return self._finish(event)
 

@@ -60,12 +60,12 @@ class RayClusterTrigger(_RayTrigger):
         cluster_name: str,
         timeout_at: float,
         poll_interval: float = 1.0,
-        delete_on_kill: bool = False,
+        ephemeral_cluster: bool = False,
     ) -> None:
         super().__init__(ray_conn_id, poll_interval)
         self.cluster_name = cluster_name
         self.timeout_at = timeout_at
-        self.delete_on_kill = delete_on_kill
+        self.ephemeral_cluster = ephemeral_cluster
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -75,7 +75,7 @@ class RayClusterTrigger(_RayTrigger):
                 "cluster_name": self.cluster_name,
                 "timeout_at": self.timeout_at,
                 "poll_interval": self.poll_interval,
-                "delete_on_kill": self.delete_on_kill,
+                "ephemeral_cluster": self.ephemeral_cluster,
             },
         )
 
@@ -88,17 +88,20 @@ class RayClusterTrigger(_RayTrigger):
                     timeout=max(0.0, self.timeout_at - time.time()),
                 )
             except BackendError as error:
-                yield TriggerEvent({"status": "error", "cluster_name": self.cluster_name, "message": str(error)})
+                yield TriggerEvent(self._event("error", message=str(error)))
                 return
             if outcome is not None:
-                yield TriggerEvent(
-                    {"status": "success", "cluster_name": self.cluster_name, "dashboard_url": outcome.dashboard_url}
-                )
+                yield TriggerEvent(self._event("success", dashboard_url=outcome.dashboard_url))
                 return
             await asyncio.sleep(self.poll_interval)
 
+    def _event(self, status: str, **fields: Any) -> dict[str, Any]:
+        return {"status": status, "cluster_name": self.cluster_name,
+                "ephemeral_cluster": self.ephemeral_cluster, **fields}
+
     async def on_kill(self) -> None:
-        if self.delete_on_kill:
+        """A user killed the task while its ephemeral cluster was starting: remove that cluster."""
+        if self.ephemeral_cluster:
             await self._call("delete_cluster", self.cluster_name)
 
 
@@ -116,7 +119,7 @@ class RayJobTrigger(_RayTrigger):
         stream_logs: bool = True,
         log_offset: int = 0,
         stop_on_kill: bool = True,
-        delete_cluster_on_kill: bool = False,
+        ephemeral_cluster: bool = False,
     ) -> None:
         super().__init__(ray_conn_id, poll_interval)
         self.cluster_name = cluster_name
@@ -125,7 +128,7 @@ class RayJobTrigger(_RayTrigger):
         self.stream_logs = stream_logs
         self.log_offset = log_offset
         self.stop_on_kill = stop_on_kill
-        self.delete_cluster_on_kill = delete_cluster_on_kill
+        self.ephemeral_cluster = ephemeral_cluster
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -139,7 +142,7 @@ class RayJobTrigger(_RayTrigger):
                 "stream_logs": self.stream_logs,
                 "log_offset": self.log_offset,
                 "stop_on_kill": self.stop_on_kill,
-                "delete_cluster_on_kill": self.delete_cluster_on_kill,
+                "ephemeral_cluster": self.ephemeral_cluster,
             },
         )
 
@@ -170,7 +173,7 @@ class RayJobTrigger(_RayTrigger):
                 yield TriggerEvent(self._event("error", f"cluster {self.cluster_name!r} has no job {self.submission_id!r}"))
                 return
             if info.state.is_terminal:
-                yield TriggerEvent(job_event(info, self.log_offset))
+                yield TriggerEvent({**job_event(info, self.log_offset), "ephemeral_cluster": self.ephemeral_cluster})
                 return
             if self.timeout_at is not None and time.time() >= self.timeout_at:
                 yield TriggerEvent(self._event("timeout", f"job {self.submission_id!r} exceeded its timeout"))
@@ -184,11 +187,12 @@ class RayJobTrigger(_RayTrigger):
             "cluster_name": self.cluster_name,
             "message": message,
             "log_offset": self.log_offset,
+            "ephemeral_cluster": self.ephemeral_cluster,
         }
 
     async def on_kill(self) -> None:
         """A user killed the deferred task: stop the job, and remove the task's ephemeral cluster."""
         if self.stop_on_kill:
             await self._call("stop_job", self.cluster_name, self.submission_id)
-        if self.delete_cluster_on_kill:
+        if self.ephemeral_cluster:
             await self._call("delete_cluster", self.cluster_name)

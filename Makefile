@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with Python 3.11+:  `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test lint bench lock clean
+
+# A project venv; uv (from PyPI) installs the locked, universal resolution in seconds.
+$(BIN)/.installed: pyproject.toml requirements/lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "uv>=0.5,<1"
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements/lock.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+test: install
+	$(BIN)/ruff check airflow_ray_platform dags tests bench
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -p no:cacheprovider tests
+
+bench: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run_all
+
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 -o requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) .airflow-home demo-output

@@ -1,0 +1,143 @@
+"""The local backend against real Ray processes it starts itself."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+
+from airflow_ray_platform.backends.base import ClusterState, JobState
+from airflow_ray_platform.backends.local import LocalBackend
+from airflow_ray_platform.config import ClusterSpec, JobSpec
+
+from ..conftest import SHARED_CLUSTER
+
+
+def _status(url: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _wait_job(backend, cluster, submission_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = backend.describe_job(cluster, submission_id)
+        if info.state.is_terminal:
+            return info
+        time.sleep(0.3)
+    raise AssertionError(f"job {submission_id} did not finish: {info}")
+
+
+def test_jobs_api_requires_the_clusters_token(backend, shared_cluster):
+    url = f"{shared_cluster.dashboard_url}/api/jobs/"
+    assert _status(url, None) == 401
+    assert _status(url, "not-the-token") == 403
+    assert _status(url, backend.registry.read_token(SHARED_CLUSTER)) == 200
+
+
+def test_registry_is_private_and_info_has_no_token(backend, shared_cluster):
+    token = backend.registry.read_token(SHARED_CLUSTER)
+    for path in (backend.registry.root, backend.registry.cluster_dir(SHARED_CLUSTER)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    for path in (backend.registry.token_path(SHARED_CLUSTER),
+                 backend.registry.cluster_dir(SHARED_CLUSTER) / "record.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert token not in repr(shared_cluster)
+    assert token not in (backend.registry.cluster_dir(SHARED_CLUSTER) / "head.log").read_text()
+
+
+def test_create_or_get_is_idempotent_and_lists_by_label(backend, shared_cluster):
+    again = backend.create_or_get_cluster(SHARED_CLUSTER, ClusterSpec(), {"other": "labels"})
+    assert again.dashboard_url == shared_cluster.dashboard_url
+    assert again.state == ClusterState.READY
+    assert [c.name for c in backend.list_clusters({"purpose": "tests"})] == [SHARED_CLUSTER]
+    assert backend.list_clusters({"purpose": "nothing"}) == []
+    assert shared_cluster.resources["CPU"] == 2
+
+
+def test_submit_is_idempotent_logs_and_metadata(backend, shared_cluster):
+    job = JobSpec(entrypoint="python -c \"import ray; ray.init(); print('cpus', ray.cluster_resources()['CPU'])\"")
+    first = backend.submit_job(SHARED_CLUSTER, "backend-submit-1", job, {"k": "v"})
+    second = backend.submit_job(SHARED_CLUSTER, "backend-submit-1", job, {"k": "v"})
+    assert first.submission_id == second.submission_id == "backend-submit-1"
+    done = _wait_job(backend, SHARED_CLUSTER, "backend-submit-1")
+    assert done.state == JobState.SUCCEEDED, done.message
+    assert done.metadata["k"] == "v"
+    assert "cpus 2.0" in backend.job_logs(SHARED_CLUSTER, "backend-submit-1")
+    ids = [j.submission_id for j in backend.list_jobs(SHARED_CLUSTER)]
+    assert ids.count("backend-submit-1") == 1
+
+
+def test_stop_job_stops_a_running_job(backend, shared_cluster):
+    job = JobSpec(entrypoint="python -c 'import time; time.sleep(300)'")
+    backend.submit_job(SHARED_CLUSTER, "backend-stop-1", job, {})
+    deadline = time.monotonic() + 60
+    while backend.describe_job(SHARED_CLUSTER, "backend-stop-1").state != JobState.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert backend.stop_job(SHARED_CLUSTER, "backend-stop-1")
+    assert _wait_job(backend, SHARED_CLUSTER, "backend-stop-1").state == JobState.STOPPED
+    assert backend.describe_job(SHARED_CLUSTER, "no-such-job") is None
+    assert backend.describe_cluster("never-created") is None
+
+
+def test_failed_start_reports_the_reason_and_delete_cleans_up(tmp_path):
+    backend = LocalBackend(tmp_path / "root")
+    spec = ClusterSpec(head={"ray_start_params": {"no-such-ray-flag": "1"}})
+    backend.create_or_get_cluster("broken", spec, {})
+    deadline = time.monotonic() + 60
+    while (info := backend.describe_cluster("broken")).state != ClusterState.FAILED:
+        assert time.monotonic() < deadline, info
+        time.sleep(0.3)
+    assert "no-such-ray-flag" in info.message
+    assert backend.delete_cluster("broken")
+    assert backend.describe_cluster("broken") is None
+    assert not backend.delete_cluster("broken")
+
+
+def test_delete_stops_every_process_it_started_and_nothing_else(tmp_path):
+    """A second cluster with a local worker node: every process of both nodes is gone after delete."""
+    backend = LocalBackend(tmp_path / "root")
+    bystander = psutil.Popen(["sleep", "120"])  # a process we started that the backend must not touch
+    spec = ClusterSpec(
+        head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"},
+        worker_groups=[{"group_name": "cpu", "replicas": 1, "cpu": "1", "memory": "1Gi",
+                        "object_store_memory": "100Mi"}],
+    )
+    try:
+        backend.create_or_get_cluster("two-nodes", spec, {})
+        from airflow_ray_platform.hooks.ray import RayHook
+
+        hook = RayHook()
+        hook.__dict__["backend"] = backend
+        info = hook.wait_for_cluster("two-nodes", timeout=180, poll_interval=0.5)
+        assert info.resources["CPU"] == 2
+        job = JobSpec(entrypoint="python -c \"import ray; ray.init(); print('nodes', len(ray.nodes()))\"")
+        backend.submit_job("two-nodes", "count-nodes", job, {})
+        assert _wait_job(backend, "two-nodes", "count-nodes").state == JobState.SUCCEEDED
+        assert "nodes 2" in backend.job_logs("two-nodes", "count-nodes")
+        record = backend.registry.load("two-nodes")
+        sessions = {node.pid for node in record.nodes}
+        members = [p for p in psutil.process_iter() if _sid(p.pid) in sessions]
+        assert len(members) > 6  # gcs, raylets, dashboard, agents, ...
+    finally:
+        assert backend.delete_cluster("two-nodes")
+    assert [p for p in psutil.process_iter() if _sid(p.pid) in sessions] == []
+    assert not os.path.exists(record.temp_dir)
+    assert bystander.is_running()
+    bystander.kill()
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None

@@ -1,0 +1,177 @@
+"""RayJobOperator end to end: real Airflow (dag.test) against real Ray started by the local backend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+from airflow.utils.state import DagRunState, TaskInstanceState
+
+from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.naming import TASK_KEY_METADATA, TaskIdentity
+
+from ..conftest import SHARED_CLUSTER, TEST_DAGS
+from ..test_dags import ray_e2e_dags as dags
+
+pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster")
+
+
+def _state(run, task_id="job"):
+    return run.get_task_instance(task_id).state
+
+
+def _jobs_of(backend, run, dag_id, task_id="job", cluster=SHARED_CLUSTER):
+    key = TaskIdentity(dag_id, task_id, run.run_id).key
+    return [j for j in backend.list_jobs(cluster) if j.metadata.get(TASK_KEY_METADATA) == key]
+
+
+@pytest.mark.parametrize("dag", [dags.ray_job_blocking, dags.ray_job_deferrable], ids=["blocking", "deferrable"])
+def test_job_succeeds_and_streams_logs(dag, backend, capfd):
+    run = dag.test(run_conf={"entrypoint": "python -c \"print('hello from', 'ray')\""})
+    assert run.state == DagRunState.SUCCESS
+    (job,) = _jobs_of(backend, run, dag.dag_id)
+    assert job.state == JobState.SUCCEEDED
+    assert job.metadata["owner"] == "tests" and job.metadata["team"] == "platform"
+    ti = run.get_task_instance("job")
+    assert ti.xcom_pull(task_ids="job", key="submission_id") == job.submission_id
+    assert ti.xcom_pull(task_ids="job", key="ray_dashboard_url").endswith(f"/#/jobs/{job.submission_id}")
+    assert "hello from ray" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("dag", [dags.ray_job_blocking, dags.ray_job_deferrable], ids=["blocking", "deferrable"])
+def test_failing_job_fails_the_task_with_the_jobs_error(dag, backend, capfd):
+    run = dag.test(run_conf={"entrypoint": "python -c \"raise SystemExit('zone 17 diverged')\""})
+    assert run.state == DagRunState.FAILED
+    assert _state(run) == TaskInstanceState.FAILED
+    (job,) = _jobs_of(backend, run, dag.dag_id)
+    assert job.state == JobState.FAILED
+    out = capfd.readouterr().out
+    assert f"Ray job '{job.submission_id}' FAILED" in out
+    assert "zone 17 diverged" in out
+
+
+def test_real_retry_of_a_failed_job_submits_a_new_recorded_id(backend, tmp_path):
+    marker = tmp_path / "first-try-done"
+    entrypoint = (f"python -c \"import os,sys; p={str(marker)!r}; done=os.path.exists(p); "
+                  f"open(p,'w').close(); sys.exit(0 if done else 3)\"")
+    run = dags.ray_job_retry.test(run_conf={"entrypoint": entrypoint})
+    assert run.state == DagRunState.SUCCESS
+    jobs = sorted(_jobs_of(backend, run, "ray_job_retry"), key=lambda j: j.metadata["airflow_try_number"])
+    assert [(j.state, j.metadata["airflow_try_number"]) for j in jobs] == [
+        (JobState.FAILED, "1"), (JobState.SUCCEEDED, "2")
+    ]
+    identity = TaskIdentity("ray_job_retry", "job", run.run_id)
+    assert [j.submission_id for j in jobs] == [identity.submission_id(), identity.submission_id(2)]
+
+
+def _dag_test_in_subprocess(dag_name: str, logical_date: datetime, entrypoint: str, log_path) -> subprocess.Popen:
+    code = (
+        "import sys, datetime; sys.path.insert(0, sys.argv[1]); import ray_e2e_dags as d; "
+        "when = datetime.datetime.fromisoformat(sys.argv[2]); "
+        f"getattr(d, {dag_name!r}).test(logical_date=when, run_after=when, run_conf={{'entrypoint': sys.argv[3]}})"
+    )
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_for_running_job(backend, dag_id, run_id, log_path, timeout=90):
+    key = TaskIdentity(dag_id, "job", run_id).key
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [j for j in backend.list_jobs(SHARED_CLUSTER) if j.metadata.get(TASK_KEY_METADATA) == key]
+        if jobs and jobs[0].state == JobState.RUNNING:
+            return jobs[0]
+        time.sleep(0.3)
+    raise AssertionError("the job never started running:\n" + log_path.read_text()[-3000:])
+
+
+def test_worker_death_then_retry_reattaches_to_the_same_job(backend, tmp_path):
+    """The worker dies mid-run (SIGKILL); the next try attaches to the running job: one job in all."""
+    logical_date = datetime(2026, 2, 1, tzinfo=UTC)
+    run_id = f"manual__{logical_date.isoformat()}"
+    entrypoint = "python -c \"import time; time.sleep(8); print('finished once')\""
+    log_path = tmp_path / "worker.log"
+    worker = _dag_test_in_subprocess("ray_job_blocking", logical_date, entrypoint, log_path)
+    try:
+        running = _wait_for_running_job(backend, "ray_job_blocking", run_id, log_path)
+    finally:
+        worker.kill()
+        worker.wait()
+    run = dags.ray_job_blocking.test(logical_date=logical_date, run_after=logical_date,
+                                     run_conf={"entrypoint": entrypoint})
+    assert run.run_id == run_id
+    assert run.state == DagRunState.SUCCESS
+    jobs = _jobs_of(backend, run, "ray_job_blocking")
+    assert [j.submission_id for j in jobs] == [running.submission_id]
+    assert jobs[0].state == JobState.SUCCEEDED
+
+
+def test_on_kill_stops_the_running_job(backend, tmp_path):
+    """SIGTERM to the task process runs on_kill, which stops the Ray job; the task then fails."""
+    logical_date = datetime(2026, 2, 2, tzinfo=UTC)
+    run_id = f"manual__{logical_date.isoformat()}"
+    log_path = tmp_path / "worker.log"
+    entrypoint = "python -c 'import time; time.sleep(300)'"
+    worker = _dag_test_in_subprocess("ray_job_blocking", logical_date, entrypoint, log_path)
+    try:
+        running = _wait_for_running_job(backend, "ray_job_blocking", run_id, log_path)
+        os.kill(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while backend.describe_job(SHARED_CLUSTER, running.submission_id).state != JobState.STOPPED:
+            assert time.monotonic() < deadline, "on_kill did not stop the job"
+            time.sleep(0.3)
+        worker.wait(timeout=60)
+    finally:
+        worker.kill()
+
+
+def test_timeout_stops_the_job_and_fails(backend, capfd):
+    run = dags.ray_job_timeout.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(300)'"})
+    assert run.state == DagRunState.FAILED
+    (job,) = _jobs_of(backend, run, "ray_job_timeout")
+    deadline = time.monotonic() + 30
+    while (job := backend.describe_job(SHARED_CLUSTER, job.submission_id)).state != JobState.STOPPED:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert "exceeded its timeout" in capfd.readouterr().out
+
+
+def test_ephemeral_cluster_runs_the_job_and_is_torn_down(backend):
+    run = dags.ray_job_ephemeral.test(
+        run_conf={"entrypoint": "python -c \"import ray; ray.init(); print(ray.cluster_resources()['CPU'])\""}
+    )
+    assert run.state == DagRunState.SUCCESS
+    name = TaskIdentity("ray_job_ephemeral", "job", run.run_id).ephemeral_cluster_name("e2e-ephemeral")
+    ti = run.get_task_instance("job")
+    assert ti.xcom_pull(task_ids="job", key="cluster_name") == name
+    assert backend.describe_cluster(name) is None
+    assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
+
+
+def test_named_cluster_is_reused_by_a_later_task(backend, shared_cluster):
+    run = dags.ray_cluster_reuse.test()
+    assert run.state == DagRunState.SUCCESS
+    ti = run.get_task_instance("cluster")
+    assert ti.xcom_pull(task_ids="cluster", key="dashboard_url") == shared_cluster.dashboard_url
+    assert len(_jobs_of(backend, run, "ray_cluster_reuse")) == 1
+    assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
+
+
+def test_sensor_waits_for_the_job_in_deferrable_mode(backend):
+    run = dags.ray_job_sensor.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(2)'"})
+    assert run.state == DagRunState.SUCCESS
+    assert _state(run, "wait") == TaskInstanceState.SUCCESS
+
+
+def test_bad_templated_configuration_fails_before_anything_is_created(backend, capfd):
+    run = dags.ray_job_bad_template.test(run_conf={"entrypoint": "Not A DNS Name"})
+    assert run.state == DagRunState.FAILED
+    out = capfd.readouterr().out
+    assert "invalid job_configuration" in out and "name: must be a DNS-1123 label" in out
+    assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]

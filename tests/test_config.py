@@ -1,0 +1,144 @@
+"""job_configuration: valid input accepted in every form, bad input named field by field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_ray_platform.config import JobConfiguration, JobConfigurationError, load_job_configuration
+
+VALID = {
+    "name": "zone-training",
+    "owner": "data-science",
+    "team": "forecasting",
+    "cluster": {
+        "ray_version": "2.60.0",
+        "head": {"cpu": "2", "memory": "4Gi"},
+        "worker_groups": [
+            {"group_name": "cpu", "replicas": 2, "min_replicas": 1, "max_replicas": 4, "cpu": "500m"},
+            {"group_name": "gpu", "replicas": 0, "max_replicas": 2, "gpu": 1, "memory": "16Gi",
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        ],
+        "autoscaling": True,
+        "idle_timeout": 600,
+    },
+    "job": {
+        "entrypoint": "python train.py",
+        "runtime_env": {"pip": ["numpy"], "env_vars": {"A": "1"}, "working_dir": "."},
+        "entrypoint_num_cpus": 1,
+        "timeout": "PT1H",
+    },
+    "lifecycle": {"shutdown_after_job": False, "keep_cluster_on_failure": True},
+}
+
+
+def test_valid_configuration_keeps_ray_and_kuberay_names():
+    config = load_job_configuration(VALID)
+    assert config.cluster.worker_groups[1].gpu == 1
+    assert config.cluster.idle_timeout == timedelta(minutes=10)
+    assert config.job.timeout == timedelta(hours=1)
+    assert config.job.runtime_env.to_ray() == {"pip": ["numpy"], "env_vars": {"A": "1"}, "working_dir": "."}
+    assert config.cluster_name == "zone-training"
+    assert not config.cluster.reuses_existing
+
+
+def test_accepts_model_yaml_and_json_files(tmp_path):
+    import yaml
+
+    model = JobConfiguration.model_validate(VALID)
+    assert load_job_configuration(model) is model
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(VALID))))
+    (tmp_path / "c.json").write_text(json.dumps(VALID))
+    assert load_job_configuration(tmp_path / "c.yaml") == model
+    assert load_job_configuration(str(tmp_path / "c.json")) == model
+
+
+def test_name_only_cluster_is_a_reference():
+    config = load_job_configuration({**VALID, "cluster": {"name": "shared-gpu"}})
+    assert config.cluster.reuses_existing
+    assert config.cluster_name == "shared-gpu"
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "rule"),
+    [
+        ({"name": "Zone_Training"}, "name", "DNS-1123"),
+        ({"name": "x" * 41}, "name", "at most 40"),
+        ({"owner": "has space"}, "owner", "label value"),
+        ({"cluster": {"head": {"cpu": "lots"}}}, "cluster.head.cpu", "quantity"),
+        ({"cluster": {"head": {"memory": "100Mi"}}}, "cluster.head.memory", "at least 256Mi"),
+        ({"cluster": {"worker_groups": [{"group_name": "w", "replicas": 5, "max_replicas": 2}]}},
+         "cluster.worker_groups.0", "replicas must lie between"),
+        ({"cluster": {"worker_groups": [{"group_name": "w"}, {"group_name": "w"}]}},
+         "cluster", "must be unique"),
+        ({"cluster": {"idle_timeout": -5}}, "cluster.idle_timeout", "positive"),
+        ({"cluster": {"ray_version": "latest"}}, "cluster.ray_version", "pattern"),
+        ({"job": {"entrypoint": "  "}}, "job.entrypoint", "blank"),
+        ({"job": {"entrypoint": "x", "runtime_env": {"env_var": {}}}}, "job.runtime_env", "unknown runtime_env"),
+        ({"job": {"entrypoint": "x", "entrypoint_num_cpus": -1}}, "job.entrypoint_num_cpus", "greater than"),
+        ({"clutser": {}}, "clutser", "not a known field"),
+    ],
+)
+def test_errors_name_the_field_and_the_rule(patch, field, rule):
+    with pytest.raises(JobConfigurationError) as raised:
+        load_job_configuration({**VALID, **patch})
+    message = str(raised.value)
+    assert f"  {field}" in message
+    assert rule in message
+
+
+def test_missing_file_and_wrong_type():
+    with pytest.raises(JobConfigurationError, match="does not exist"):
+        load_job_configuration("/nonexistent/job.yaml")
+    with pytest.raises(JobConfigurationError, match="must be a mapping"):
+        load_job_configuration(42)
+
+
+# A property: any mutation of a valid configuration either validates or fails with
+# JobConfigurationError whose every line names a field path that exists in the input.
+_junk = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=50),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, (*prefix, index))
+
+
+_ALL_PATHS = [p for p in _paths(VALID) if p]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(_ALL_PATHS), junk=_junk, drop=st.booleans())
+def test_mutations_fail_only_with_named_field_errors(path, junk, drop):
+    mutated = copy.deepcopy(VALID)
+    parent = mutated
+    for key in path[:-1]:
+        parent = parent[key]
+    if drop and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = junk
+    try:
+        load_job_configuration(mutated)
+    except JobConfigurationError as error:
+        lines = str(error).splitlines()
+        assert lines[0] == "invalid job_configuration:"
+        assert len(lines) > 1
+        for line in lines[1:]:
+            location, _, rule = line.strip().partition(": ")
+            assert rule, line
+            head = location.split(".")[0]
+            assert head in {"name", "owner", "team", "cluster", "job", "lifecycle"}, line
