@@ -12,9 +12,7 @@ def get_provider_info() -> dict:
         "name": "Ray Platform",
         "description": "Ray clusters and Ray jobs from a declarative job_configuration, locally or on KubeRay.",
         "versions": [__version__],
-        "connection-types": [
-            {"connection-type": "ray", "hook-class-name": "airflow_ray_platform.hooks.ray.RayHook"}
-        ],
+        "connection-types": [{"connection-type": "ray", "hook-class-name": "airflow_ray_platform.hooks.ray.RayHook"}],
         "hooks": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.hooks.ray"]}],
         "operators": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.operators.ray"]}],
         "sensors": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.sensors.ray"]}],

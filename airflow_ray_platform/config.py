@@ -67,8 +67,7 @@ def _dns1123_name(value: str) -> str:
         raise ValueError(f"must be at most {MAX_NAME_LENGTH} characters (got {len(value)})")
     if not DNS1123_LABEL.match(value):
         raise ValueError(
-            "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending "
-            "with a letter or digit"
+            "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit"
         )
     return value
 
@@ -222,9 +221,7 @@ class RuntimeEnv(BaseModel):
     def _known_fields_only(self) -> RuntimeEnv:
         unknown = sorted(set(self.model_extra or {}) - RUNTIME_ENV_FIELDS)
         if unknown:
-            raise ValueError(
-                f"unknown runtime_env field(s) {unknown}; Ray knows {sorted(RUNTIME_ENV_FIELDS)}"
-            )
+            raise ValueError(f"unknown runtime_env field(s) {unknown}; Ray knows {sorted(RUNTIME_ENV_FIELDS)}")
         return self
 
     def to_ray(self) -> dict[str, Any]:

@@ -21,8 +21,14 @@ VALID = {
         "head": {"cpu": "2", "memory": "4Gi"},
         "worker_groups": [
             {"group_name": "cpu", "replicas": 2, "min_replicas": 1, "max_replicas": 4, "cpu": "500m"},
-            {"group_name": "gpu", "replicas": 0, "max_replicas": 2, "gpu": 1, "memory": "16Gi",
-             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+            {
+                "group_name": "gpu",
+                "replicas": 0,
+                "max_replicas": 2,
+                "gpu": 1,
+                "memory": "16Gi",
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
         ],
         "autoscaling": True,
         "idle_timeout": 600,
@@ -72,14 +78,24 @@ def test_name_only_cluster_is_a_reference():
         ({"owner": "has space"}, "owner", "label value"),
         ({"cluster": {"head": {"cpu": "lots"}}}, "cluster.head.cpu", "quantity"),
         ({"cluster": {"head": {"memory": "100Mi"}}}, "cluster.head.memory", "at least 256Mi"),
-        ({"cluster": {"worker_groups": [{"group_name": "w", "replicas": 5, "max_replicas": 2}]}},
-         "cluster.worker_groups.0", "replicas must lie between"),
-        ({"cluster": {"worker_groups": [{"group_name": "w"}, {"group_name": "w"}]}},
-         "cluster", "must be unique"),
+        (
+            {"cluster": {"worker_groups": [{"group_name": "w", "replicas": 5, "max_replicas": 2}]}},
+            "cluster.worker_groups.0",
+            "replicas must lie between",
+        ),
+        (
+            {"cluster": {"worker_groups": [{"group_name": "w"}, {"group_name": "w"}]}},
+            "cluster",
+            "must be unique",
+        ),
         ({"cluster": {"idle_timeout": -5}}, "cluster.idle_timeout", "positive"),
         ({"cluster": {"ray_version": "latest"}}, "cluster.ray_version", "pattern"),
         ({"job": {"entrypoint": "  "}}, "job.entrypoint", "blank"),
-        ({"job": {"entrypoint": "x", "runtime_env": {"env_var": {}}}}, "job.runtime_env", "unknown runtime_env"),
+        (
+            {"job": {"entrypoint": "x", "runtime_env": {"env_var": {}}}},
+            "job.runtime_env",
+            "unknown runtime_env",
+        ),
         ({"job": {"entrypoint": "x", "entrypoint_num_cpus": -1}}, "job.entrypoint_num_cpus", "greater than"),
         ({"clutser": {}}, "clutser", "not a known field"),
     ],
@@ -102,8 +118,13 @@ def test_missing_file_and_wrong_type():
 # A property: any mutation of a valid configuration either validates or fails with
 # JobConfigurationError whose every line names a field path that exists in the input.
 _junk = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=50),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=50),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 
 

@@ -106,9 +106,7 @@ class RayBackend(Protocol):
     def delete_cluster(self, name: str) -> bool:
         """Delete the cluster; False when it did not exist."""
 
-    def submit_job(
-        self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]
-    ) -> JobInfo:
+    def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         """Submit the job under ``submission_id``, or return the job that already has that id."""
 
     def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:
@@ -125,4 +123,3 @@ class RayBackend(Protocol):
 
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         """Where a person sees this job in the Ray dashboard, if anywhere."""
-

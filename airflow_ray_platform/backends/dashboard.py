@@ -69,9 +69,7 @@ class DashboardBackend:
     def delete_cluster(self, name: str) -> bool:
         raise BackendError(f"the dashboard backend does not delete clusters ({name!r} is managed elsewhere)")
 
-    def submit_job(
-        self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]
-    ) -> JobInfo:
+    def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         return self._jobs(cluster_name).submit(submission_id, job, metadata)
 
     def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:

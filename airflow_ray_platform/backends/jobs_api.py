@@ -8,9 +8,12 @@ raised from here never repeat request headers.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+import requests
+from ray.exceptions import RayError
 from ray.job_submission import JobDetails, JobSubmissionClient
 
 from airflow_ray_platform.backends.base import BackendError, JobInfo, JobState
@@ -18,31 +21,47 @@ from airflow_ray_platform.config import JobSpec
 
 _NOT_FOUND = re.compile(r"status code 404")
 _ALREADY_EXISTS = re.compile(r"already exists")
+T = TypeVar("T")
 
 
 def _millis(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value / 1000, tz=UTC) if value else None
 
 
-class JobsApiClient:
-    """One cluster's Jobs API: idempotent submit, describe, list, logs, stop."""
+_CLIENT_ERRORS = (RuntimeError, ConnectionError, RayError, requests.RequestException)
 
-    def __init__(
-        self, cluster_name: str, address: str, token: str | None, verify: bool | str = True
-    ) -> None:
+
+class JobsApiClient:
+    """One cluster's Jobs API: idempotent submit, describe, list, logs, stop.
+
+    Every failure comes out as :class:`BackendError` carrying Ray's reason (authentication, an
+    unreachable dashboard, a rejected submission); a missing job is ``None`` / ``False``.
+    """
+
+    def __init__(self, cluster_name: str, address: str, token: str | None, verify: bool | str = True) -> None:
         self.cluster_name = cluster_name
         self.address = address
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._client = self._call(
+            f"reaching the Ray Jobs API of cluster {cluster_name!r}",
+            JobSubmissionClient,
+            address,
+            headers=headers,
+            verify=verify,
+        )
+
+    @staticmethod
+    def _call(doing: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            self._client = JobSubmissionClient(address, headers=headers, verify=verify)
-        except (ConnectionError, RuntimeError) as error:
-            raise BackendError(f"cannot reach the Ray Jobs API of cluster {cluster_name!r}: {error}") from None
+            return function(*args, **kwargs)
+        except _CLIENT_ERRORS as error:
+            raise BackendError(f"{doing}: {error}") from None
 
     def _info(self, details: JobDetails) -> JobInfo:
         return JobInfo(
             submission_id=details.submission_id or details.job_id or "",
             cluster_name=self.cluster_name,
-            state=JobState(str(details.status.value if hasattr(details.status, "value") else details.status)),
+            state=JobState(str(getattr(details.status, "value", details.status))),
             entrypoint=details.entrypoint,
             message=details.message,
             error_type=details.error_type,
@@ -53,11 +72,12 @@ class JobsApiClient:
 
     def describe(self, submission_id: str) -> JobInfo | None:
         try:
-            return self._info(self._client.get_job_info(submission_id))
-        except RuntimeError as error:
+            details = self._call(f"describing job {submission_id!r}", self._client.get_job_info, submission_id)
+        except BackendError as error:
             if _NOT_FOUND.search(str(error)):
                 return None
-            raise BackendError(f"Ray Jobs API of {self.cluster_name!r}: {error}") from None
+            raise
+        return self._info(details)
 
     def submit(self, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         """Submit under ``submission_id``; if a job of that id exists, return it instead."""
@@ -65,7 +85,9 @@ class JobsApiClient:
         if existing is not None:
             return existing
         try:
-            self._client.submit_job(
+            self._call(
+                f"submitting job {submission_id!r} to cluster {self.cluster_name!r}",
+                self._client.submit_job,
                 entrypoint=job.entrypoint,
                 submission_id=submission_id,
                 runtime_env=job.runtime_env.to_ray() or None,
@@ -75,31 +97,26 @@ class JobsApiClient:
                 entrypoint_memory=job.entrypoint_memory,
                 entrypoint_resources=job.entrypoint_resources or None,
             )
-        except RuntimeError as error:
+        except BackendError as error:
             # Another worker submitted the same id between our look and our submit: same job.
             if not _ALREADY_EXISTS.search(str(error)):
-                raise BackendError(f"Ray rejected job {submission_id!r}: {error}") from None
+                raise
         info = self.describe(submission_id)
         if info is None:
             raise BackendError(f"job {submission_id!r} vanished right after submission")
         return info
 
     def list(self) -> list[JobInfo]:
-        try:
-            return [self._info(details) for details in self._client.list_jobs()]
-        except RuntimeError as error:
-            raise BackendError(f"Ray Jobs API of {self.cluster_name!r}: {error}") from None
+        jobs = self._call(f"listing jobs of cluster {self.cluster_name!r}", self._client.list_jobs)
+        return [self._info(details) for details in jobs]
 
     def logs(self, submission_id: str) -> str:
-        try:
-            return self._client.get_job_logs(submission_id)
-        except RuntimeError as error:
-            raise BackendError(f"logs of job {submission_id!r}: {error}") from None
+        return self._call(f"reading logs of job {submission_id!r}", self._client.get_job_logs, submission_id)
 
     def stop(self, submission_id: str) -> bool:
         try:
-            return bool(self._client.stop_job(submission_id))
-        except RuntimeError as error:
+            return bool(self._call(f"stopping job {submission_id!r}", self._client.stop_job, submission_id))
+        except BackendError as error:
             if _NOT_FOUND.search(str(error)):
                 return False
-            raise BackendError(f"stopping job {submission_id!r}: {error}") from None
+            raise

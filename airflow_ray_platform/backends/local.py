@@ -247,9 +247,9 @@ class LocalBackend:
         env = self._ray_environment(name)
         ray_bin = str(Path(sys.executable).parent / "ray")
 
-        gcs_port, dashboard_port, client_port, *node_ports = _free_ports(3 + 5 * (1 + sum(
-            group.replicas for group in spec.worker_groups
-        )))
+        gcs_port, dashboard_port, client_port, *node_ports = _free_ports(
+            3 + 5 * (1 + sum(group.replicas for group in spec.worker_groups))
+        )
         totals = {"CPU": 0.0, "memory": 0.0, "object_store_memory": 0.0, "GPU": 0.0}
 
         def launch(role: str, node_spec: NodeResources, role_args: list[str]) -> NodeProcess:
@@ -260,19 +260,34 @@ class LocalBackend:
             totals["GPU"] += gpus
             manager, objects, agent_http, agent_grpc, runtime_env = (node_ports.pop() for _ in range(5))
             args = [
-                ray_bin, "start", "--block", *role_args,
-                "--node-ip-address", "127.0.0.1",
-                "--node-manager-port", str(manager),
-                "--object-manager-port", str(objects),
-                "--dashboard-agent-listen-port", str(agent_http),
-                "--dashboard-agent-grpc-port", str(agent_grpc),
-                "--runtime-env-agent-port", str(runtime_env),
-                "--metrics-export-port", "0",
-                "--num-cpus", str(cpus),
-                "--num-gpus", str(gpus),
-                "--memory", str(mem),
-                "--object-store-memory", str(store),
-                "--temp-dir", str(temp_dir),
+                ray_bin,
+                "start",
+                "--block",
+                *role_args,
+                "--node-ip-address",
+                "127.0.0.1",
+                "--node-manager-port",
+                str(manager),
+                "--object-manager-port",
+                str(objects),
+                "--dashboard-agent-listen-port",
+                str(agent_http),
+                "--dashboard-agent-grpc-port",
+                str(agent_grpc),
+                "--runtime-env-agent-port",
+                str(runtime_env),
+                "--metrics-export-port",
+                "0",
+                "--num-cpus",
+                str(cpus),
+                "--num-gpus",
+                str(gpus),
+                "--memory",
+                str(mem),
+                "--object-store-memory",
+                str(store),
+                "--temp-dir",
+                str(temp_dir),
                 "--disable-usage-stats",
             ]
             for key, value in node_spec.ray_start_params.items():
@@ -280,27 +295,51 @@ class LocalBackend:
             log_path = cluster_dir / f"{role}.log"
             with open(log_path, "wb") as log:
                 process = subprocess.Popen(
-                    args, env=env, cwd=cluster_dir, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True,
+                    args,
+                    env=env,
+                    cwd=cluster_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-            return NodeProcess(role, process.pid, psutil.Process(process.pid).create_time(), str(log_path),
-                               agent_http)
+            return NodeProcess(role, process.pid, psutil.Process(process.pid).create_time(), str(log_path), agent_http)
 
         nodes = [
-            launch("head", spec.head, [
-                "--head", "--port", str(gcs_port),
-                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-                "--ray-client-server-port", str(client_port), "--include-dashboard", "true",
-            ])
+            launch(
+                "head",
+                spec.head,
+                [
+                    "--head",
+                    "--port",
+                    str(gcs_port),
+                    "--dashboard-host",
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    str(dashboard_port),
+                    "--ray-client-server-port",
+                    str(client_port),
+                    "--include-dashboard",
+                    "true",
+                ],
+            )
         ]
         for group in spec.worker_groups:
             for index in range(group.replicas):
-                nodes.append(launch(f"worker-{group.group_name}-{index}", group,
-                                    ["--address", f"127.0.0.1:{gcs_port}"]))
+                nodes.append(
+                    launch(f"worker-{group.group_name}-{index}", group, ["--address", f"127.0.0.1:{gcs_port}"])
+                )
         now = _now()
         record = LocalClusterRecord(
-            name=name, labels=labels, created_at=now, last_active_at=now, dashboard_port=dashboard_port,
-            gcs_port=gcs_port, temp_dir=str(temp_dir), resources=totals, nodes=nodes,
+            name=name,
+            labels=labels,
+            created_at=now,
+            last_active_at=now,
+            dashboard_port=dashboard_port,
+            gcs_port=gcs_port,
+            temp_dir=str(temp_dir),
+            resources=totals,
+            nodes=nodes,
         )
         self.registry.save(record)
         return record
@@ -343,8 +382,7 @@ class LocalBackend:
         """Ray's own readiness probes (KubeRay's too): GCS through the dashboard, raylet via the agent."""
         token = self.registry.read_token(record.name)
         return self._probe(f"{record.dashboard_url}/api/gcs_healthz", token) and all(
-            self._probe(f"http://127.0.0.1:{node.agent_port}/api/local_raylet_healthz", token)
-            for node in record.nodes
+            self._probe(f"http://127.0.0.1:{node.agent_port}/api/local_raylet_healthz", token) for node in record.nodes
         )
 
     def describe_cluster(self, name: str) -> ClusterInfo | None:
@@ -416,9 +454,7 @@ class LocalBackend:
                 record.last_active_at = _now()
                 self.registry.save(record)
 
-    def submit_job(
-        self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]
-    ) -> JobInfo:
+    def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         info = self._jobs(cluster_name).submit(submission_id, job, metadata)
         self._touch(cluster_name)
         return info
@@ -441,4 +477,3 @@ class LocalBackend:
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         record = self.registry.load(cluster_name)
         return None if record is None else f"{record.dashboard_url}/#/jobs/{submission_id}"
-

@@ -110,9 +110,7 @@ class RayHook(BaseHook):
         return self.backend.delete_cluster(name)
 
     # --------------------------------------------------------------------- jobs
-    def submit_job(
-        self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]
-    ) -> JobInfo:
+    def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         return self.backend.submit_job(cluster_name, submission_id, job, metadata)
 
     def get_job_info(self, cluster_name: str, submission_id: str) -> JobInfo | None:

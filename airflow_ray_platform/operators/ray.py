@@ -139,8 +139,10 @@ class RayClusterOperator(_RayOperator):
         if self.deferrable:
             self.defer(
                 trigger=RayClusterTrigger(
-                    ray_conn_id=self.ray_conn_id, cluster_name=name,
-                    timeout_at=time.time() + self._startup_timeout(), poll_interval=self.poll_interval,
+                    ray_conn_id=self.ray_conn_id,
+                    cluster_name=name,
+                    timeout_at=time.time() + self._startup_timeout(),
+                    poll_interval=self.poll_interval,
                 ),
                 method_name="execute_complete",
             )
@@ -240,9 +242,11 @@ class RayJobOperator(_RayOperator):
             if self.deferrable:
                 self.defer(
                     trigger=RayClusterTrigger(
-                        ray_conn_id=self.ray_conn_id, cluster_name=info.name,
+                        ray_conn_id=self.ray_conn_id,
+                        cluster_name=info.name,
                         timeout_at=time.time() + self._startup_timeout(),
-                        poll_interval=min(self.poll_interval, 1.0), ephemeral_cluster=ephemeral,
+                        poll_interval=min(self.poll_interval, 1.0),
+                        ephemeral_cluster=ephemeral,
                     ),
                     method_name="execute_after_cluster_ready",
                 )
@@ -273,13 +277,21 @@ class RayJobOperator(_RayOperator):
             latest.state in ("PENDING", "RUNNING", "SUCCEEDED")
             or int(latest.metadata.get(TRY_NUMBER_METADATA, 0)) >= try_number
         ):
-            self.log.info("Reattaching to Ray job %r (%s) instead of submitting again", latest.submission_id,
-                          latest.state)
+            self.log.info(
+                "Reattaching to Ray job %r (%s) instead of submitting again",
+                latest.submission_id,
+                latest.state,
+            )
             return latest
         submission_id = identity.submission_id(attempt=1 if latest is None and try_number == 1 else try_number)
         if latest is not None:
-            self.log.info("Ray job %r ended %s on an earlier try; submitting try %d as %r",
-                          latest.submission_id, latest.state, try_number, submission_id)
+            self.log.info(
+                "Ray job %r ended %s on an earlier try; submitting try %d as %r",
+                latest.submission_id,
+                latest.state,
+                try_number,
+                submission_id,
+            )
         metadata = {
             TASK_KEY_METADATA: identity.key,
             TRY_NUMBER_METADATA: str(try_number),
@@ -311,9 +323,13 @@ class RayJobOperator(_RayOperator):
         if self.deferrable and not info.state.is_terminal:
             self.defer(
                 trigger=RayJobTrigger(
-                    ray_conn_id=self.ray_conn_id, cluster_name=info.cluster_name,
-                    submission_id=info.submission_id, poll_interval=self.poll_interval, timeout_at=timeout_at,
-                    stream_logs=self.get_logs, ephemeral_cluster=self._ephemeral,
+                    ray_conn_id=self.ray_conn_id,
+                    cluster_name=info.cluster_name,
+                    submission_id=info.submission_id,
+                    poll_interval=self.poll_interval,
+                    timeout_at=timeout_at,
+                    stream_logs=self.get_logs,
+                    ephemeral_cluster=self._ephemeral,
                 ),
                 method_name="execute_complete",
             )
@@ -327,8 +343,12 @@ class RayJobOperator(_RayOperator):
             if info.state.is_terminal:
                 return job_event(info, offset)
             if timeout_at is not None and time.time() >= timeout_at:
-                return {"status": "timeout", "submission_id": info.submission_id, "log_offset": offset,
-                        "message": f"job {info.submission_id!r} exceeded its timeout"}
+                return {
+                    "status": "timeout",
+                    "submission_id": info.submission_id,
+                    "log_offset": offset,
+                    "message": f"job {info.submission_id!r} exceeded its timeout",
+                }
             time.sleep(self.poll_interval)
             latest = self.hook.get_job_info(info.cluster_name, info.submission_id)
             if latest is None:
@@ -365,8 +385,11 @@ class RayJobOperator(_RayOperator):
         if not self._ephemeral or self._target_cluster is None:
             return
         if failed and self.config.lifecycle.keep_cluster_on_failure:
-            self.log.warning("Keeping ephemeral Ray cluster %r for debugging (keep_cluster_on_failure); the "
-                             "cleanup DAG removes it after its idle_timeout", self._target_cluster)
+            self.log.warning(
+                "Keeping ephemeral Ray cluster %r for debugging (keep_cluster_on_failure); the "
+                "cleanup DAG removes it after its idle_timeout",
+                self._target_cluster,
+            )
             return
         self.hook.delete_cluster(self._target_cluster)
         self.log.info("Deleted ephemeral Ray cluster %r", self._target_cluster)

@@ -60,9 +60,13 @@ class RayJobSensor(BaseSensorOperator):
                 timeout_at = context["ti"].start_date.timestamp() + seconds if context["ti"].start_date else None
             self.defer(
                 trigger=RayJobTrigger(
-                    ray_conn_id=self.ray_conn_id, cluster_name=self.cluster_name,
-                    submission_id=self.submission_id, poll_interval=float(self.poke_interval),
-                    timeout_at=timeout_at, stream_logs=False, stop_on_kill=False,
+                    ray_conn_id=self.ray_conn_id,
+                    cluster_name=self.cluster_name,
+                    submission_id=self.submission_id,
+                    poll_interval=float(self.poke_interval),
+                    timeout_at=timeout_at,
+                    stream_logs=False,
+                    stop_on_kill=False,
                 ),
                 method_name="execute_complete",
             )

@@ -84,7 +84,9 @@ class RayClusterTrigger(_RayTrigger):
             try:
                 info = await self._call("describe_cluster", self.cluster_name)
                 outcome = cluster_wait_outcome(
-                    self.cluster_name, info, timed_out=time.time() >= self.timeout_at,
+                    self.cluster_name,
+                    info,
+                    timed_out=time.time() >= self.timeout_at,
                     timeout=max(0.0, self.timeout_at - time.time()),
                 )
             except BackendError as error:
@@ -96,8 +98,12 @@ class RayClusterTrigger(_RayTrigger):
             await asyncio.sleep(self.poll_interval)
 
     def _event(self, status: str, **fields: Any) -> dict[str, Any]:
-        return {"status": status, "cluster_name": self.cluster_name,
-                "ephemeral_cluster": self.ephemeral_cluster, **fields}
+        return {
+            "status": status,
+            "cluster_name": self.cluster_name,
+            "ephemeral_cluster": self.ephemeral_cluster,
+            **fields,
+        }
 
     async def on_kill(self) -> None:
         """A user killed the task while its ephemeral cluster was starting: remove that cluster."""
@@ -170,7 +176,9 @@ class RayJobTrigger(_RayTrigger):
                 yield TriggerEvent(self._event("error", str(error)))
                 return
             if info is None:
-                yield TriggerEvent(self._event("error", f"cluster {self.cluster_name!r} has no job {self.submission_id!r}"))
+                yield TriggerEvent(
+                    self._event("error", f"cluster {self.cluster_name!r} has no job {self.submission_id!r}")
+                )
                 return
             if info.state.is_terminal:
                 yield TriggerEvent({**job_event(info, self.log_offset), "ephemeral_cluster": self.ephemeral_cluster})

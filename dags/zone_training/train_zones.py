@@ -34,8 +34,14 @@ def ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, flo
     return weights, float(y_mean - x_mean @ weights)
 
 
-def fit_zone(zone: int, samples: int = 2000, features: int = 24, folds: int = 5, seed: int = 7,
-             output_dir: str | None = None) -> dict:
+def fit_zone(
+    zone: int,
+    samples: int = 2000,
+    features: int = 24,
+    folds: int = 5,
+    seed: int = 7,
+    output_dir: str | None = None,
+) -> dict:
     """Train one zone's model: choose the penalty by k-fold CV, refit, score on a held-out 20 %."""
     started = time.perf_counter()
     x, y = zone_data(zone, samples, features, seed)
@@ -55,8 +61,15 @@ def fit_zone(zone: int, samples: int = 2000, features: int = 24, folds: int = 5,
     residual = x_test @ weights + bias - y_test
     rmse = float(np.sqrt(np.mean(residual**2)))
     r2 = float(1 - np.sum(residual**2) / np.sum((y_test - y_test.mean()) ** 2))
-    metrics = {"zone": zone, "penalty": best, "rmse": rmse, "r2": r2, "train_rows": cut,
-               "test_rows": samples - cut, "seconds": time.perf_counter() - started}
+    metrics = {
+        "zone": zone,
+        "penalty": best,
+        "rmse": rmse,
+        "r2": r2,
+        "train_rows": cut,
+        "test_rows": samples - cut,
+        "seconds": time.perf_counter() - started,
+    }
     if output_dir:
         zone_dir = Path(output_dir) / "zones" / f"zone-{zone:05d}"
         zone_dir.mkdir(parents=True, exist_ok=True)
@@ -81,8 +94,7 @@ def main() -> None:
     started = time.perf_counter()
     train = ray.remote(num_cpus=args.cpus_per_zone, max_retries=2)(fit_zone)
     pending = [
-        train.remote(zone, args.samples, args.features, args.folds, 7, args.output_dir)
-        for zone in range(args.zones)
+        train.remote(zone, args.samples, args.features, args.folds, 7, args.output_dir) for zone in range(args.zones)
     ]
     results, done = [], 0
     while pending:

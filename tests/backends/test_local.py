@@ -47,8 +47,10 @@ def test_registry_is_private_and_info_has_no_token(backend, shared_cluster):
     token = backend.registry.read_token(SHARED_CLUSTER)
     for path in (backend.registry.root, backend.registry.cluster_dir(SHARED_CLUSTER)):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    for path in (backend.registry.token_path(SHARED_CLUSTER),
-                 backend.registry.cluster_dir(SHARED_CLUSTER) / "record.json"):
+    for path in (
+        backend.registry.token_path(SHARED_CLUSTER),
+        backend.registry.cluster_dir(SHARED_CLUSTER) / "record.json",
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert token not in repr(shared_cluster)
     assert token not in (backend.registry.cluster_dir(SHARED_CLUSTER) / "head.log").read_text()
@@ -109,8 +111,9 @@ def test_delete_stops_every_process_it_started_and_nothing_else(tmp_path):
     bystander = psutil.Popen(["sleep", "120"])  # a process we started that the backend must not touch
     spec = ClusterSpec(
         head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"},
-        worker_groups=[{"group_name": "cpu", "replicas": 1, "cpu": "1", "memory": "1Gi",
-                        "object_store_memory": "100Mi"}],
+        worker_groups=[
+            {"group_name": "cpu", "replicas": 1, "cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}
+        ],
     )
     try:
         backend.create_or_get_cluster("two-nodes", spec, {})

@@ -57,13 +57,16 @@ def test_failing_job_fails_the_task_with_the_jobs_error(dag, backend, capfd):
 
 def test_real_retry_of_a_failed_job_submits_a_new_recorded_id(backend, tmp_path):
     marker = tmp_path / "first-try-done"
-    entrypoint = (f"python -c \"import os,sys; p={str(marker)!r}; done=os.path.exists(p); "
-                  f"open(p,'w').close(); sys.exit(0 if done else 3)\"")
+    entrypoint = (
+        f'python -c "import os,sys; p={str(marker)!r}; done=os.path.exists(p); '
+        f"open(p,'w').close(); sys.exit(0 if done else 3)\""
+    )
     run = dags.ray_job_retry.test(run_conf={"entrypoint": entrypoint})
     assert run.state == DagRunState.SUCCESS
     jobs = sorted(_jobs_of(backend, run, "ray_job_retry"), key=lambda j: j.metadata["airflow_try_number"])
     assert [(j.state, j.metadata["airflow_try_number"]) for j in jobs] == [
-        (JobState.FAILED, "1"), (JobState.SUCCEEDED, "2")
+        (JobState.FAILED, "1"),
+        (JobState.SUCCEEDED, "2"),
     ]
     identity = TaskIdentity("ray_job_retry", "job", run.run_id)
     assert [j.submission_id for j in jobs] == [identity.submission_id(), identity.submission_id(2)]
@@ -76,8 +79,11 @@ def _dag_test_in_subprocess(dag_name: str, logical_date: datetime, entrypoint: s
         f"getattr(d, {dag_name!r}).test(logical_date=when, run_after=when, run_conf={{'entrypoint': sys.argv[3]}})"
     )
     with open(log_path, "wb") as log:
-        return subprocess.Popen([sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint],
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_for_running_job(backend, dag_id, run_id, log_path, timeout=90):
@@ -103,8 +109,9 @@ def test_worker_death_then_retry_reattaches_to_the_same_job(backend, tmp_path):
     finally:
         worker.kill()
         worker.wait()
-    run = dags.ray_job_blocking.test(logical_date=logical_date, run_after=logical_date,
-                                     run_conf={"entrypoint": entrypoint})
+    run = dags.ray_job_blocking.test(
+        logical_date=logical_date, run_after=logical_date, run_conf={"entrypoint": entrypoint}
+    )
     assert run.run_id == run_id
     assert run.state == DagRunState.SUCCESS
     jobs = _jobs_of(backend, run, "ray_job_blocking")

@@ -11,15 +11,19 @@ from airflow_ray_platform.sensors.ray import RayJobSensor
 
 SHARED = "shared"
 OWNER = {"owner": "tests", "team": "platform"}
-ON_SHARED = {"name": "e2e", **OWNER, "cluster": {"name": SHARED}, "job": {"entrypoint": "{{ params.entrypoint }}"}}
+ON_SHARED = {
+    "name": "e2e",
+    **OWNER,
+    "cluster": {"name": SHARED},
+    "job": {"entrypoint": "{{ params.entrypoint }}"},
+}
 PARAMS = {"entrypoint": "python -c 'print(1)'"}
 START = datetime(2026, 1, 1)
 
 
 def _job_dag(dag_id: str, *, deferrable: bool, config: dict = ON_SHARED, **task_kwargs) -> DAG:
     with DAG(dag_id, schedule=None, start_date=START, params=PARAMS) as dag:
-        RayJobOperator(task_id="job", job_configuration=config, deferrable=deferrable, poll_interval=0.5,
-                       **task_kwargs)
+        RayJobOperator(task_id="job", job_configuration=config, deferrable=deferrable, poll_interval=0.5, **task_kwargs)
     return dag
 
 
@@ -31,7 +35,8 @@ ray_job_ephemeral = _job_dag(
     "ray_job_ephemeral",
     deferrable=True,
     config={
-        "name": "e2e-ephemeral", **OWNER,
+        "name": "e2e-ephemeral",
+        **OWNER,
         "cluster": {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}},
         "job": {"entrypoint": "{{ params.entrypoint }}"},
     },
@@ -39,8 +44,12 @@ ray_job_ephemeral = _job_dag(
 ray_job_bad_template = _job_dag(
     "ray_job_bad_template",
     deferrable=False,
-    config={"name": "{{ params.entrypoint }}", **OWNER, "cluster": {"head": {"cpu": "1"}},
-            "job": {"entrypoint": "true"}},
+    config={
+        "name": "{{ params.entrypoint }}",
+        **OWNER,
+        "cluster": {"head": {"cpu": "1"}},
+        "job": {"entrypoint": "true"},
+    },
 )
 
 with DAG("ray_cluster_reuse", schedule=None, start_date=START, params=PARAMS) as ray_cluster_reuse:
@@ -49,12 +58,17 @@ with DAG("ray_cluster_reuse", schedule=None, start_date=START, params=PARAMS) as
         task_id="cluster", job_configuration={"name": "e2e", **OWNER, "cluster": {"name": SHARED, "head": {}}}
     )
     get_shared >> RayJobOperator(
-        task_id="job", job_configuration=ON_SHARED, poll_interval=0.5,
+        task_id="job",
+        job_configuration=ON_SHARED,
+        poll_interval=0.5,
         cluster_name="{{ ti.xcom_pull(task_ids='cluster', key='cluster_name') }}",
     )
 
 with DAG("ray_job_sensor", schedule=None, start_date=START, params=PARAMS) as ray_job_sensor:
     RayJobOperator(task_id="job", job_configuration=ON_SHARED, wait_for_completion=False) >> RayJobSensor(
-        task_id="wait", cluster_name=SHARED, deferrable=True, poke_interval=0.5,
+        task_id="wait",
+        cluster_name=SHARED,
+        deferrable=True,
+        poke_interval=0.5,
         submission_id="{{ ti.xcom_pull(task_ids='job', key='submission_id') }}",
     )

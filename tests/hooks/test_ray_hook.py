@@ -1,0 +1,91 @@
+"""RayHook: connection forms resolved to backends, used against the real shared cluster."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import pytest
+
+from airflow_ray_platform.backends.base import BackendError
+from airflow_ray_platform.backends.dashboard import DashboardBackend
+from airflow_ray_platform.backends.local import LocalBackend
+from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.hooks.ray import RayHook
+
+from ..conftest import SHARED_CLUSTER
+
+
+def _connection(monkeypatch, conn_id: str, **fields) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "ray", **fields}))
+
+
+def test_missing_default_connection_means_the_local_backend():
+    assert isinstance(RayHook().backend, LocalBackend)
+
+
+def test_extras_name_a_backend_and_its_options(monkeypatch, tmp_path):
+    _connection(monkeypatch, "ray_local_custom", extra={"backend": "local", "root_dir": str(tmp_path)})
+    backend = RayHook("ray_local_custom").backend
+    assert isinstance(backend, LocalBackend) and backend.registry.root == tmp_path
+    _connection(monkeypatch, "ray_unknown", extra={"backend": "slurm"})
+    with pytest.raises(ValueError, match="unknown Ray backend 'slurm'; known backends"):
+        _ = RayHook("ray_unknown").backend
+
+
+def test_a_missing_named_connection_is_an_error():
+    from airflow.exceptions import AirflowNotFoundException
+
+    with pytest.raises(AirflowNotFoundException):
+        _ = RayHook("no_such_connection").backend
+
+
+def test_dashboard_connection_uses_the_token_from_the_password(monkeypatch, backend, shared_cluster):
+    address = urlsplit(shared_cluster.dashboard_url)
+    token = backend.registry.read_token(SHARED_CLUSTER)
+    _connection(
+        monkeypatch,
+        "ray_existing",
+        host=address.hostname,
+        port=address.port,
+        password=token,
+        extra={"cluster_name": "existing"},
+    )
+    hook = RayHook("ray_existing")
+    assert isinstance(hook.backend, DashboardBackend)
+    info = hook.submit_job("existing", "hook-dashboard-1", JobSpec(entrypoint="echo via-dashboard"), {})
+    assert info.submission_id == "hook-dashboard-1"
+    assert "hook-dashboard-1" in [job.submission_id for job in hook.list_jobs("existing")]
+    assert hook.describe_cluster("existing").state == "READY"
+    with pytest.raises(BackendError, match="cannot create clusters"):
+        hook.create_or_get_cluster("new-one", ClusterSpec(head={"cpu": "1"}), {})
+    with pytest.raises(BackendError, match="does not delete"):
+        hook.delete_cluster("existing")
+
+
+def test_wrong_token_is_a_clear_error_that_does_not_echo_it(monkeypatch, shared_cluster):
+    address = urlsplit(shared_cluster.dashboard_url)
+    _connection(
+        monkeypatch,
+        "ray_wrong",
+        host=address.hostname,
+        port=address.port,
+        password="wrong-secret-token",
+        extra={"cluster_name": "existing"},
+    )
+    with pytest.raises(BackendError) as raised:
+        RayHook("ray_wrong").list_jobs("existing")
+    assert "Invalid authentication token" in str(raised.value)
+    assert "wrong-secret-token" not in str(raised.value)
+
+
+def test_tail_job_logs_returns_only_new_text(backend, shared_cluster):
+    hook = RayHook()
+    hook.submit_job(SHARED_CLUSTER, "hook-tail-1", JobSpec(entrypoint="echo first-line"), {})
+    import time
+
+    while not hook.get_job_status(SHARED_CLUSTER, "hook-tail-1").is_terminal:
+        time.sleep(0.2)
+    text, offset = hook.tail_job_logs(SHARED_CLUSTER, "hook-tail-1")
+    assert "first-line" in text and offset == len(text)
+    assert hook.tail_job_logs(SHARED_CLUSTER, "hook-tail-1", offset) == ("", offset)

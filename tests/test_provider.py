@@ -1,0 +1,63 @@
+"""Provider registration: the entry point, Airflow's provider schema, and importable class paths."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import airflow
+import jsonschema
+import pytest
+
+import airflow_ray_platform
+from airflow_ray_platform.config import JobConfigurationError
+from airflow_ray_platform.operators.ray import RayClusterOperator, RayJobOperator
+
+
+def test_entry_point_returns_provider_info_that_airflow_accepts():
+    (entry,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_ray_platform")]
+    info = entry.load()()
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(info, schema)
+    assert info["connection-types"][0]["connection-type"] == "ray"
+
+
+def _import(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_every_listed_class_and_module_imports():
+    info = airflow_ray_platform.get_provider_info()
+    for key in ("hooks", "operators", "sensors", "triggers"):
+        for entry in info[key]:
+            for module in entry["python-modules"]:
+                importlib.import_module(module)
+    for path in [*info["extra-links"], *(c["hook-class-name"] for c in info["connection-types"])]:
+        _import(path)
+
+
+def test_operators_default_deferrable_from_airflow_config():
+    from airflow.configuration import conf
+
+    expected = conf.getboolean("operators", "default_deferrable", fallback=False)
+    config = {"name": "x", "owner": "o", "team": "t", "job": {"entrypoint": "true"}}
+    assert RayJobOperator(task_id="t", job_configuration=config).deferrable is expected
+
+
+@pytest.mark.parametrize("operator", [RayJobOperator, RayClusterOperator])
+def test_bad_configuration_fails_at_parse_and_creates_nothing(operator, backend):
+    before = backend.registry.names()
+    with pytest.raises(JobConfigurationError, match=r"cluster\.head\.memory: must be at least 256Mi"):
+        operator(
+            task_id="t",
+            job_configuration={
+                "name": "x",
+                "owner": "o",
+                "team": "t",
+                "cluster": {"head": {"memory": "1Mi"}},
+            },
+        )
+    assert backend.registry.names() == before

@@ -1,0 +1,154 @@
+"""Triggers against real Ray: full state in serialize(), restarts change nothing, on_kill stops the job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.config import JobSpec
+from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
+
+from ..conftest import SHARED_CLUSTER
+
+pytestmark = pytest.mark.usefixtures("shared_cluster")
+
+
+def _rebuild(trigger):
+    classpath, kwargs = trigger.serialize()
+    kwargs = json.loads(json.dumps(kwargs))  # what the metadata DB stores
+    assert classpath == f"{type(trigger).__module__}.{type(trigger).__qualname__}"
+    return type(trigger)(**kwargs)
+
+
+def test_serialize_carries_the_whole_state():
+    job = RayJobTrigger(
+        ray_conn_id="ray_default",
+        cluster_name="c",
+        submission_id="s",
+        poll_interval=0.5,
+        timeout_at=123.0,
+        stream_logs=False,
+        log_offset=42,
+        stop_on_kill=False,
+        ephemeral_cluster=True,
+    )
+    assert _rebuild(job).serialize() == job.serialize()
+    cluster = RayClusterTrigger(ray_conn_id="x", cluster_name="c", timeout_at=1.0, ephemeral_cluster=True)
+    assert _rebuild(cluster).serialize() == cluster.serialize()
+
+
+async def _first_event(trigger, timeout=120):
+    async def first():
+        async for event in trigger.run():
+            return event.payload
+
+    return await asyncio.wait_for(first(), timeout)
+
+
+def _submit(backend, submission_id, entrypoint):
+    backend.submit_job(SHARED_CLUSTER, submission_id, JobSpec(entrypoint=entrypoint), {})
+    deadline = time.monotonic() + 60
+    while backend.describe_job(SHARED_CLUSTER, submission_id).state != JobState.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_triggerer_restart_changes_nothing_and_a_new_instance_resumes(backend):
+    _submit(backend, "trigger-restart", "python -c \"import time; print('step one', flush=True); time.sleep(5)\"")
+    trigger = RayJobTrigger(
+        ray_conn_id="ray_default",
+        cluster_name=SHARED_CLUSTER,
+        submission_id="trigger-restart",
+        poll_interval=0.3,
+    )
+
+    async def restart():
+        run = asyncio.ensure_future(_first_event(trigger))
+        await asyncio.sleep(1.5)
+        run.cancel()  # the triggerer shuts down: the task is cancelled, then cleanup() runs
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        await trigger.cleanup()
+
+    asyncio.run(restart())
+    assert backend.describe_job(SHARED_CLUSTER, "trigger-restart").state == JobState.RUNNING
+    assert backend.describe_cluster(SHARED_CLUSTER) is not None
+    event = asyncio.run(_first_event(_rebuild(trigger)))
+    assert event["status"] == "success"
+    assert event["submission_id"] == "trigger-restart"
+    assert event["log_offset"] > 0
+
+
+def test_on_kill_stops_the_job(backend):
+    _submit(backend, "trigger-kill", "python -c 'import time; time.sleep(300)'")
+    trigger = RayJobTrigger(ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id="trigger-kill")
+    asyncio.run(trigger.on_kill())
+    deadline = time.monotonic() + 60
+    while backend.describe_job(SHARED_CLUSTER, "trigger-kill").state != JobState.STOPPED:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    event = asyncio.run(_first_event(_rebuild(trigger)))
+    assert event["status"] == "failed" and event["state"] == "STOPPED"
+
+
+def test_sensor_trigger_does_not_stop_on_kill(backend):
+    _submit(backend, "trigger-watch", "python -c 'import time; time.sleep(20)'")
+    trigger = RayJobTrigger(
+        ray_conn_id="ray_default",
+        cluster_name=SHARED_CLUSTER,
+        submission_id="trigger-watch",
+        stop_on_kill=False,
+    )
+    asyncio.run(trigger.on_kill())
+    assert backend.describe_job(SHARED_CLUSTER, "trigger-watch").state == JobState.RUNNING
+    backend.stop_job(SHARED_CLUSTER, "trigger-watch")
+
+
+def test_cluster_trigger_reports_ready(shared_cluster):
+    trigger = RayClusterTrigger(ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, timeout_at=time.time() + 30)
+    event = asyncio.run(_first_event(trigger))
+    assert event == {
+        "status": "success",
+        "cluster_name": SHARED_CLUSTER,
+        "ephemeral_cluster": False,
+        "dashboard_url": shared_cluster.dashboard_url,
+    }
+    missing = RayClusterTrigger(ray_conn_id="ray_default", cluster_name="absent", timeout_at=time.time() + 30)
+    assert "does not exist" in asyncio.run(_first_event(missing))["message"]
+
+
+def test_a_stuck_backend_call_never_blocks_the_event_loop(monkeypatch):
+    """A dashboard that accepts connections and never answers: the loop keeps ticking meanwhile."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    port = server.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_STALLED", json.dumps({"conn_type": "ray", "host": "127.0.0.1", "port": port}))
+    trigger = RayJobTrigger(ray_conn_id="ray_stalled", cluster_name="default", submission_id="s", poll_interval=0.1)
+
+    async def measure():
+        run = asyncio.ensure_future(_first_event(trigger))
+        ticks, last, worst = 0, time.monotonic(), 0.0
+        while ticks < 40:  # ~2 s of 50 ms ticks while the trigger's HTTP call hangs
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            worst, last, ticks = max(worst, now - last), now, ticks + 1
+        stuck = not run.done()
+        run.cancel()
+        for connection, _ in accepted:
+            connection.close()
+        server.close()
+        return stuck, worst
+
+    stuck, worst = asyncio.run(measure())
+    assert accepted, "the trigger never reached the dashboard"
+    assert stuck, "the backend call should still be hanging on the silent server"
+    assert worst < 1.0, f"the event loop stalled for {worst:.2f}s"
