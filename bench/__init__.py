@@ -1,0 +1,27 @@
+"""Benchmarks: each compares against a baseline measured in the same run, and writes results.json.
+
+Importing this package isolates the run before Airflow or Ray is imported by any benchmark: a private
+HOME (Ray keeps tokens in ~/.ray), AIRFLOW_HOME, DAG folder and local-backend root.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+WORK = Path(tempfile.mkdtemp(prefix="arp-bench-"))
+BENCH_DAGS = Path(__file__).parent / "dags"
+
+os.environ.update(
+    HOME=str(WORK / "home"),
+    AIRFLOW_HOME=str(WORK / "airflow"),
+    AIRFLOW__CORE__DAGS_FOLDER=str(BENCH_DAGS),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__CORE__PARALLELISM="4",
+    AIRFLOW_RAY_PLATFORM_HOME=str(WORK / "ray-platform"),
+    RAY_USAGE_STATS_ENABLED="0",
+)
+for variable in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+    os.environ.pop(variable, None)
+(WORK / "home").mkdir(exist_ok=True)
