@@ -287,10 +287,24 @@ class JobConfiguration(_Strict):
         return self.cluster.name or self.name
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _location(parts: tuple[int | str, ...]) -> str:
+    """``cluster.worker_groups.0.cpu``; keys that are not plain names are quoted (``cluster["a b"]``)."""
+    text = ""
+    for part in parts:
+        if isinstance(part, str) and _PLAIN_KEY.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text or "job_configuration"
+
+
 def _format_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "job_configuration"
+        location = _location(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "is not a known field (misspelt?)"

@@ -80,7 +80,7 @@ def test_name_only_cluster_is_a_reference():
         ({"cluster": {"head": {"memory": "100Mi"}}}, "cluster.head.memory", "at least 256Mi"),
         (
             {"cluster": {"worker_groups": [{"group_name": "w", "replicas": 5, "max_replicas": 2}]}},
-            "cluster.worker_groups.0",
+            "cluster.worker_groups[0]",
             "replicas must lie between",
         ),
         (
@@ -106,6 +106,16 @@ def test_errors_name_the_field_and_the_rule(patch, field, rule):
     message = str(raised.value)
     assert f"  {field}" in message
     assert rule in message
+
+
+def test_odd_keys_are_quoted_so_each_error_stays_on_one_line():
+    with pytest.raises(JobConfigurationError) as raised:
+        load_job_configuration({**VALID, "cluster": {"\x1e": 0, "a b": 1}})
+    lines = str(raised.value).splitlines()
+    assert lines[1:] == [
+        '  cluster["\\u001e"]: is not a known field (misspelt?)',
+        '  cluster["a b"]: is not a known field (misspelt?)',
+    ]
 
 
 def test_missing_file_and_wrong_type():
@@ -161,5 +171,5 @@ def test_mutations_fail_only_with_named_field_errors(path, junk, drop):
         for line in lines[1:]:
             location, _, rule = line.strip().partition(": ")
             assert rule, line
-            head = location.split(".")[0]
+            head = location.split(".")[0].split("[")[0]
             assert head in {"name", "owner", "team", "cluster", "job", "lifecycle"}, line

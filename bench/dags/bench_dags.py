@@ -1,0 +1,46 @@
+"""Airflow DAGs the benchmarks run with dag.test()."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from airflow.sdk import DAG, task
+
+from airflow_ray_platform.operators.ray import RayJobOperator
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "dags" / "zone_training"))
+
+BENCH_CLUSTER = "bench"
+START = datetime(2026, 1, 1)
+TRIVIAL = {
+    "name": "bench",
+    "owner": "bench",
+    "team": "bench",
+    "cluster": {"name": BENCH_CLUSTER},
+    "job": {"entrypoint": "python -c \"print('ok')\""},
+}
+
+with DAG("bench_control_plane_blocking", schedule=None, start_date=START) as bench_control_plane_blocking:
+    RayJobOperator(task_id="job", job_configuration=TRIVIAL, deferrable=False, poll_interval=0.2)
+
+with DAG("bench_control_plane_deferrable", schedule=None, start_date=START) as bench_control_plane_deferrable:
+    RayJobOperator(task_id="job", job_configuration=TRIVIAL, deferrable=True, poll_interval=0.2)
+
+with DAG(
+    "bench_mapped_zones", schedule=None, start_date=START, params={"zones": 10, "samples": 2000}
+) as bench_mapped_zones:
+
+    @task
+    def zones(params=None) -> list[int]:
+        return list(range(int(params["zones"])))
+
+    @task
+    def train(zone: int, params=None) -> float:
+        """The one-Airflow-task-per-zone pattern that one Ray job replaces."""
+        from train_zones import fit_zone
+
+        return fit_zone(zone, samples=int(params["samples"]))["rmse"]
+
+    train.expand(zone=zones())

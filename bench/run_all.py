@@ -1,0 +1,13 @@
+"""Run every benchmark in its own process (each starts and stops its own clusters) into results.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = ["bench.cold_start", "bench.control_plane", "bench.fan_out"]
+
+if __name__ == "__main__":
+    for module in sys.argv[1:] or BENCHMARKS:
+        print(f"== {module}", flush=True)
+        subprocess.run([sys.executable, "-m", module], check=True)
