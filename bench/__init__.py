@@ -1,7 +1,8 @@
 """Benchmarks: each compares against a baseline measured in the same run, and writes results.json.
 
 Importing this package isolates the run before Airflow or Ray is imported by any benchmark: a private
-HOME (Ray keeps tokens in ~/.ray), AIRFLOW_HOME, DAG folder and local-backend root.
+HOME (Ray keeps tokens in ~/.ray), AIRFLOW_HOME, DAG folder and local-backend root, and one BLAS
+thread per process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ os.environ.update(
     AIRFLOW__CORE__PARALLELISM="4",
     AIRFLOW_RAY_PLATFORM_HOME=str(WORK / "ray-platform"),
     RAY_USAGE_STATS_ENABLED="0",
+    # One BLAS thread per process, as Ray gives a 1-CPU task: the serial baseline then measures one
+    # core's work, and "ideal on N cores" means serial / N (numpy would otherwise spread a "serial"
+    # loop over every core and make any comparison meaningless).
+    OMP_NUM_THREADS="1",
+    OPENBLAS_NUM_THREADS="1",
+    MKL_NUM_THREADS="1",
 )
 for variable in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
     os.environ.pop(variable, None)

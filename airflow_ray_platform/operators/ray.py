@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration
 from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.links import RayDashboardLink
 from airflow_ray_platform.naming import (
     TASK_KEY_METADATA,
@@ -55,7 +56,24 @@ def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
 
-class _RayOperator(BaseOperator):
+def _default_state_store() -> str | None:
+    """``[ray_platform] state_store_conn_id``; unset means the embedded SQLite file."""
+    return conf.get("ray_platform", "state_store_conn_id", fallback=None) or None
+
+
+class _RecordingOperator(BaseOperator):
+    """Operators that record lifecycle transitions in the state store (never failing over it)."""
+
+    def __init__(self, *, state_store_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state_store_conn_id = state_store_conn_id or _default_state_store()
+
+    @cached_property
+    def recorder(self) -> LifecycleRecorder:
+        return LifecycleRecorder(self.state_store_conn_id)
+
+
+class _RayOperator(_RecordingOperator):
     """Shared: the connection, the configuration, and pushing what the UI and downstream tasks need."""
 
     template_fields: Sequence[str] = ("job_configuration", "ray_conn_id")
@@ -108,6 +126,12 @@ class _RayOperator(BaseOperator):
     def _startup_timeout(self) -> float:
         return self.config.lifecycle.startup_timeout.total_seconds()
 
+    def _record_cluster(self, name: str) -> ClusterInfo | None:
+        info = self.hook.describe_cluster(name)
+        if info is not None:
+            self.recorder.cluster_seen(info)
+        return info
+
 
 class RayClusterOperator(_RayOperator):
     """Create (or get, by name) the Ray cluster a ``job_configuration`` describes, and wait until ready.
@@ -132,6 +156,7 @@ class RayClusterOperator(_RayOperator):
                 )
         else:
             info = self.hook.create_or_get_cluster(name, config.cluster, self._labels(context, ephemeral=False))
+            self.recorder.cluster_seen(info, requested=True)
         self.log.info("Ray cluster %r on backend %r: %s", name, info.backend, info.state)
         result = self._push_cluster(context, info)
         if not self.wait_for_ready or info.state == ClusterState.READY:
@@ -146,13 +171,15 @@ class RayClusterOperator(_RayOperator):
                 ),
                 method_name="execute_complete",
             )
-        self.hook.wait_for_cluster(name, self._startup_timeout(), self.poll_interval)
+        ready = self.hook.wait_for_cluster(name, self._startup_timeout(), self.poll_interval)
+        self.recorder.cluster_seen(ready)
         self.log.info("Ray cluster %r is ready: %s", name, info.dashboard_url)
         return result
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if event["status"] != "success":
             raise AirflowException(event["message"])
+        self._record_cluster(event["cluster_name"])
         return {
             "cluster_name": event["cluster_name"],
             "dashboard_url": event["dashboard_url"],
@@ -160,7 +187,7 @@ class RayClusterOperator(_RayOperator):
         }
 
 
-class RayClusterDeleteOperator(BaseOperator):
+class RayClusterDeleteOperator(_RecordingOperator):
     """Delete a Ray cluster by name (explicit teardown). A cluster already gone is not an error."""
 
     template_fields: Sequence[str] = ("cluster_name", "ray_conn_id")
@@ -171,7 +198,11 @@ class RayClusterDeleteOperator(BaseOperator):
         self.ray_conn_id = ray_conn_id
 
     def execute(self, context: Context) -> bool:
-        deleted = RayHook(self.ray_conn_id).delete_cluster(self.cluster_name)
+        hook = RayHook(self.ray_conn_id)
+        info = hook.describe_cluster(self.cluster_name)
+        deleted = hook.delete_cluster(self.cluster_name)
+        if deleted and info is not None:
+            self.recorder.cluster_deleted(info, f"{self.task_id} (RayClusterDeleteOperator)")
         self.log.info("Ray cluster %r %s", self.cluster_name, "deleted" if deleted else "did not exist")
         return deleted
 
@@ -228,6 +259,7 @@ class RayJobOperator(_RayOperator):
         identity = TaskIdentity.from_context(context)
         name = identity.ephemeral_cluster_name(config.name) if ephemeral else config.cluster_name
         info = self.hook.create_or_get_cluster(name, config.cluster, self._labels(context, ephemeral=ephemeral))
+        self.recorder.cluster_seen(info, requested=True)
         return info, ephemeral
 
     # ------------------------------------------------------------ execute
@@ -305,7 +337,14 @@ class RayJobOperator(_RayOperator):
         assert job is not None
         info = self.hook.submit_job(cluster, submission_id, job, metadata)
         self.log.info("Submitted Ray job %r to cluster %r", info.submission_id, cluster)
+        self._record_job(info, identity, try_number)
         return info
+
+    def _record_job(self, job: JobInfo, identity: TaskIdentity | None = None, try_number: int | None = None) -> None:
+        assert self._target_cluster is not None
+        cluster = self._record_cluster(self._target_cluster)
+        if cluster is not None:
+            self.recorder.job_seen(cluster, job, identity=identity, config=self.config, try_number=try_number)
 
     def _submit_and_wait(self, context: Context) -> str | None:
         info = self._submit_or_reattach(context)
@@ -373,6 +412,9 @@ class RayJobOperator(_RayOperator):
             self._log_since(submission_id, event.get("log_offset", 0))
         if event["status"] == "timeout":
             self.hook.stop_job(self._target_cluster, submission_id)
+        final = self.hook.get_job_info(self._target_cluster, submission_id)
+        if final is not None:
+            self._record_job(final)
         failed = event["status"] != "success"
         self._cleanup_cluster(failed=failed)
         if failed:
@@ -391,7 +433,9 @@ class RayJobOperator(_RayOperator):
                 self._target_cluster,
             )
             return
-        self.hook.delete_cluster(self._target_cluster)
+        info = self.hook.describe_cluster(self._target_cluster)
+        if self.hook.delete_cluster(self._target_cluster) and info is not None:
+            self.recorder.cluster_deleted(info, "ephemeral cluster: its job ended")
         self.log.info("Deleted ephemeral Ray cluster %r", self._target_cluster)
 
     def on_kill(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,10 +11,12 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_ray_platform.backends.base import JobState
 from airflow_ray_platform.naming import TASK_KEY_METADATA, TaskIdentity
+from airflow_ray_platform.state_store import StateStore, clusters, jobs
 
 from ..conftest import SHARED_CLUSTER, TEST_DAGS
 from ..test_dags import ray_e2e_dags as dags
@@ -159,6 +162,29 @@ def test_ephemeral_cluster_runs_the_job_and_is_torn_down(backend):
     assert ti.xcom_pull(task_ids="job", key="cluster_name") == name
     assert backend.describe_cluster(name) is None
     assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
+    # The lifecycle outlives the cluster in the (embedded) state store.
+    store = StateStore.from_airflow_connection(None)
+    with store.engine.connect() as connection:
+        (cluster,) = connection.execute(sa.select(clusters).where(clusters.c.name == name)).mappings().all()
+        (job,) = connection.execute(sa.select(jobs).where(jobs.c.cluster_uid == cluster["cluster_uid"])).mappings()
+    assert cluster["state"] == "DELETED" and cluster["ephemeral"] and cluster["owner"] == "tests"
+    assert cluster["deleted_reason"] == "ephemeral cluster: its job ended"
+    assert job["state"] == "SUCCEEDED" and job["dag_id"] == "ray_job_ephemeral" and job["requested_cpu"] == 1
+    kinds = [event["kind"] for event in store.events_of(cluster["cluster_uid"])]
+    assert kinds[0] == "requested" and "ready" in kinds and "job_succeeded" in kinds and kinds[-1] == "deleted"
+
+
+def test_an_unreachable_state_store_only_warns(backend, monkeypatch, caplog):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ARP_UNREACHABLE_STORE",
+        json.dumps(
+            {"conn_type": "postgres", "extra": {"sqlalchemy_url": "postgresql+psycopg://postgres@127.0.0.1:1/test"}}
+        ),
+    )
+    run = dags.ray_job_unreachable_store.test(run_conf={"entrypoint": "python -c 'print(2)'"})
+    assert run.state == DagRunState.SUCCESS
+    warnings = [r.getMessage() for r in caplog.records if r.name == "airflow_ray_platform.lifecycle"]
+    assert warnings and all("Connection refused" in w for w in warnings), warnings
 
 
 def test_named_cluster_is_reused_by_a_later_task(backend, shared_cluster):

@@ -41,6 +41,9 @@ ray_job_ephemeral = _job_dag(
         "job": {"entrypoint": "{{ params.entrypoint }}"},
     },
 )
+ray_job_unreachable_store = _job_dag(
+    "ray_job_unreachable_store", deferrable=False, state_store_conn_id="arp_unreachable_store"
+)
 ray_job_bad_template = _job_dag(
     "ray_job_bad_template",
     deferrable=False,

@@ -1,0 +1,169 @@
+"""Recording lifecycle transitions from the Airflow side, without ever failing a job over bookkeeping.
+
+The operators and trigger completions call a :class:`LifecycleRecorder`; it turns backend infos into
+state-store rows and events. If the store cannot be reached, each call logs a warning and returns:
+the Ray job's outcome never depends on the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
+from airflow_ray_platform.config import JobConfiguration, quantity_value
+from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
+from airflow_ray_platform.state_store import Event, StateStore, cluster_uid
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _never_fails(method: Callable[P, R]) -> Callable[P, R | None]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return method(*args, **kwargs)
+        except Exception as error:  # the store is optional for the job's outcome
+            log.warning("Lifecycle state store unavailable, transition not recorded (%s): %s", method.__name__, error)
+            return None
+
+    return wrapper
+
+
+def _uid(info: ClusterInfo) -> str:
+    return cluster_uid(info.backend, info.name, info.created_at or datetime.fromtimestamp(0, UTC))
+
+
+class LifecycleRecorder:
+    """Writes transitions to the state store named by ``conn_id`` (None: the embedded SQLite file)."""
+
+    def __init__(self, conn_id: str | None) -> None:
+        self.conn_id = conn_id
+        self._store: StateStore | None = None
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            store = StateStore.from_airflow_connection(self.conn_id)
+            store.migrate()
+            self._store = store
+        return self._store
+
+    @_never_fails
+    def cluster_seen(self, info: ClusterInfo, *, requested: bool = False) -> None:
+        """The cluster was requested (created or got) or observed in a new state."""
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {
+            "cluster_uid": _uid(info),
+            "backend": info.backend,
+            "name": info.name,
+            "owner": info.owner,
+            "team": info.team,
+            "state": str(info.state),
+            "ephemeral": info.labels.get(EPHEMERAL_LABEL) == "true",
+            "dashboard_url": info.dashboard_url,
+            "labels": dict(info.labels),
+            "resources": dict(info.resources),
+            "requested_at": info.created_at,
+            "last_active_at": info.last_active_at,
+        }
+        kind = "requested" if requested else str(info.state).lower()
+        if str(info.state) == "READY":
+            values["ready_at"] = now
+        self.store.upsert_cluster(
+            Event(values["cluster_uid"], kind, now, reason=info.message, discriminator=kind), **values
+        )
+
+    @_never_fails
+    def cluster_deleted(self, info: ClusterInfo, reason: str, *, by: str = "airflow") -> None:
+        now = datetime.now(UTC)
+        uid = _uid(info)
+        kind = "deleted_by_gc" if by == "gc" else "deleted"
+        self.store.upsert_cluster(
+            Event(uid, kind, now, reason=reason),
+            cluster_uid=uid,
+            backend=info.backend,
+            name=info.name,
+            state="DELETED",
+            ephemeral=info.labels.get(EPHEMERAL_LABEL) == "true",
+            deleted_at=now,
+            deleted_reason=reason,
+        )
+
+    @_never_fails
+    def job_seen(
+        self,
+        cluster: ClusterInfo,
+        job: JobInfo,
+        *,
+        identity: TaskIdentity | None = None,
+        config: JobConfiguration | None = None,
+        try_number: int | None = None,
+    ) -> None:
+        """A job was submitted, reattached to, or observed in a (new) state."""
+        values: dict[str, Any] = {
+            "cluster_uid": _uid(cluster),
+            "submission_id": job.submission_id,
+            "state": str(job.state),
+            "message": job.message,
+            "entrypoint": job.entrypoint or None,
+            "started_at": job.start_time,
+            "ended_at": job.end_time,
+        }
+        if identity is not None:
+            values.update(
+                dag_id=identity.dag_id,
+                task_id=identity.task_id,
+                run_id=identity.run_id,
+                map_index=identity.map_index,
+                try_number=try_number,
+            )
+        if config is not None and config.job is not None:
+            values.update(
+                owner=config.owner,
+                team=config.team,
+                submitted_at=job.start_time or datetime.now(UTC),
+                requested_cpu=_requested_cpu(config),
+                requested_gpu=_requested_gpu(config),
+                requested_memory_bytes=_requested_memory(config),
+            )
+        kind = f"job_{str(job.state).lower()}"
+        self.store.upsert_job(
+            Event(
+                values["cluster_uid"],
+                kind,
+                datetime.now(UTC),
+                submission_id=job.submission_id,
+                reason=job.message,
+                discriminator=str(job.state),
+            ),
+            **values,
+        )
+
+
+def _nodes(config: JobConfiguration) -> list:
+    cluster = config.cluster
+    return [cluster.head, *(g for g in cluster.worker_groups for _ in range(g.replicas))]
+
+
+def _requested_cpu(config: JobConfiguration) -> float | None:
+    if config.cluster.reuses_existing:
+        return config.job.entrypoint_num_cpus if config.job else None
+    return float(sum(quantity_value(node.cpu) for node in _nodes(config)))
+
+
+def _requested_gpu(config: JobConfiguration) -> float | None:
+    if config.cluster.reuses_existing:
+        return config.job.entrypoint_num_gpus if config.job else None
+    return float(sum(node.gpu for node in _nodes(config)))
+
+
+def _requested_memory(config: JobConfiguration) -> int | None:
+    if config.cluster.reuses_existing:
+        return config.job.entrypoint_memory if config.job else None
+    return int(sum(quantity_value(node.memory) for node in _nodes(config)))
