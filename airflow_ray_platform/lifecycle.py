@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
 from airflow_ray_platform.config import JobConfiguration, quantity_value
+from airflow_ray_platform.log_storage import LogStorage, log_key
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
 from airflow_ray_platform.state_store import Event, StateStore, cluster_uid
 
@@ -40,10 +41,12 @@ def _uid(info: ClusterInfo) -> str:
 
 
 class LifecycleRecorder:
-    """Writes transitions to the state store named by ``conn_id`` (None: the embedded SQLite file)."""
+    """Writes transitions to the state store named by ``conn_id`` (None: the embedded SQLite file),
+    and terminal jobs' logs to ``log_storage_uri`` (None: ``file://`` under the local backend's root)."""
 
-    def __init__(self, conn_id: str | None) -> None:
+    def __init__(self, conn_id: str | None, log_storage_uri: str | None = None) -> None:
         self.conn_id = conn_id
+        self.log_storage_uri = log_storage_uri
         self._store: StateStore | None = None
 
     @property
@@ -78,6 +81,23 @@ class LifecycleRecorder:
         self.store.upsert_cluster(
             Event(values["cluster_uid"], kind, now, reason=info.message, discriminator=kind), **values
         )
+
+    @_never_fails
+    def persist_log(self, cluster: ClusterInfo, job: JobInfo, text: str) -> str | None:
+        """Write the terminal job's whole driver log to storage and record its URI on the job row."""
+        if self.log_storage_uri is None:
+            from airflow_ray_platform.backends.local import default_root
+
+            storage = LogStorage(f"file://{default_root() / 'logs'}")
+        else:
+            storage = LogStorage(self.log_storage_uri)
+        created = (cluster.created_at or datetime.fromtimestamp(0, UTC)).astimezone(UTC).isoformat()
+        encoded = text.encode()
+        chunks = (encoded[i : i + 1024 * 1024] for i in range(0, len(encoded), 1024 * 1024))
+        uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), chunks)
+        self.store.upsert_job(cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state),
+                              log_uri=uri)
+        return uri
 
     @_never_fails
     def cluster_deleted(self, info: ClusterInfo, reason: str, *, by: str = "airflow") -> None:

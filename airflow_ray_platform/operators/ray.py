@@ -56,21 +56,24 @@ def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
 
-def _default_state_store() -> str | None:
-    """``[ray_platform] state_store_conn_id``; unset means the embedded SQLite file."""
-    return conf.get("ray_platform", "state_store_conn_id", fallback=None) or None
+def _platform_option(key: str) -> str | None:
+    """``[ray_platform] <key>`` from Airflow's configuration; unset means the embedded default."""
+    return conf.get("ray_platform", key, fallback=None) or None
 
 
 class _RecordingOperator(BaseOperator):
     """Operators that record lifecycle transitions in the state store (never failing over it)."""
 
-    def __init__(self, *, state_store_conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, state_store_conn_id: str | None = None, log_storage_uri: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.state_store_conn_id = state_store_conn_id or _default_state_store()
+        self.state_store_conn_id = state_store_conn_id or _platform_option("state_store_conn_id")
+        self.log_storage_uri = log_storage_uri or _platform_option("log_storage_uri")
 
     @cached_property
     def recorder(self) -> LifecycleRecorder:
-        return LifecycleRecorder(self.state_store_conn_id)
+        return LifecycleRecorder(self.state_store_conn_id, self.log_storage_uri)
 
 
 class _RayOperator(_RecordingOperator):
@@ -340,6 +343,15 @@ class RayJobOperator(_RayOperator):
         self._record_job(info, identity, try_number)
         return info
 
+    def _persist_log(self, job: JobInfo) -> None:
+        """The whole driver log, kept after the cluster is gone (before an ephemeral one is deleted)."""
+        assert self._target_cluster is not None
+        cluster = self.hook.describe_cluster(self._target_cluster)
+        if cluster is not None and job.state.is_terminal:
+            uri = self.recorder.persist_log(cluster, job, self.hook.get_job_logs(cluster.name, job.submission_id))
+            if uri:
+                self.log.info("Ray job %r log persisted to %s", job.submission_id, uri)
+
     def _record_job(self, job: JobInfo, identity: TaskIdentity | None = None, try_number: int | None = None) -> None:
         assert self._target_cluster is not None
         cluster = self._record_cluster(self._target_cluster)
@@ -415,6 +427,7 @@ class RayJobOperator(_RayOperator):
         final = self.hook.get_job_info(self._target_cluster, submission_id)
         if final is not None:
             self._record_job(final)
+            self._persist_log(final)
         failed = event["status"] != "success"
         self._cleanup_cluster(failed=failed)
         if failed:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.log_storage import LogStorage
 from airflow_ray_platform.naming import TASK_KEY_METADATA, TaskIdentity
 from airflow_ray_platform.state_store import StateStore, clusters, jobs
 
@@ -154,7 +155,9 @@ def test_timeout_stops_the_job_and_fails(backend, capfd):
 
 def test_ephemeral_cluster_runs_the_job_and_is_torn_down(backend):
     run = dags.ray_job_ephemeral.test(
-        run_conf={"entrypoint": "python -c \"import ray; ray.init(); print(ray.cluster_resources()['CPU'])\""}
+        run_conf={
+            "entrypoint": "python -c \"import ray; ray.init(); print('CPU count', ray.cluster_resources()['CPU'])\""
+        }
     )
     assert run.state == DagRunState.SUCCESS
     name = TaskIdentity("ray_job_ephemeral", "job", run.run_id).ephemeral_cluster_name("e2e-ephemeral")
@@ -170,6 +173,10 @@ def test_ephemeral_cluster_runs_the_job_and_is_torn_down(backend):
     assert cluster["state"] == "DELETED" and cluster["ephemeral"] and cluster["owner"] == "tests"
     assert cluster["deleted_reason"] == "ephemeral cluster: its job ended"
     assert job["state"] == "SUCCEEDED" and job["dag_id"] == "ray_job_ephemeral" and job["requested_cpu"] == 1
+    # ... and so does the job's driver log, readable with no cluster running.
+    storage = LogStorage(job["log_uri"].rsplit("/local/", 1)[0])
+    assert job["log_uri"].startswith("file://")
+    assert "CPU count 1.0" in b"".join(storage.read(job["log_uri"])).decode()
     kinds = [event["kind"] for event in store.events_of(cluster["cluster_uid"])]
     assert kinds[0] == "requested" and "ready" in kinds and "job_succeeded" in kinds and kinds[-1] == "deleted"
 
@@ -196,10 +203,21 @@ def test_named_cluster_is_reused_by_a_later_task(backend, shared_cluster):
     assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
 
 
-def test_sensor_waits_for_the_job_in_deferrable_mode(backend):
-    run = dags.ray_job_sensor.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(2)'"})
+@pytest.mark.parametrize("dag", [dags.ray_job_sensor, dags.ray_job_sensor_poke], ids=["deferrable", "poke"])
+def test_sensor_waits_for_the_job(dag, backend):
+    run = dag.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(2)'"})
     assert run.state == DagRunState.SUCCESS
     assert _state(run, "wait") == TaskInstanceState.SUCCESS
+    (job,) = _jobs_of(backend, run, dag.dag_id)
+    assert job.state == JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize("dag", [dags.ray_job_sensor, dags.ray_job_sensor_poke], ids=["deferrable", "poke"])
+def test_sensor_fails_with_the_jobs_error(dag, capfd):
+    run = dag.test(run_conf={"entrypoint": "python -c \"raise SystemExit('bad zone')\""})
+    assert run.state == DagRunState.FAILED
+    assert _state(run, "wait") == TaskInstanceState.FAILED
+    assert "bad zone" in capfd.readouterr().out
 
 
 def test_bad_templated_configuration_fails_before_anything_is_created(backend, capfd):

@@ -67,11 +67,18 @@ with DAG("ray_cluster_reuse", schedule=None, start_date=START, params=PARAMS) as
         cluster_name="{{ ti.xcom_pull(task_ids='cluster', key='cluster_name') }}",
     )
 
-with DAG("ray_job_sensor", schedule=None, start_date=START, params=PARAMS) as ray_job_sensor:
-    RayJobOperator(task_id="job", job_configuration=ON_SHARED, wait_for_completion=False) >> RayJobSensor(
-        task_id="wait",
-        cluster_name=SHARED,
-        deferrable=True,
-        poke_interval=0.5,
-        submission_id="{{ ti.xcom_pull(task_ids='job', key='submission_id') }}",
-    )
+
+def _sensor_dag(dag_id: str, *, deferrable: bool) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, params=PARAMS) as dag:
+        RayJobOperator(task_id="job", job_configuration=ON_SHARED, wait_for_completion=False) >> RayJobSensor(
+            task_id="wait",
+            cluster_name=SHARED,
+            deferrable=deferrable,
+            poke_interval=0.5,
+            submission_id="{{ ti.xcom_pull(task_ids='job', key='submission_id') }}",
+        )
+    return dag
+
+
+ray_job_sensor = _sensor_dag("ray_job_sensor", deferrable=True)
+ray_job_sensor_poke = _sensor_dag("ray_job_sensor_poke", deferrable=False)

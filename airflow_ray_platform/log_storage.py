@@ -1,0 +1,109 @@
+"""Job driver logs persisted to object storage, readable after their cluster is gone.
+
+When a job reaches a terminal state its full driver log is written under a predictable key,
+``<backend>/<cluster>/<cluster created-at>/<submission_id>.log``, below a base URI: ``file:///dir``
+(the embedded default, under the local backend's root) or ``s3://bucket/prefix`` (boto3; endpoint
+and credentials from the environment or the ``s3_options``). Logs stream in chunks: S3 gets a
+multipart upload fed from the stream, never the whole log in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class LogStorageError(RuntimeError):
+    """The log could not be written or read; the message carries the storage's reason."""
+
+
+def log_key(backend: str, cluster_name: str, cluster_created_at: str, submission_id: str) -> str:
+    stamp = cluster_created_at.replace(":", "-").replace("+", "_")
+    return f"{backend}/{cluster_name}/{stamp}/{submission_id}.log"
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (what boto3's multipart upload consumes)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+class LogStorage:
+    """Write and read persisted job logs below ``base_uri``."""
+
+    def __init__(self, base_uri: str, **s3_options: Any) -> None:
+        parts = urlsplit(base_uri)
+        if parts.scheme not in ("file", "s3"):
+            raise LogStorageError(f"log storage URI must be file:// or s3:// (got {base_uri!r})")
+        self.base_uri = base_uri.rstrip("/")
+        self.scheme = parts.scheme
+        self._bucket = parts.netloc
+        self._prefix = parts.path.strip("/")
+        self._s3_options = s3_options
+
+    def _s3(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", **self._s3_options)
+
+    def uri(self, key: str) -> str:
+        return f"{self.base_uri}/{key}"
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> str:
+        """Stream ``chunks`` to ``key``; returns the log's URI."""
+        try:
+            if self.scheme == "file":
+                path = Path(urlsplit(self.base_uri).path) / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as handle:
+                    shutil.copyfileobj(_ChunkReader(chunks), handle, CHUNK_BYTES)
+            else:
+                from boto3.s3.transfer import TransferConfig
+
+                object_key = f"{self._prefix}/{key}" if self._prefix else key
+                config = TransferConfig(multipart_threshold=CHUNK_BYTES, multipart_chunksize=CHUNK_BYTES)
+                self._s3().upload_fileobj(_ChunkReader(chunks), self._bucket, object_key, Config=config)
+        except LogStorageError:
+            raise
+        except Exception as error:
+            raise LogStorageError(f"persisting log {key!r} to {self.base_uri}: {error}") from None
+        return self.uri(key)
+
+    def read(self, uri: str) -> Iterator[bytes]:
+        """The persisted log at ``uri``, in chunks."""
+        if not uri.startswith(self.base_uri + "/"):
+            raise LogStorageError(f"{uri!r} is not below this storage's {self.base_uri!r}")
+        key = uri[len(self.base_uri) + 1 :]
+        try:
+            if self.scheme == "file":
+                with open(Path(urlsplit(self.base_uri).path) / key, "rb") as handle:
+                    while chunk := handle.read(CHUNK_BYTES):
+                        yield chunk
+            else:
+                object_key = f"{self._prefix}/{key}" if self._prefix else key
+                body = self._s3().get_object(Bucket=self._bucket, Key=object_key)["Body"]
+                yield from body.iter_chunks(CHUNK_BYTES)
+        except Exception as error:
+            raise LogStorageError(f"reading log {uri!r}: {error}") from None
