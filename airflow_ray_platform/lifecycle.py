@@ -83,8 +83,12 @@ class LifecycleRecorder:
         )
 
     @_never_fails
-    def persist_log(self, cluster: ClusterInfo, job: JobInfo, text: str) -> str | None:
-        """Write the terminal job's whole driver log to storage and record its URI on the job row."""
+    def persist_log(self, cluster: ClusterInfo, job: JobInfo, read_log: Callable[[], str]) -> str | None:
+        """Write the terminal job's whole driver log to storage and record its URI on the job row.
+
+        ``read_log`` is called here, inside the never-failing wrapper: a log that cannot be read is a
+        warning, not a failed task.
+        """
         if self.log_storage_uri is None:
             from airflow_ray_platform.backends.local import default_root
 
@@ -92,11 +96,12 @@ class LifecycleRecorder:
         else:
             storage = LogStorage(self.log_storage_uri)
         created = (cluster.created_at or datetime.fromtimestamp(0, UTC)).astimezone(UTC).isoformat()
-        encoded = text.encode()
+        encoded = read_log().encode()
         chunks = (encoded[i : i + 1024 * 1024] for i in range(0, len(encoded), 1024 * 1024))
         uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), chunks)
-        self.store.upsert_job(cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state),
-                              log_uri=uri)
+        self.store.upsert_job(
+            cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state), log_uri=uri
+        )
         return uri
 
     @_never_fails

@@ -48,30 +48,19 @@ def test_migrations_create_the_schema_once(store):
 def test_cluster_upsert_keeps_one_row_per_incarnation(store):
     uid = "local/zone-training/2026-06-01T12:00:00+00:00"
     requested = Event(uid, "requested", NOW)
-    store.upsert_cluster(
-        requested,
-        cluster_uid=uid,
-        backend="local",
-        name="zone-training",
-        owner="ds",
-        team="fc",
-        state="PROVISIONING",
-        ephemeral=False,
-        requested_at=NOW,
-        labels={"a": "b"},
-    )
-    store.upsert_cluster(
-        requested,
-        cluster_uid=uid,
-        backend="local",
-        name="zone-training",
-        owner="ds",
-        team="fc",
-        state="PROVISIONING",
-        ephemeral=False,
-        requested_at=NOW,
-        labels={"a": "b"},
-    )
+    for _ in range(2):  # two workers recording the same request
+        store.upsert_cluster(
+            requested,
+            cluster_uid=uid,
+            backend="local",
+            name="zone-training",
+            owner="ds",
+            team="fc",
+            state="PROVISIONING",
+            ephemeral=False,
+            requested_at=NOW,
+            labels={"a": "b"},
+        )
     store.upsert_cluster(
         Event(uid, "ready", NOW + timedelta(seconds=15)),
         cluster_uid=uid,

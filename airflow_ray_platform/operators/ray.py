@@ -348,7 +348,9 @@ class RayJobOperator(_RayOperator):
         assert self._target_cluster is not None
         cluster = self.hook.describe_cluster(self._target_cluster)
         if cluster is not None and job.state.is_terminal:
-            uri = self.recorder.persist_log(cluster, job, self.hook.get_job_logs(cluster.name, job.submission_id))
+            uri = self.recorder.persist_log(
+                cluster, job, lambda: self.hook.get_job_logs(cluster.name, job.submission_id)
+            )
             if uri:
                 self.log.info("Ray job %r log persisted to %s", job.submission_id, uri)
 
