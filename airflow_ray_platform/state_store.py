@@ -96,6 +96,8 @@ events = sa.Table(
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "arp_alembic_version"
+#: The newest migration's revision (a test checks it against Alembic's head).
+SCHEMA_REVISION = "0001"
 MIGRATION_LOCK_KEY = 0x41525053  # "ARPS": the advisory lock PostgreSQL migrations take
 
 
@@ -156,8 +158,21 @@ class StateStore:
         # Airflow's URI spells the driver its own way; extra "sqlalchemy_url" names it exactly.
         return cls(conn.extra_dejson.get("sqlalchemy_url") or conn.get_uri())
 
+    def schema_revision(self) -> str | None:
+        """The revision the database is at, or None before the first migration."""
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        except sa.exc.DBAPIError:
+            return None
+
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (safe to run from many processes at once)."""
+        """Bring the schema to the newest migration (safe to run from many processes at once).
+
+        Every task calls this; when the schema is current it costs one query, not an Alembic run.
+        """
+        if self.schema_revision() == SCHEMA_REVISION:
+            return
         from alembic import command
         from alembic.config import Config
 

@@ -13,7 +13,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from airflow_ray_platform.state_store import VERSION_TABLE, Event, StateStore, clusters, events, jobs, metadata
+from airflow_ray_platform.state_store import (
+    MIGRATIONS,
+    SCHEMA_REVISION,
+    VERSION_TABLE,
+    Event,
+    StateStore,
+    clusters,
+    events,
+    jobs,
+    metadata,
+)
 
 URL_VARIABLES = {"postgresql": "ARP_TEST_POSTGRES_URL", "mysql": "ARP_TEST_MYSQL_URL"}
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -40,9 +50,19 @@ def test_migrations_create_the_schema_once(store):
     store.migrate()  # again: nothing to do
     with store.engine.connect() as connection:
         assert connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one() == "0001"
+    assert store.schema_revision() == SCHEMA_REVISION
     inspector = sa.inspect(store.engine)
     for table in (clusters, jobs, events):
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.columns.keys())
+
+
+def test_schema_revision_is_alembics_head():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
 
 
 def test_cluster_upsert_keeps_one_row_per_incarnation(store):

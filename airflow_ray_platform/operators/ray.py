@@ -343,11 +343,9 @@ class RayJobOperator(_RayOperator):
         self._record_job(info, identity, try_number)
         return info
 
-    def _persist_log(self, job: JobInfo) -> None:
+    def _persist_log(self, cluster: ClusterInfo, job: JobInfo) -> None:
         """The whole driver log, kept after the cluster is gone (before an ephemeral one is deleted)."""
-        assert self._target_cluster is not None
-        cluster = self.hook.describe_cluster(self._target_cluster)
-        if cluster is not None and job.state.is_terminal:
+        if job.state.is_terminal:
             uri = self.recorder.persist_log(
                 cluster, job, lambda: self.hook.get_job_logs(cluster.name, job.submission_id)
             )
@@ -427,9 +425,10 @@ class RayJobOperator(_RayOperator):
         if event["status"] == "timeout":
             self.hook.stop_job(self._target_cluster, submission_id)
         final = self.hook.get_job_info(self._target_cluster, submission_id)
-        if final is not None:
-            self._record_job(final)
-            self._persist_log(final)
+        cluster = self.hook.describe_cluster(self._target_cluster)
+        if final is not None and cluster is not None:
+            self.recorder.job_seen(cluster, final, config=self.config)
+            self._persist_log(cluster, final)
         failed = event["status"] != "success"
         self._cleanup_cluster(failed=failed)
         if failed:
