@@ -121,6 +121,15 @@ class LifecycleRecorder:
         )
 
     @_never_fails
+    def gc_decision(self, info: ClusterInfo, action: str, reason: str, sweep_id: str) -> None:
+        """A garbage-collection decision that deleted nothing (kept, dry run, refused), with its reason."""
+        self.store.record_event(
+            Event(
+                _uid(info), f"gc_{action.replace(' ', '_')}", datetime.now(UTC), reason=reason, discriminator=sweep_id
+            )
+        )
+
+    @_never_fails
     def job_seen(
         self,
         cluster: ClusterInfo,

@@ -8,6 +8,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__PARALLELISM=4
 export AIRFLOW_RAY_PLATFORM_HOME="$AIRFLOW_HOME/ray"
 export ZONE_TRAINING_OUTPUT="$root/demo-output/zone_training"
+export RAY_USAGE_OUTPUT="$root/demo-output/usage"
 mkdir -p "$AIRFLOW_HOME"
 airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 log="$AIRFLOW_HOME/demo-zone-training.log"
@@ -26,4 +27,26 @@ zones = len(list((summaries[-1].parent / "zones").glob("zone-*/metrics.json")))
 print(f"Trained {summary['zones']} zones ({zones} models on disk), mean RMSE {summary['mean_rmse']:.3f}, "
       f"mean R2 {summary['mean_r2']:.3f}, {summary['wall_seconds']:.1f}s on Ray")
 print(f"Outputs: {summaries[-1].parent}")
+PY
+
+# The two DAGs the provider ships: sweep idle clusters, then export today's usage to Parquet.
+airflow dags test ray_cleanup_idle_clusters > "$AIRFLOW_HOME/demo-cleanup.log" 2>&1 \
+    || { tail -n 40 "$AIRFLOW_HOME/demo-cleanup.log"; exit 1; }
+grep -E "deleted [0-9]+ of [0-9]+ cluster" "$AIRFLOW_HOME/demo-cleanup.log" | tail -n 1 | sed 's/^.*deleted/Cleanup: deleted/'
+tomorrow="$(python -c 'import datetime; print((datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)).date())')"
+airflow dags test ray_usage_metrics_export "$tomorrow" > "$AIRFLOW_HOME/demo-export.log" 2>&1 \
+    || { tail -n 40 "$AIRFLOW_HOME/demo-export.log"; exit 1; }
+python - "$RAY_USAGE_OUTPUT" <<'PY'
+import sys
+from pathlib import Path
+import pyarrow.parquet as pq
+files = sorted(Path(sys.argv[1]).glob("jobs/date=*/*.parquet"), key=lambda p: p.stat().st_mtime)
+if not files:
+    sys.exit(f"no usage exported under {sys.argv[1]}")
+jobs = pq.read_table(files[-1]).to_pylist()
+print(f"Usage ({files[-1].parent.name}): {len(jobs)} job(s)")
+for job in jobs:
+    print(f"  {job['team']}/{job['dag_id']}.{job['task_id']}: {job['state']}, {job['duration_s']:.0f}s, "
+          f"{job['cpu_hours']:.4f} CPU-h, cost {job['cost_estimate']:.5f}")
+print(f"Parquet: {Path(sys.argv[1])}")
 PY

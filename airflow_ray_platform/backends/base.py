@@ -46,6 +46,10 @@ class ClusterNotFoundError(BackendError):
     """The named cluster does not exist on this backend."""
 
 
+class ClusterBusyError(BackendError):
+    """A compare-and-delete found the cluster in use; it was not deleted."""
+
+
 class ClusterFailedError(BackendError):
     """The cluster will not become ready (a process died, a pod is unschedulable, a deadline passed)."""
 
@@ -103,8 +107,13 @@ class RayBackend(Protocol):
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
         """Clusters of this backend whose labels include ``labels``."""
 
-    def delete_cluster(self, name: str) -> bool:
-        """Delete the cluster; False when it did not exist."""
+    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
+        """Delete the cluster; False when it did not exist.
+
+        With ``if_inactive_since`` (a compare-and-delete, for garbage collection) raise
+        :class:`ClusterBusyError` instead if the cluster saw activity after that mark or has a
+        pending or running job, checked atomically with the delete.
+        """
 
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         """Submit the job under ``submission_id``, or return the job that already has that id."""

@@ -8,6 +8,7 @@ lifecycle is someone else's, so creating or deleting clusters is refused with a 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from airflow_ray_platform.backends.base import (
     BackendError,
@@ -66,7 +67,7 @@ class DashboardBackend:
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
         return [] if labels else [self._info()]
 
-    def delete_cluster(self, name: str) -> bool:
+    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
         raise BackendError(f"the dashboard backend does not delete clusters ({name!r} is managed elsewhere)")
 
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:

@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 
 from airflow_ray_platform.backends.base import (
+    ClusterBusyError,
     ClusterInfo,
     ClusterNotFoundError,
     ClusterState,
@@ -398,16 +399,31 @@ class LocalBackend:
                 found.append(self._describe(record))
         return found
 
-    def delete_cluster(self, name: str) -> bool:
+    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
         with self.registry.lock(name):
             record = self.registry.load(name)
             if record is None:
                 return False
+            if if_inactive_since is not None:
+                self._check_still_inactive(record, if_inactive_since)
             self._stop_processes(record)
             shutil.rmtree(record.temp_dir, ignore_errors=True)
             self.registry.remove(name)
             self._clients = {key: client for key, client in self._clients.items() if key[0] != name}
             return True
+
+    def _check_still_inactive(self, record: LocalClusterRecord, mark: datetime) -> None:
+        """Compare-and-delete: refuse if anything touched the cluster after ``mark`` or a job is active.
+
+        Runs under the cluster's lock, which a submitter must take to mark activity before it submits,
+        so a job cannot slip in between this check and the delete.
+        """
+        if datetime.fromisoformat(record.last_active_at) > mark:
+            raise ClusterBusyError(f"cluster {record.name!r} was active at {record.last_active_at}, after {mark}")
+        if record.nodes[0].process() is not None:
+            active = [job.submission_id for job in self._jobs(record.name).list() if not job.state.is_terminal]
+            if active:
+                raise ClusterBusyError(f"cluster {record.name!r} has active jobs {active}")
 
     @staticmethod
     def _stop_processes(record: LocalClusterRecord) -> None:
@@ -455,9 +471,9 @@ class LocalBackend:
                 self.registry.save(record)
 
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
-        info = self._jobs(cluster_name).submit(submission_id, job, metadata)
+        # Mark activity first: a garbage collector's compare-and-delete then sees it and keeps the cluster.
         self._touch(cluster_name)
-        return info
+        return self._jobs(cluster_name).submit(submission_id, job, metadata)
 
     def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:
         info = self._jobs(cluster_name).describe(submission_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -106,8 +107,8 @@ class RayHook(BaseHook):
                 return outcome
             time.sleep(poll_interval)
 
-    def delete_cluster(self, name: str) -> bool:
-        return self.backend.delete_cluster(name)
+    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
+        return self.backend.delete_cluster(name, if_inactive_since)
 
     # --------------------------------------------------------------------- jobs
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:

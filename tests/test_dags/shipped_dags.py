@@ -16,3 +16,5 @@ def _load(name: str):
 
 
 example_zone_training = _load("example_zone_training")
+ray_cleanup_idle_clusters = _load("ray_cleanup_idle_clusters")
+ray_usage_metrics_export = _load("ray_usage_metrics_export")

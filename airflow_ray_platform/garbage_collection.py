@@ -1,0 +1,162 @@
+"""Garbage collection of idle Ray clusters: decide, then compare-and-delete, recording every decision.
+
+A managed cluster is deleted when it is past its ``max_lifetime``, when it has had no pending or running
+job for longer than its ``idle_timeout``, or when it was a task's ephemeral cluster and its jobs have all
+ended. It is never deleted while a job is active, when labelled keep, or when this provider does not
+manage it. The decision is a pure function of what the backend reports (fast over many thousands of
+clusters); the delete is a compare-and-delete on the cluster's last-activity mark, checked atomically by
+the backend, so a job submitted between the decision and the delete keeps its cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, ClusterInfo, ClusterState, JobInfo
+from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.lifecycle import LifecycleRecorder
+from airflow_ray_platform.naming import (
+    EPHEMERAL_LABEL,
+    IDLE_TIMEOUT_LABEL,
+    KEEP_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    MAX_LIFETIME_LABEL,
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    cluster: ClusterInfo
+    delete: bool
+    reason: str
+
+    @property
+    def managed(self) -> bool:
+        return self.cluster.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: Decision
+    action: str  # "deleted", "kept", "would delete" (dry run), "refused" (busy at delete time), "error"
+    detail: str
+
+
+def _seconds_label(cluster: ClusterInfo, label: str) -> timedelta | None:
+    value = cluster.labels.get(label, "")
+    return timedelta(seconds=int(value)) if value.isdigit() and int(value) > 0 else None
+
+
+def decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime) -> Decision:
+    """Whether to delete ``cluster``; ``jobs`` None means they could not be listed (keep, to be safe)."""
+    if cluster.labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE:
+        return Decision(cluster, False, "not managed by airflow-ray-platform")
+    if cluster.labels.get(KEEP_LABEL) == "true":
+        return Decision(cluster, False, f"labelled {KEEP_LABEL}=true")
+    if jobs is None:
+        return Decision(cluster, False, "its jobs could not be listed")
+    active = [job.submission_id for job in jobs if not job.state.is_terminal]
+    if active:
+        return Decision(cluster, False, f"{len(active)} active job(s)")
+    created = cluster.created_at or now
+    age = now - created
+    max_lifetime = _seconds_label(cluster, MAX_LIFETIME_LABEL)
+    if max_lifetime is not None and age > max_lifetime:
+        return Decision(cluster, True, f"past max_lifetime: age {_short(age)} > {_short(max_lifetime)}")
+    if cluster.labels.get(EPHEMERAL_LABEL) == "true" and jobs:
+        return Decision(cluster, True, "ephemeral cluster whose job has ended")
+    idle = now - (cluster.last_active_at or created)
+    idle_timeout = _seconds_label(cluster, IDLE_TIMEOUT_LABEL)
+    if idle_timeout is not None and idle > idle_timeout:
+        return Decision(cluster, True, f"idle {_short(idle)} > idle_timeout {_short(idle_timeout)}")
+    return Decision(cluster, False, f"in use: idle {_short(idle)}")
+
+
+def _short(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def plan(hook: RayHook, now: datetime | None = None) -> list[Decision]:
+    """Decide for every cluster of the hook's backend."""
+    now = now or datetime.now(UTC)
+    decisions = []
+    for cluster in hook.backend.list_clusters():
+        jobs: list[JobInfo] | None = []
+        if cluster.state == ClusterState.READY:
+            try:
+                jobs = hook.list_jobs(cluster.name)
+            except BackendError:
+                jobs = None
+        decisions.append(decide(cluster, jobs, now))
+    return decisions
+
+
+def apply(
+    hook: RayHook, recorder: LifecycleRecorder | None, decisions: Sequence[Decision], *, dry_run: bool, sweep_id: str
+) -> list[Outcome]:
+    """Carry the decisions out (compare-and-delete) and record each one of a managed cluster."""
+    outcomes = []
+    for decision in decisions:
+        cluster = decision.cluster
+        if not decision.delete:
+            outcome = Outcome(decision, "kept", decision.reason)
+        elif dry_run:
+            outcome = Outcome(decision, "would delete", decision.reason)
+        else:
+            try:
+                hook.delete_cluster(cluster.name, if_inactive_since=cluster.last_active_at or cluster.created_at)
+                outcome = Outcome(decision, "deleted", decision.reason)
+            except ClusterBusyError as busy:
+                outcome = Outcome(decision, "refused", f"busy at delete time: {busy}")
+            except BackendError as error:
+                outcome = Outcome(decision, "error", str(error))
+        if recorder is not None and decision.managed:
+            if outcome.action == "deleted":
+                recorder.cluster_deleted(cluster, outcome.detail, by="gc")
+            else:
+                recorder.gc_decision(cluster, outcome.action, outcome.detail, sweep_id)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def sweep(
+    hook: RayHook, recorder: LifecycleRecorder | None, *, dry_run: bool = False, sweep_id: str = ""
+) -> list[Outcome]:
+    return apply(hook, recorder, plan(hook), dry_run=dry_run, sweep_id=sweep_id or datetime.now(UTC).isoformat())
+
+
+def report(outcomes: Sequence[Outcome]) -> str:
+    """The table the cleanup task's log ends with: every cluster, what was done and why, resources freed."""
+    header = ("cluster", "backend", "team", "action", "CPU", "memory GiB", "GPU", "reason")
+    rows = [header]
+    freed = {"CPU": 0.0, "memory": 0.0, "GPU": 0.0}
+    for outcome in outcomes:
+        cluster = outcome.decision.cluster
+        resources = cluster.resources
+        if outcome.action == "deleted":
+            for key in freed:
+                freed[key] += float(resources.get(key, 0.0))
+        rows.append(
+            (
+                cluster.name,
+                cluster.backend,
+                cluster.team or "-",
+                outcome.action,
+                f"{resources.get('CPU', 0):g}",
+                f"{float(resources.get('memory', 0)) / 1024**3:.1f}",
+                f"{resources.get('GPU', 0):g}",
+                outcome.detail,
+            )
+        )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(value).ljust(width) for value, width in zip(row, widths, strict=True)) for row in rows]
+    deleted = sum(1 for outcome in outcomes if outcome.action == "deleted")
+    lines.append(
+        f"deleted {deleted} of {len(outcomes)} cluster(s); freed {freed['CPU']:g} CPU, "
+        f"{freed['memory'] / 1024**3:.1f} GiB memory, {freed['GPU']:g} GPU"
+    )
+    return "\n".join(lines)

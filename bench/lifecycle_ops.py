@@ -1,0 +1,146 @@
+"""Lifecycle operations at scale.
+
+* GC decision over 10,000 cluster records (target: <= 2 s), beside a bare loop over the same records.
+* Usage export of 1,000,000 job records against a bare pyarrow write of the same output table (target:
+  throughput >= 50 %). Reported twice: the export's own work (derive columns, write) from the Arrow table
+  it reads, and end to end including reading the rows out of the state store (SQLite).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
+from airflow_ray_platform.garbage_collection import decide
+from airflow_ray_platform.naming import KEEP_LABEL, MANAGED_BY_LABEL, cluster_labels
+from airflow_ray_platform.state_store import StateStore, jobs
+from airflow_ray_platform.usage_export import DEFAULT_PRICES, JOB_COLUMNS, _read, export_interval, job_table
+from bench import WORK
+from bench.common import record
+
+CLUSTERS = int(os.environ.get("BENCH_GC_CLUSTERS", "10000"))
+JOB_RECORDS = int(os.environ.get("BENCH_EXPORT_JOBS", "1000000"))
+DAY = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def gc_decisions() -> dict:
+    rng = random.Random(7)
+    now = DAY + timedelta(hours=12)
+    population = []
+    for index in range(CLUSTERS):
+        labels = cluster_labels(
+            owner="o",
+            team=f"team-{index % 20}",
+            idle_timeout_seconds=rng.choice([600, 1800]),
+            max_lifetime_seconds=86400,
+            ephemeral=rng.random() < 0.3,
+        )
+        if rng.random() < 0.05:
+            labels[KEEP_LABEL] = "true"
+        if rng.random() < 0.05:
+            del labels[MANAGED_BY_LABEL]
+        created = now - timedelta(seconds=rng.randint(60, 2 * 86400))
+        info = ClusterInfo(
+            f"c{index}",
+            "local",
+            ClusterState.READY,
+            None,
+            labels=labels,
+            created_at=created,
+            last_active_at=created + timedelta(seconds=rng.randint(0, 3600)),
+        )
+        states = rng.choices(["SUCCEEDED", "FAILED", "RUNNING"], weights=[6, 1, 2], k=rng.randint(0, 5))
+        population.append((info, [JobInfo(f"j{i}", info.name, JobState(s)) for i, s in enumerate(states)]))
+    started = time.perf_counter()
+    bare = sum(len(info.labels) + len(job_list) for info, job_list in population)
+    bare_s = time.perf_counter() - started
+    started = time.perf_counter()
+    decisions = [decide(info, job_list, now) for info, job_list in population]
+    decide_s = time.perf_counter() - started
+    assert bare and len(decisions) == CLUSTERS
+    return {
+        "clusters": CLUSTERS,
+        "decide_s": round(decide_s, 3),
+        "bare_loop_s": round(bare_s, 4),
+        "deleted_share": round(sum(d.delete for d in decisions) / CLUSTERS, 3),
+        "target": "<= 2 s",
+    }
+
+
+def export() -> dict:
+    store = StateStore(f"sqlite:///{WORK / 'export-bench.db'}")
+    store.migrate()
+    rng = random.Random(11)
+    rows = []
+    for index in range(JOB_RECORDS):
+        submitted = DAY + timedelta(seconds=rng.randint(0, 80000))
+        started = submitted + timedelta(seconds=rng.randint(0, 120))
+        rows.append(
+            {
+                "cluster_uid": f"local/c{index % 500}/1",
+                "submission_id": f"job-{index}",
+                "owner": "o",
+                "team": f"team-{index % 20}",
+                "dag_id": "d",
+                "task_id": "t",
+                "run_id": "r",
+                "map_index": -1,
+                "try_number": 1,
+                "state": "SUCCEEDED" if index % 9 else "FAILED",
+                "requested_cpu": 1.0,
+                "requested_gpu": 0.0,
+                "requested_memory_bytes": 2 * 1024**3,
+                "submitted_at": submitted,
+                "started_at": started,
+                "ended_at": started + timedelta(seconds=rng.randint(1, 3000)),
+                "updated_at": DAY,
+            }
+        )
+    with store.engine.begin() as connection:
+        for offset in range(0, len(rows), 50_000):
+            connection.execute(sa.insert(jobs), rows[offset : offset + 50_000])
+    del rows
+    start, end = DAY, DAY + timedelta(days=1)
+    query = sa.select(*(jobs.c[c] for c in JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end)
+
+    started = time.perf_counter()
+    raw = _read(store, query, JOB_COLUMNS)
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    table = job_table(raw, DEFAULT_PRICES)
+    pq.write_table(table, WORK / "export-own.parquet")
+    own_s = time.perf_counter() - started
+    started = time.perf_counter()
+    pq.write_table(table, WORK / "export-bare.parquet")
+    bare_s = time.perf_counter() - started
+    started = time.perf_counter()
+    result = export_interval(store, WORK / "export-out", start, end)
+    end_to_end_s = time.perf_counter() - started
+    assert result.jobs == table.num_rows == JOB_RECORDS
+    assert isinstance(table, pa.Table)
+    return {
+        "job_records": JOB_RECORDS,
+        "bare_pyarrow_write_s": round(bare_s, 3),
+        "export_derive_and_write_s": round(own_s, 3),
+        "state_store_read_s": round(read_s, 2),
+        "export_end_to_end_s": round(end_to_end_s, 2),
+        "throughput_ratio_derive_and_write": round(bare_s / own_s, 3),
+        "throughput_ratio_end_to_end": round(bare_s / end_to_end_s, 3),
+        "target": "ratio >= 0.5",
+    }
+
+
+def main() -> None:
+    record("gc_decision", gc_decisions())
+    record("usage_export", export())
+
+
+if __name__ == "__main__":
+    main()

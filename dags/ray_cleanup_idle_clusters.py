@@ -1,0 +1,50 @@
+"""Delete idle Ray clusters, shipped with airflow-ray-platform: one task per backend connection.
+
+Every 10 minutes, each backend's managed clusters are swept: deleted when idle past their
+``idle_timeout``, past their ``max_lifetime``, or ephemeral with their job ended; never with an active
+job, labelled keep, or unmanaged. The delete is a compare-and-delete (a job that arrives meanwhile keeps
+its cluster). Every decision goes to the lifecycle state store; the task log ends with a table of the
+decisions and the resources freed. ``dry_run`` decides and records without deleting.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, task
+
+with DAG(
+    dag_id="ray_cleanup_idle_clusters",
+    description="Garbage-collect idle Ray clusters managed by airflow-ray-platform",
+    schedule=timedelta(minutes=10),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ray", "maintenance"],
+    params={
+        "ray_conn_ids": Param(["ray_default"], type="array", items={"type": "string"}),
+        "dry_run": Param(False, type="boolean"),
+        "state_store_conn_id": Param(None, type=["null", "string"]),
+    },
+) as dag:
+
+    @task
+    def backends(params=None) -> list[str]:
+        return list(params["ray_conn_ids"])
+
+    @task
+    def sweep_backend(ray_conn_id: str, params=None, run_id=None) -> dict:
+        from airflow_ray_platform.garbage_collection import report, sweep
+        from airflow_ray_platform.hooks.ray import RayHook
+        from airflow_ray_platform.lifecycle import LifecycleRecorder
+
+        outcomes = sweep(
+            RayHook(ray_conn_id),
+            LifecycleRecorder(params["state_store_conn_id"]),
+            dry_run=bool(params["dry_run"]),
+            sweep_id=f"{run_id}/{ray_conn_id}",
+        )
+        print(report(outcomes))
+        return {outcome.decision.cluster.name: outcome.action for outcome in outcomes}
+
+    sweep_backend.expand(ray_conn_id=backends())
