@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from kubernetes.utils.quantity import parse_quantity
@@ -34,6 +34,7 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: Cluster and job names become Kubernetes object and pod names; KubeRay appends suffixes such as
 #: ``-head-xxxxx`` and ephemeral clusters get ``-<8 hex>``, so the user's part stays well under 63.
 MAX_NAME_LENGTH = 40
+MIN_TOKEN_AUTH_RAY = (2, 52)
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 RUNTIME_ENV_FIELDS = frozenset(
@@ -186,6 +187,8 @@ class ClusterSpec(_Strict):
     max_lifetime: timedelta = timedelta(hours=24)
     service_account: str | None = None
     labels: dict[str, LabelValue] = Field(default_factory=dict)
+    #: Ray token authentication (KubeRay ``authOptions.mode``); the local backend always uses tokens.
+    auth: Literal["token", "disabled"] = "token"
 
     @property
     def reuses_existing(self) -> bool:
@@ -198,6 +201,17 @@ class ClusterSpec(_Strict):
         if value <= timedelta(0):
             raise ValueError("must be a positive duration")
         return value
+
+    @model_validator(mode="after")
+    def _token_auth_needs_ray_2_52(self) -> ClusterSpec:
+        if self.auth == "token" and self.ray_version is not None:
+            version = tuple(int(part) for part in self.ray_version.split("."))
+            if version < MIN_TOKEN_AUTH_RAY:
+                raise ValueError(
+                    f"ray_version {self.ray_version} has no token authentication (needs Ray >= 2.52 and "
+                    f"KubeRay >= 1.5.1); use a newer ray_version, or set auth: disabled to run without it"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_groups(self) -> ClusterSpec:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
 from airflow_ray_platform.config import JobConfiguration, quantity_value
 from airflow_ray_platform.log_storage import LogStorage, log_key
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
-from airflow_ray_platform.state_store import Event, StateStore, cluster_uid
+from airflow_ray_platform.state_store import Event, StateStore, cluster_uid, jobs
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -89,12 +91,7 @@ class LifecycleRecorder:
         ``read_log`` is called here, inside the never-failing wrapper: a log that cannot be read is a
         warning, not a failed task.
         """
-        if self.log_storage_uri is None:
-            from airflow_ray_platform.backends.local import default_root
-
-            storage = LogStorage(f"file://{default_root() / 'logs'}")
-        else:
-            storage = LogStorage(self.log_storage_uri)
+        storage = _log_storage(self.log_storage_uri)
         created = (cluster.created_at or datetime.fromtimestamp(0, UTC)).astimezone(UTC).isoformat()
         encoded = read_log().encode()
         chunks = (encoded[i : i + 1024 * 1024] for i in range(0, len(encoded), 1024 * 1024))
@@ -201,3 +198,32 @@ def _requested_memory(config: JobConfiguration) -> int | None:
     if config.cluster.reuses_existing:
         return config.job.entrypoint_memory if config.job else None
     return int(sum(quantity_value(node.memory) for node in _nodes(config)))
+
+
+def read_job_log(
+    submission_id: str, state_store_conn_id: str | None = None, log_storage_uri: str | None = None
+) -> Iterator[bytes]:
+    """A job's persisted driver log, in chunks, whether or not its cluster still exists.
+
+    The log's URI comes from the state store (the newest job of that id); ``log_storage_uri`` is the
+    storage's base (None: the embedded ``file://`` default). Raises LookupError if none was persisted.
+    """
+    store = StateStore.from_airflow_connection(state_store_conn_id)
+    query = (
+        sa.select(jobs.c.log_uri)
+        .where(jobs.c.submission_id == submission_id, jobs.c.log_uri.is_not(None))
+        .order_by(jobs.c.updated_at.desc())
+    )
+    with store.engine.connect() as connection:
+        uri = connection.execute(query).scalar()
+    if uri is None:
+        raise LookupError(f"no persisted log for Ray job {submission_id!r}")
+    return _log_storage(log_storage_uri).read(uri)
+
+
+def _log_storage(log_storage_uri: str | None) -> LogStorage:
+    if log_storage_uri is None:
+        from airflow_ray_platform.backends.local import default_root
+
+        return LogStorage(f"file://{default_root() / 'logs'}")
+    return LogStorage(log_storage_uri)

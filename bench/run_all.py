@@ -5,7 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.cold_start", "bench.control_plane", "bench.fan_out", "bench.lifecycle_ops"]
+BENCHMARKS = [
+    "bench.cold_start",
+    "bench.control_plane",
+    "bench.fan_out",
+    "bench.lifecycle_ops",
+    "bench.kuberay_manifests",
+]
 
 if __name__ == "__main__":
     for module in sys.argv[1:] or BENCHMARKS:

@@ -145,3 +145,27 @@ def test_s3_wrong_credentials_are_a_clear_error(s3_server):
         LogStorageError, match=r"persisting log 'k.log' to s3://ray-logs: .*(SignatureDoesNotMatch|Access)"
     ):
         storage.write("k.log", [b"line\n"])
+
+
+@pytest.mark.usefixtures("airflow_db", "shared_cluster")
+def test_a_deleted_clusters_job_log_is_read_back_from_s3(s3_server, backend, monkeypatch):
+    from airflow.utils.state import DagRunState
+
+    from airflow_ray_platform.hooks.ray import RayHook
+    from airflow_ray_platform.naming import TaskIdentity
+
+    from .test_dags import ray_e2e_dags as dags
+
+    for variable, value in {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(variable, value)
+    run = dags.ray_job_ephemeral_s3_logs.test(run_conf={"entrypoint": "python -c \"print('zone log line')\""})
+    assert run.state == DagRunState.SUCCESS
+    identity = TaskIdentity("ray_job_ephemeral_s3_logs", "job", run.run_id)
+    assert backend.describe_cluster(identity.ephemeral_cluster_name("e2e-s3-logs")) is None
+    log = RayHook().read_persisted_job_log(identity.submission_id(), log_storage_uri="s3://ray-logs/e2e")
+    assert "zone log line" in log

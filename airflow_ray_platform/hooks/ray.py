@@ -138,6 +138,14 @@ class RayHook(BaseHook):
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         return self.backend.job_dashboard_url(cluster_name, submission_id)
 
+    def read_persisted_job_log(
+        self, submission_id: str, state_store_conn_id: str | None = None, log_storage_uri: str | None = None
+    ) -> str:
+        """A finished job's whole driver log from log storage: readable after its cluster is gone."""
+        from airflow_ray_platform.lifecycle import read_job_log
+
+        return b"".join(read_job_log(submission_id, state_store_conn_id, log_storage_uri)).decode(errors="replace")
+
 
 def cluster_wait_outcome(name: str, info: ClusterInfo | None, *, timed_out: bool, timeout: float) -> ClusterInfo | None:
     """One step of waiting for a cluster, shared by the blocking hook and the async trigger.

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_ray_platform.backends.base import JobState
-from airflow_ray_platform.log_storage import LogStorage
+from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.naming import TASK_KEY_METADATA, TaskIdentity
 from airflow_ray_platform.state_store import StateStore, clusters, jobs
 
@@ -174,9 +174,8 @@ def test_ephemeral_cluster_runs_the_job_and_is_torn_down(backend):
     assert cluster["deleted_reason"] == "ephemeral cluster: its job ended"
     assert job["state"] == "SUCCEEDED" and job["dag_id"] == "ray_job_ephemeral" and job["requested_cpu"] == 1
     # ... and so does the job's driver log, readable with no cluster running.
-    storage = LogStorage(job["log_uri"].rsplit("/local/", 1)[0])
     assert job["log_uri"].startswith("file://")
-    assert "CPU count 1.0" in b"".join(storage.read(job["log_uri"])).decode()
+    assert "CPU count 1.0" in RayHook().read_persisted_job_log(job["submission_id"])
     kinds = [event["kind"] for event in store.events_of(cluster["cluster_uid"])]
     assert kinds[0] == "requested" and "ready" in kinds and "job_succeeded" in kinds and kinds[-1] == "deleted"
 

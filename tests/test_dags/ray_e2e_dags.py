@@ -41,6 +41,17 @@ ray_job_ephemeral = _job_dag(
         "job": {"entrypoint": "{{ params.entrypoint }}"},
     },
 )
+ray_job_ephemeral_s3_logs = _job_dag(
+    "ray_job_ephemeral_s3_logs",
+    deferrable=False,
+    log_storage_uri="s3://ray-logs/e2e",
+    config={
+        "name": "e2e-s3-logs",
+        **OWNER,
+        "cluster": {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}},
+        "job": {"entrypoint": "{{ params.entrypoint }}"},
+    },
+)
 ray_job_unreachable_store = _job_dag(
     "ray_job_unreachable_store", deferrable=False, state_store_conn_id="arp_unreachable_store"
 )
