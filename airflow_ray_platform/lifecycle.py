@@ -159,10 +159,8 @@ class LifecycleRecorder:
                 owner=config.owner,
                 team=config.team,
                 submitted_at=job.start_time or datetime.now(UTC),
-                requested_cpu=_requested_cpu(config),
-                requested_gpu=_requested_gpu(config),
-                requested_memory_bytes=_requested_memory(config),
             )
+            values["requested_cpu"], values["requested_gpu"], values["requested_memory_bytes"] = _requested(config)
         kind = f"job_{str(job.state).lower()}"
         self.store.upsert_job(
             Event(
@@ -182,22 +180,18 @@ def _nodes(config: JobConfiguration) -> list:
     return [cluster.head, *(g for g in cluster.worker_groups for _ in range(g.replicas))]
 
 
-def _requested_cpu(config: JobConfiguration) -> float | None:
+def _requested(config: JobConfiguration) -> tuple[float | None, float | None, int | None]:
+    """(cpu, gpu, memory bytes) the job asked for: its entrypoint's share of an existing cluster, or
+    the whole cluster its configuration describes."""
+    job = config.job
     if config.cluster.reuses_existing:
-        return config.job.entrypoint_num_cpus if config.job else None
-    return float(sum(quantity_value(node.cpu) for node in _nodes(config)))
-
-
-def _requested_gpu(config: JobConfiguration) -> float | None:
-    if config.cluster.reuses_existing:
-        return config.job.entrypoint_num_gpus if config.job else None
-    return float(sum(node.gpu for node in _nodes(config)))
-
-
-def _requested_memory(config: JobConfiguration) -> int | None:
-    if config.cluster.reuses_existing:
-        return config.job.entrypoint_memory if config.job else None
-    return int(sum(quantity_value(node.memory) for node in _nodes(config)))
+        return (job.entrypoint_num_cpus, job.entrypoint_num_gpus, job.entrypoint_memory) if job else (None,) * 3
+    nodes = _nodes(config)
+    return (
+        float(sum(quantity_value(node.cpu) for node in nodes)),
+        float(sum(node.gpu for node in nodes)),
+        int(sum(quantity_value(node.memory) for node in nodes)),
+    )
 
 
 def read_job_log(

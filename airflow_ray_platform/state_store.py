@@ -262,17 +262,16 @@ class StateStore:
 
     def upsert_cluster(self, event: Event | None = None, **values: Any) -> None:
         """Insert or update a cluster row (and append its event in the same transaction)."""
-        values["updated_at"] = _now()
-        with self._begin() as connection:
-            self._upsert(connection, clusters, values)
-            if event is not None:
-                self._insert_event(connection, event)
+        self._upsert_with_event(clusters, event, values)
 
     def upsert_job(self, event: Event | None = None, **values: Any) -> None:
         """Insert or update a job row (and append its event in the same transaction)."""
+        self._upsert_with_event(jobs, event, values)
+
+    def _upsert_with_event(self, table: sa.Table, event: Event | None, values: dict[str, Any]) -> None:
         values["updated_at"] = _now()
         with self._begin() as connection:
-            self._upsert(connection, jobs, values)
+            self._upsert(connection, table, values)
             if event is not None:
                 self._insert_event(connection, event)
 

@@ -11,7 +11,7 @@ from airflow.utils.state import DagRunState
 
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
 from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.garbage_collection import apply, decide, plan, report
+from airflow_ray_platform.garbage_collection import Decision, Outcome, apply, decide, plan, report
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.naming import KEEP_LABEL, cluster_labels
@@ -130,5 +130,24 @@ def test_sweeps_keep_busy_and_raced_clusters_and_delete_the_idle_one(backend, sh
 
 
 def test_report_sums_what_was_freed():
-    deleted = apply(RayHook(), None, [], dry_run=True, sweep_id="empty")
-    assert report(deleted).endswith("deleted 0 of 0 cluster(s); freed 0 CPU, 0.0 GiB memory, 0 GPU")
+    big = ClusterInfo("big", "local", ClusterState.READY, None, resources={"CPU": 8, "memory": 16 * 1024**3, "GPU": 1})
+    small = ClusterInfo("small", "local", ClusterState.READY, None, resources={"CPU": 2, "memory": 4 * 1024**3})
+    outcomes = [
+        Outcome(Decision(big, True, "idle"), "deleted", "idle"),
+        Outcome(Decision(small, True, "idle"), "refused", "busy at delete time"),
+        Outcome(Decision(small, True, "idle"), "deleted", "idle"),
+    ]
+    table = report(outcomes)
+    assert table.splitlines()[0].split() == [
+        "cluster",
+        "backend",
+        "team",
+        "action",
+        "CPU",
+        "memory",
+        "GiB",
+        "GPU",
+        "reason",
+    ]
+    assert "refused" in table.splitlines()[2]
+    assert table.endswith("deleted 2 of 3 cluster(s); freed 10 CPU, 20.0 GiB memory, 1 GPU")

@@ -48,7 +48,7 @@ def _is_templated(value: Any) -> bool:
 
 def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
     """Fail at DAG parse, naming the field, unless Jinja must render the configuration first."""
-    if not _is_templated(job_configuration if not isinstance(job_configuration, Path) else str(job_configuration)):
+    if not _is_templated(job_configuration):
         load_job_configuration(job_configuration)
 
 
@@ -170,6 +170,7 @@ class RayClusterOperator(_RayOperator):
                     ray_conn_id=self.ray_conn_id,
                     cluster_name=name,
                     timeout_at=time.time() + self._startup_timeout(),
+                    startup_timeout=self._startup_timeout(),
                     poll_interval=self.poll_interval,
                 ),
                 method_name="execute_complete",
@@ -280,6 +281,7 @@ class RayJobOperator(_RayOperator):
                         ray_conn_id=self.ray_conn_id,
                         cluster_name=info.name,
                         timeout_at=time.time() + self._startup_timeout(),
+                        startup_timeout=self._startup_timeout(),
                         poll_interval=min(self.poll_interval, 1.0),
                         ephemeral_cluster=ephemeral,
                     ),

@@ -59,12 +59,14 @@ class RayClusterTrigger(_RayTrigger):
         ray_conn_id: str,
         cluster_name: str,
         timeout_at: float,
+        startup_timeout: float,
         poll_interval: float = 1.0,
         ephemeral_cluster: bool = False,
     ) -> None:
         super().__init__(ray_conn_id, poll_interval)
         self.cluster_name = cluster_name
         self.timeout_at = timeout_at
+        self.startup_timeout = startup_timeout
         self.ephemeral_cluster = ephemeral_cluster
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -74,6 +76,7 @@ class RayClusterTrigger(_RayTrigger):
                 "ray_conn_id": self.ray_conn_id,
                 "cluster_name": self.cluster_name,
                 "timeout_at": self.timeout_at,
+                "startup_timeout": self.startup_timeout,
                 "poll_interval": self.poll_interval,
                 "ephemeral_cluster": self.ephemeral_cluster,
             },
@@ -87,7 +90,7 @@ class RayClusterTrigger(_RayTrigger):
                     self.cluster_name,
                     info,
                     timed_out=time.time() >= self.timeout_at,
-                    timeout=max(0.0, self.timeout_at - time.time()),
+                    timeout=self.startup_timeout,
                 )
             except BackendError as error:
                 yield TriggerEvent(self._event("error", message=str(error)))

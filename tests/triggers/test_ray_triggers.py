@@ -39,7 +39,9 @@ def test_serialize_carries_the_whole_state():
         ephemeral_cluster=True,
     )
     assert _rebuild(job).serialize() == job.serialize()
-    cluster = RayClusterTrigger(ray_conn_id="x", cluster_name="c", timeout_at=1.0, ephemeral_cluster=True)
+    cluster = RayClusterTrigger(
+        ray_conn_id="x", cluster_name="c", timeout_at=1.0, startup_timeout=60, ephemeral_cluster=True
+    )
     assert _rebuild(cluster).serialize() == cluster.serialize()
 
 
@@ -111,7 +113,9 @@ def test_sensor_trigger_does_not_stop_on_kill(backend):
 
 
 def test_cluster_trigger_reports_ready(shared_cluster):
-    trigger = RayClusterTrigger(ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, timeout_at=time.time() + 30)
+    trigger = RayClusterTrigger(
+        ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, timeout_at=time.time() + 30, startup_timeout=30
+    )
     event = asyncio.run(_first_event(trigger))
     assert event == {
         "status": "success",
@@ -119,8 +123,31 @@ def test_cluster_trigger_reports_ready(shared_cluster):
         "ephemeral_cluster": False,
         "dashboard_url": shared_cluster.dashboard_url,
     }
-    missing = RayClusterTrigger(ray_conn_id="ray_default", cluster_name="absent", timeout_at=time.time() + 30)
+    missing = RayClusterTrigger(
+        ray_conn_id="ray_default", cluster_name="absent", timeout_at=time.time() + 30, startup_timeout=30
+    )
     assert "does not exist" in asyncio.run(_first_event(missing))["message"]
+
+
+def test_cluster_trigger_times_out_naming_the_startup_timeout(monkeypatch, tmp_path):
+    from airflow_ray_platform.backends.local import LocalBackend
+    from airflow_ray_platform.config import ClusterSpec
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RAY_TIMEOUT_TEST",
+        json.dumps({"conn_type": "ray", "extra": {"backend": "local", "root_dir": str(tmp_path)}}),
+    )
+    backend = LocalBackend(tmp_path)
+    backend.create_or_get_cluster("slow", ClusterSpec(head={"cpu": "1", "memory": "1Gi"}), {})
+    try:
+        trigger = RayClusterTrigger(
+            ray_conn_id="ray_timeout_test", cluster_name="slow", timeout_at=time.time() - 1, startup_timeout=45
+        )
+        event = asyncio.run(_first_event(trigger))
+    finally:
+        backend.delete_cluster("slow")
+    assert event["status"] == "error"
+    assert "was not ready within 45s (startup timeout)" in event["message"]
 
 
 def test_a_stuck_backend_call_never_blocks_the_event_loop(monkeypatch):
