@@ -27,14 +27,21 @@ for variable in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AU
     os.environ.pop(variable, None)
 (_SESSION_DIR / "home").mkdir()
 
+import json  # noqa: E402
 import shutil  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import pytest  # noqa: E402
 
+from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend  # noqa: E402
 from airflow_ray_platform.backends.local import LocalBackend  # noqa: E402
 from airflow_ray_platform.config import ClusterSpec  # noqa: E402
 
+from .kube_emulator.api_server import KubernetesApiEmulator  # noqa: E402
+from .kube_emulator.kuberay_controller import SimulatedKubeRay  # noqa: E402
+
 SHARED_CLUSTER = "shared"
+SHARED_SPEC = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"})
 
 
 @pytest.fixture(scope="session")
@@ -51,20 +58,58 @@ def airflow_db() -> None:
 
 
 @pytest.fixture(scope="session")
-def backend() -> LocalBackend:
+def local_backend() -> LocalBackend:
     return LocalBackend()
 
 
 @pytest.fixture(scope="session")
-def shared_cluster(backend: LocalBackend):
+def backend(local_backend: LocalBackend) -> LocalBackend:
+    """The backend a test checks its results on (kuberay modules override it)."""
+    return local_backend
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(local_backend: LocalBackend):
     """One real local Ray cluster for the whole session (a head costs ~12-20 s and ~0.9 GiB)."""
-    spec = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"})
-    backend.create_or_get_cluster(SHARED_CLUSTER, spec, {"purpose": "tests"})
+    local_backend.create_or_get_cluster(SHARED_CLUSTER, SHARED_SPEC, {"purpose": "tests"})
     from airflow_ray_platform.hooks.ray import RayHook
 
     info = RayHook().wait_for_cluster(SHARED_CLUSTER, timeout=180, poll_interval=0.5)
     yield info
-    backend.delete_cluster(SHARED_CLUSTER)
+    local_backend.delete_cluster(SHARED_CLUSTER)
+
+
+@dataclass
+class KubeRayEnvironment:
+    emulator: KubernetesApiEmulator
+    controller: SimulatedKubeRay
+    backend: KubeRayBackend
+    connection: str
+
+    def ray_connection(self) -> str:
+        """An ``AIRFLOW_CONN_RAY_DEFAULT`` value that sends the operators to this emulated KubeRay."""
+        return json.dumps({"conn_type": "ray", "extra": {"backend": "kuberay", "kubernetes_conn_id": self.connection}})
+
+
+@pytest.fixture(scope="session")
+def kuberay(local_backend: LocalBackend, shared_cluster) -> KubeRayEnvironment:
+    """An emulated Kubernetes API with a simulated KubeRay that runs RayClusters as local clusters.
+
+    The RayCluster ``shared`` is backed by the session's shared local cluster (same name), so it is
+    ready at once; every other RayCluster starts a local cluster of its own.
+    """
+    emulator = KubernetesApiEmulator().start()
+    kubeconfig = emulator.write_kubeconfig(_SESSION_DIR / "kubeconfig.json")
+    os.environ["AIRFLOW_CONN_KUBERNETES_EMULATED"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig), "namespace": "default"}}
+    )
+    controller = SimulatedKubeRay(emulator, local_backend).start()
+    environment = KubeRayEnvironment(emulator, controller, KubeRayBackend("kubernetes_emulated"), "kubernetes_emulated")
+    environment.backend.create_or_get_cluster(SHARED_CLUSTER, SHARED_SPEC, {"purpose": "tests"})
+    yield environment
+    controller.stop()
+    emulator.stop()
+    assert controller.errors == [], controller.errors
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -10,6 +10,7 @@ from airflow_ray_platform.backends.base import RayBackend
 BACKENDS = {
     "local": "airflow_ray_platform.backends.local:LocalBackend",
     "dashboard": "airflow_ray_platform.backends.dashboard:DashboardBackend",
+    "kuberay": "airflow_ray_platform.backends.kuberay.backend:KubeRayBackend",
 }
 
 

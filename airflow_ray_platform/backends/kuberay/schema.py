@@ -41,20 +41,26 @@ def _strict(node: Any) -> Any:
 
 
 @cache
-def _validator(kind: str, crd_dir: Path = CRDS) -> jsonschema.Draft7Validator:
+def _validator(kind: str, crd_dir: Path = CRDS, strict: bool = True) -> jsonschema.Draft7Validator:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load((crd_dir / CRD_FILES[kind]).read_text(), Loader=loader)
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+    if strict:
+        schema = _strict(schema)
     return jsonschema.Draft7Validator(schema)
 
 
-def validate_manifest(manifest: dict[str, Any], crd_dir: Path = CRDS) -> None:
-    """Raise :class:`ManifestValidationError` unless ``manifest`` passes its kind's CRD schema strictly."""
+def validate_manifest(manifest: dict[str, Any], crd_dir: Path = CRDS, strict: bool = True) -> None:
+    """Raise :class:`ManifestValidationError` unless ``manifest`` passes its kind's CRD schema.
+
+    ``strict`` (the default) also rejects unknown fields; without it, only what the API server
+    itself rejects after pruning (types, enums, required fields).
+    """
     kind = manifest.get("kind")
     if kind not in CRD_FILES or manifest.get("apiVersion") != "ray.io/v1":
         raise ManifestValidationError(f"not a ray.io/v1 RayCluster or RayJob: {manifest.get('apiVersion')}/{kind}")
-    errors = sorted(_validator(kind, crd_dir).iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator(kind, crd_dir, strict).iter_errors(manifest), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  {'.'.join(str(p) for p in error.absolute_path) or kind}: {error.message}" for error in errors]
         raise ManifestValidationError(

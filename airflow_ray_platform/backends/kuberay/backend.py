@@ -1,0 +1,432 @@
+"""The ``kuberay`` backend: Ray clusters as KubeRay ``RayCluster`` objects, Ray jobs as ``RayJob`` objects.
+
+Kubernetes credentials come from the cncf-kubernetes provider's :class:`KubernetesHook` (its
+connection: in-cluster, kubeconfig, context, namespace); nothing here loads credentials another way.
+The provider never installs KubeRay or its CRDs: if they are missing, the first call fails with a
+message that says so.
+
+Everything goes through the Kubernetes API, so an Airflow worker that cannot reach the Ray head
+service still creates, waits, reads logs (from the RayJob's submitter pod) and stops. Where the
+dashboard is reachable (``dashboard_url_template``), logs come from the Jobs API instead, with the
+token KubeRay keeps in the cluster's Secret; the token is never logged.
+
+Choices:
+
+* A job is a RayJob named by its deterministic ``submission_id`` on a cluster selected through
+  ``clusterSelector``; a retry reattaches by that name, a concurrent duplicate gets 409 and reads
+  the existing one. A task's ephemeral cluster is a RayCluster of its own (labelled ephemeral)
+  that the operator deletes after the job, and that the cleanup DAG finds by its labels if the
+  task dies first.
+* Stopping a job deletes its RayJob (KubeRay's finalizer stops the Ray job); suspending is not
+  allowed for RayJobs on a selected cluster.
+* Each submission first moves the cluster's ``last-active-at`` annotation (a write, so a new
+  ``resourceVersion``); garbage collection deletes with a ``resourceVersion`` precondition, so a
+  job submitted between its check and its delete keeps the cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any, TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from airflow_ray_platform.backends.base import (
+    BackendError,
+    ClusterBusyError,
+    ClusterInfo,
+    ClusterNotFoundError,
+    ClusterState,
+    JobInfo,
+)
+from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.backends.kuberay.manifests import (
+    ANNOTATION_PREFIX,
+    render_ray_cluster,
+    render_ray_job,
+)
+from airflow_ray_platform.backends.kuberay.schema import validate_manifest
+from airflow_ray_platform.backends.kuberay.status import (
+    CLUSTER_LABEL,
+    LAST_ACTIVE_ANNOTATION,
+    cluster_info,
+    job_info,
+)
+from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.naming import (
+    DAG_ID_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    OWNER_LABEL,
+    RUN_ID_LABEL,
+    TASK_ID_LABEL,
+    TEAM_LABEL,
+    label_safe,
+)
+
+GROUP, VERSION = "ray.io", "v1"
+#: Label the Kubernetes Job controller puts on its pods: finds a RayJob's submitter pod.
+SUBMITTER_POD_LABEL = "job-name"
+SUBMITTER_CONTAINER = "ray-job-submitter"
+#: Labels of a cluster a RayJob inherits (attribution and cleanup work on jobs as on clusters).
+_INHERITED_LABELS = (MANAGED_BY_LABEL, OWNER_LABEL, TEAM_LABEL)
+#: Ray job metadata keys the operator sets -> label of the RayJob carrying them.
+_METADATA_LABELS = {"airflow_dag_id": DAG_ID_LABEL, "airflow_task_id": TASK_ID_LABEL, "airflow_run_id": RUN_ID_LABEL}
+T = TypeVar("T")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def api_error_reason(error: ApiException) -> str:
+    """The API server's own message (a Status body), never the request (which holds credentials)."""
+    with contextlib.suppress(ValueError, TypeError):
+        body = json.loads(error.body or "")
+        return f"{body.get('reason') or error.reason} ({error.status}): {body.get('message')}"
+    return f"{error.reason} ({error.status})"
+
+
+def is_missing_resource_type(error: ApiException) -> bool:
+    """A 404 for the collection itself (no ``details.name``): the CRD is not installed."""
+    if error.status != 404:
+        return False
+    with contextlib.suppress(ValueError, TypeError):
+        return not (json.loads(error.body or "").get("details") or {}).get("name")
+    return False
+
+
+class KubeRayBackend:
+    """RayClusters and RayJobs in one namespace, through a Kubernetes connection.
+
+    :param kubernetes_conn_id: the cncf-kubernetes provider's connection.
+    :param namespace: where the objects live; defaults to the connection's namespace, then ``default``.
+    :param dashboard_url_template: where the Ray dashboard of cluster ``{name}`` in ``{namespace}`` is
+        reachable from Airflow (e.g. ``http://{name}-head-svc.{namespace}.svc.cluster.local:8265``);
+        unset, jobs are watched and their logs read through the Kubernetes API only.
+    :param validate_manifests: check each manifest against the vendored CRD schema before sending it
+        (the API server is also asked for strict field validation).
+    :param token_secret_key: key of the token in the Secret KubeRay creates for a token-auth cluster.
+    """
+
+    name = "kuberay"
+
+    def __init__(
+        self,
+        kubernetes_conn_id: str = "kubernetes_default",
+        namespace: str | None = None,
+        dashboard_url_template: str | None = None,
+        validate_manifests: bool = True,
+        token_secret_key: str = "auth_token",
+    ) -> None:
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self._namespace = namespace
+        self.dashboard_url_template = dashboard_url_template
+        self.validate_manifests = validate_manifests
+        self.token_secret_key = token_secret_key
+        self._jobs_api: dict[str, JobsApiClient] = {}
+
+    # ------------------------------------------------------------ plumbing
+    @cached_property
+    def kubernetes_hook(self) -> Any:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+        return KubernetesHook(conn_id=self.kubernetes_conn_id)
+
+    @cached_property
+    def namespace(self) -> str:
+        return self._namespace or self.kubernetes_hook.get_namespace() or "default"
+
+    @cached_property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.kubernetes_hook.api_client)
+
+    @cached_property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.kubernetes_hook.api_client)
+
+    def _call(self, doing: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return function(*args, **kwargs)
+        except ApiException as error:
+            if is_missing_resource_type(error):
+                raise BackendError(
+                    f"{doing}: the KubeRay CRDs (ray.io/v1 RayCluster, RayJob) are not installed in the "
+                    f"Kubernetes cluster of connection {self.kubernetes_conn_id!r}; install the KubeRay "
+                    "operator (v1.5.1 or later) first: this provider never installs it"
+                ) from None
+            raise
+        except (HTTPError, OSError) as error:
+            raise BackendError(f"{doing}: Kubernetes API unreachable: {error}") from None
+
+    def _get(self, plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call(
+                f"reading {plural} {name!r}",
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                plural,
+                name,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise BackendError(f"reading {plural} {name!r}: {api_error_reason(error)}") from None
+
+    def _list(self, plural: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        label_selector = ",".join(f"{key}={value}" for key, value in selector.items())
+        try:
+            listing = self._call(
+                f"listing {plural}",
+                self.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                plural,
+                label_selector=label_selector,
+            )
+        except ApiException as error:
+            raise BackendError(f"listing {plural}: {api_error_reason(error)}") from None
+        return listing.get("items", [])
+
+    def _create(self, plural: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create, or return the object that already has this name (a retry, a concurrent worker)."""
+        if self.validate_manifests:
+            validate_manifest(manifest)
+        name = manifest["metadata"]["name"]
+        try:
+            return self._call(
+                f"creating {manifest['kind']} {name!r}",
+                self.custom.create_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                plural,
+                manifest,
+                field_validation="Strict",
+            )
+        except ApiException as error:
+            if error.status == 409:
+                existing = self._get(plural, name)
+                if existing is not None:
+                    return existing
+            raise BackendError(f"creating {manifest['kind']} {name!r}: {api_error_reason(error)}") from None
+
+    def _delete(self, plural: str, name: str, resource_version: str | None = None) -> bool:
+        preconditions = client.V1Preconditions(resource_version=resource_version) if resource_version else None
+        try:
+            self._call(
+                f"deleting {plural} {name!r}",
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                plural,
+                name,
+                body=client.V1DeleteOptions(propagation_policy="Background", preconditions=preconditions),
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            if error.status == 409 and resource_version:
+                raise ClusterBusyError(
+                    f"{plural} {name!r} changed since it was checked: {api_error_reason(error)}"
+                ) from None
+            raise BackendError(f"deleting {plural} {name!r}: {api_error_reason(error)}") from None
+        return True
+
+    def _dashboard_url(self, name: str) -> str | None:
+        if not self.dashboard_url_template:
+            return None
+        return self.dashboard_url_template.format(name=name, namespace=self.namespace).rstrip("/")
+
+    def _pods(self, selector: str) -> list[dict[str, Any]]:
+        try:
+            response = self._call(
+                "listing pods",
+                self.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=selector,
+                _preload_content=False,  # the JSON as sent: only status is read, no model round trip
+            )
+        except ApiException as error:
+            raise BackendError(f"listing pods ({selector}): {api_error_reason(error)}") from None
+        return json.loads(response.data)["items"]
+
+    # ----------------------------------------------------------------- clusters
+    def _cluster_info(self, obj: dict[str, Any], *, with_pods: bool = True) -> ClusterInfo:
+        info = cluster_info(obj, self.name, self._dashboard_url(obj["metadata"]["name"]))
+        if with_pods and info.state == ClusterState.PROVISIONING:
+            # Only while not ready: the pods say why (unschedulable, image pull) where KubeRay does not.
+            pods = self._pods(f"ray.io/cluster={obj['metadata']['name']}")
+            info = cluster_info(obj, self.name, info.dashboard_url, pods)
+        return info
+
+    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
+        annotations = {LAST_ACTIVE_ANNOTATION: _now()}
+        manifest = render_ray_cluster(name, self.namespace, spec, labels, annotations)
+        return self._cluster_info(self._create("rayclusters", manifest))
+
+    def describe_cluster(self, name: str) -> ClusterInfo | None:
+        obj = self._get("rayclusters", name)
+        return None if obj is None else self._cluster_info(obj)
+
+    def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
+        """Clusters with their last activity moved forward to their jobs' (one list of RayJobs in all)."""
+        clusters = self._list("rayclusters", labels or {})
+        if not clusters:
+            return []
+        latest: dict[str, datetime] = {}
+        for job in self._list("rayjobs", {MANAGED_BY_LABEL: MANAGED_BY_VALUE}):
+            info = job_info(job)
+            moment = datetime.now(UTC) if not info.state.is_terminal else info.end_time or info.start_time
+            if moment is not None and moment > latest.get(info.cluster_name, moment.min.replace(tzinfo=UTC)):
+                latest[info.cluster_name] = moment
+        found = []
+        for obj in clusters:
+            info = self._cluster_info(obj, with_pods=False)
+            mark = latest.get(info.name)
+            if mark is not None and (info.last_active_at is None or mark > info.last_active_at):
+                info = dataclasses.replace(info, last_active_at=mark)
+            found.append(info)
+        return found
+
+    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
+        obj = self._get("rayclusters", name)
+        if obj is None:
+            return False
+        jobs = self._list("rayjobs", {CLUSTER_LABEL: name})
+        if if_inactive_since is not None:
+            info = cluster_info(obj, self.name, None)
+            if info.last_active_at is not None and info.last_active_at > if_inactive_since:
+                raise ClusterBusyError(
+                    f"cluster {name!r} was active at {info.last_active_at}, after {if_inactive_since}"
+                )
+            active = [job["metadata"]["name"] for job in jobs if not job_info(job).state.is_terminal]
+            if active:
+                raise ClusterBusyError(f"cluster {name!r} has active jobs {active}")
+        deleted = self._delete("rayclusters", name, obj["metadata"]["resourceVersion"] if if_inactive_since else None)
+        # The cluster's RayJobs go with it: their records live on in the state store.
+        for job in jobs:
+            self._delete("rayjobs", job["metadata"]["name"])
+        self._jobs_api.pop(name, None)
+        return deleted
+
+    # --------------------------------------------------------------------- jobs
+    def _touch(self, cluster_name: str) -> dict[str, Any]:
+        """Move the cluster's activity mark forward (optimistically: retried on a concurrent write)."""
+        for _ in range(5):
+            obj = self._get("rayclusters", cluster_name)
+            if obj is None:
+                raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.namespace!r}")
+            obj["metadata"].setdefault("annotations", {})[LAST_ACTIVE_ANNOTATION] = _now()
+            try:
+                return self._call(
+                    f"marking RayCluster {cluster_name!r} active",
+                    self.custom.replace_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    "rayclusters",
+                    cluster_name,
+                    obj,
+                )
+            except ApiException as error:
+                if error.status != 409:
+                    raise BackendError(
+                        f"marking RayCluster {cluster_name!r} active: {api_error_reason(error)}"
+                    ) from None
+        raise BackendError(f"RayCluster {cluster_name!r} kept changing while being marked active")
+
+    def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
+        existing = self._get("rayjobs", submission_id)
+        if existing is not None:
+            return job_info(existing)
+        cluster = self._touch(cluster_name)
+        cluster_labels = cluster["metadata"].get("labels") or {}
+        labels = {key: cluster_labels[key] for key in _INHERITED_LABELS if key in cluster_labels}
+        labels.update({label: label_safe(metadata[key]) for key, label in _METADATA_LABELS.items() if key in metadata})
+        labels[CLUSTER_LABEL] = cluster_name
+        annotations = {ANNOTATION_PREFIX + key.replace("_", "-"): value for key, value in metadata.items()}
+        manifest = render_ray_job(
+            submission_id, self.namespace, job, metadata, labels, annotations, cluster_name=cluster_name
+        )
+        return job_info(self._create("rayjobs", manifest))
+
+    def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:
+        obj = self._get("rayjobs", submission_id)
+        if obj is None or (obj["metadata"].get("labels") or {}).get(CLUSTER_LABEL) != cluster_name:
+            return None
+        return job_info(obj)
+
+    def list_jobs(self, cluster_name: str) -> list[JobInfo]:
+        return [job_info(obj) for obj in self._list("rayjobs", {CLUSTER_LABEL: cluster_name})]
+
+    def _token(self, cluster_name: str) -> str | None:
+        """The cluster's Ray token from the Secret KubeRay made (None for a cluster without auth)."""
+        try:
+            secret = self._call(
+                f"reading the token Secret of {cluster_name!r}",
+                self.core.read_namespaced_secret,
+                cluster_name,
+                self.namespace,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise BackendError(f"reading the token Secret of {cluster_name!r}: {api_error_reason(error)}") from None
+        encoded = (secret.data or {}).get(self.token_secret_key)
+        return base64.b64decode(encoded).decode() if encoded else None
+
+    def _jobs_api_client(self, cluster_name: str) -> JobsApiClient | None:
+        url = self._dashboard_url(cluster_name)
+        if url is None:
+            return None
+        if cluster_name not in self._jobs_api:
+            self._jobs_api[cluster_name] = JobsApiClient(cluster_name, url, self._token(cluster_name))
+        return self._jobs_api[cluster_name]
+
+    def _submitter_pods(self, submission_id: str) -> Iterator[dict[str, Any]]:
+        pods = self._pods(f"{SUBMITTER_POD_LABEL}={submission_id}")
+        yield from sorted(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", reverse=True)
+
+    def job_logs(self, cluster_name: str, submission_id: str) -> str:
+        """The driver log: from the Jobs API where reachable, else from the RayJob's submitter pod."""
+        jobs_api = self._jobs_api_client(cluster_name)
+        if jobs_api is not None:
+            return jobs_api.logs(submission_id)
+        for pod in self._submitter_pods(submission_id):
+            try:
+                return self._call(
+                    f"reading the submitter log of {submission_id!r}",
+                    self.core.read_namespaced_pod_log,
+                    pod["metadata"]["name"],
+                    self.namespace,
+                    container=SUBMITTER_CONTAINER,
+                )
+            except ApiException as error:
+                if error.status in (400, 404):  # not started yet, or gone: no log to read
+                    return ""
+                raise BackendError(f"reading the log of {submission_id!r}: {api_error_reason(error)}") from None
+        return ""
+
+    def stop_job(self, cluster_name: str, submission_id: str) -> bool:
+        """Delete the RayJob (KubeRay then stops the Ray job); False when it had already ended."""
+        info = self.describe_job(cluster_name, submission_id)
+        if info is None or info.state.is_terminal:
+            return False
+        return self._delete("rayjobs", submission_id)
+
+    def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
+        url = self._dashboard_url(cluster_name)
+        return None if url is None else f"{url}/#/jobs/{submission_id}"

@@ -1,0 +1,158 @@
+"""KubeRay's status, read as the backend interface's states: pure functions of the objects' JSON.
+
+Shared by the blocking backend and the async trigger path, so both read a RayCluster or a RayJob the
+same way. Where KubeRay's own status is silent on why a cluster is not ready (an image that cannot
+be pulled, a pod no node can take), the pods' status says it, and that reason reaches the task's
+error text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
+from airflow_ray_platform.config import quantity_value
+from airflow_ray_platform.naming import LABEL_PREFIX
+
+#: Annotation the backend moves forward on every submission: the compare-and-delete's activity mark.
+LAST_ACTIVE_ANNOTATION = LABEL_PREFIX + "last-active-at"
+#: Label tying a RayJob to the RayCluster it runs on (``clusterSelector`` is not selectable).
+CLUSTER_LABEL = LABEL_PREFIX + "cluster"
+#: Container states after which a pod will not start without someone changing the manifest.
+FATAL_WAITING_REASONS = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+#: Container states worth showing while the cluster is still provisioning.
+REPORTED_WAITING_REASONS = FATAL_WAITING_REASONS | {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff"}
+_RAY_JOB_STATES = {state.value for state in JobState}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {condition["type"]: condition for condition in status.get("conditions") or []}
+
+
+def _is_true(condition: Mapping[str, Any] | None) -> bool:
+    return condition is not None and condition.get("status") == "True"
+
+
+def _describe_condition(condition: Mapping[str, Any]) -> str:
+    return ": ".join(part for part in (condition.get("reason"), condition.get("message")) if part)
+
+
+def requested_resources(spec: Mapping[str, Any]) -> dict[str, float]:
+    """CPU, GPU and memory requested by a RayCluster spec (head plus every worker replica)."""
+    totals = {"CPU": Decimal(0), "GPU": Decimal(0), "memory": Decimal(0)}
+
+    def add(template: Mapping[str, Any], replicas: int) -> None:
+        for container in template.get("spec", {}).get("containers", [])[:1]:
+            resources = container.get("resources", {})
+            requests, limits = resources.get("requests", {}), resources.get("limits", {})
+            for key, field in (("CPU", "cpu"), ("memory", "memory")):
+                if field in requests or field in limits:
+                    totals[key] += quantity_value(str(requests.get(field, limits.get(field)))) * replicas
+            if "nvidia.com/gpu" in limits:
+                totals["GPU"] += quantity_value(str(limits["nvidia.com/gpu"])) * replicas
+
+    add(spec.get("headGroupSpec", {}).get("template", {}), 1)
+    for group in spec.get("workerGroupSpecs") or []:
+        add(group.get("template", {}), int(group.get("replicas") or group.get("minReplicas") or 0))
+    return {key: float(value) for key, value in totals.items()}
+
+
+def pod_problems(pods: Iterable[Mapping[str, Any]]) -> tuple[bool, list[str]]:
+    """(fatal, reasons) from a cluster's pods: unschedulable pods and containers stuck waiting."""
+    fatal, reasons = False, []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        status = pod.get("status") or {}
+        scheduled = _conditions(status).get("PodScheduled")
+        if scheduled is not None and scheduled.get("status") == "False":
+            reasons.append(f"pod {name} {_describe_condition(scheduled) or 'not scheduled'}")
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in REPORTED_WAITING_REASONS:
+                fatal = fatal or waiting["reason"] in FATAL_WAITING_REASONS
+                reasons.append(f"pod {name} container {container.get('name')}: {_describe_condition(waiting)}")
+    return fatal, reasons
+
+
+def cluster_info(
+    obj: Mapping[str, Any], backend: str, dashboard_url: str | None, pods: Iterable[Mapping[str, Any]] = ()
+) -> ClusterInfo:
+    """A RayCluster as :class:`ClusterInfo` (``pods``: its pods, read only while it is not ready)."""
+    metadata, status = obj["metadata"], obj.get("status") or {}
+    conditions = _conditions(status)
+    annotations = metadata.get("annotations") or {}
+    message = status.get("reason") or None
+    failure = conditions.get("ReplicaFailure")
+    if _is_true(failure) or status.get("state") == "failed":
+        state = ClusterState.FAILED
+        message = _describe_condition(failure) if failure else message
+    elif _is_true(conditions.get("HeadPodReady")) and (
+        _is_true(conditions.get("RayClusterProvisioned")) or status.get("state") == "ready"
+    ):
+        state = ClusterState.READY
+    else:
+        state = ClusterState.PROVISIONING
+        details = []
+        if obj.get("spec", {}).get("suspend") or _is_true(conditions.get("RayClusterSuspended")):
+            details.append("suspended (waiting to be admitted)")
+        head = conditions.get("HeadPodReady")
+        if head is not None and _describe_condition(head):
+            details.append(f"head: {_describe_condition(head)}")
+        fatal, reasons = pod_problems(pods)
+        details.extend(reasons)
+        if fatal:
+            state = ClusterState.FAILED
+        message = "; ".join(details) or message or "waiting for KubeRay to create the head pod"
+    created = parse_time(metadata.get("creationTimestamp"))
+    return ClusterInfo(
+        name=metadata["name"],
+        backend=backend,
+        state=state,
+        dashboard_url=dashboard_url,
+        labels=dict(metadata.get("labels") or {}),
+        resources=requested_resources(obj.get("spec") or {}),
+        created_at=created,
+        last_active_at=parse_time(annotations.get(LAST_ACTIVE_ANNOTATION)) or created,
+        message=message,
+    )
+
+
+def job_state(status: Mapping[str, Any]) -> JobState:
+    """Ray's job status where KubeRay reports one; KubeRay's deployment status where it decides alone."""
+    deployment = status.get("jobDeploymentStatus")
+    job_status = status.get("jobStatus")
+    if job_status in _RAY_JOB_STATES and JobState(job_status).is_terminal:
+        return JobState(job_status)
+    if deployment in ("Failed", "ValidationFailed"):
+        return JobState.FAILED  # e.g. SubmissionFailed, DeadlineExceeded: Ray never ended it itself
+    if deployment == "Suspended":
+        return JobState.STOPPED
+    if job_status in _RAY_JOB_STATES:
+        return JobState(job_status)
+    return JobState.PENDING
+
+
+def job_info(obj: Mapping[str, Any]) -> JobInfo:
+    """A RayJob as :class:`JobInfo`; the failure reason is KubeRay's ``reason`` and ``message``."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    metadata = obj["metadata"]
+    selector = (spec.get("clusterSelector") or {}).get("ray.io/cluster")
+    reason, message = status.get("reason"), status.get("message")
+    return JobInfo(
+        submission_id=spec.get("jobId") or metadata["name"],
+        cluster_name=status.get("rayClusterName") or selector or (metadata.get("labels") or {}).get(CLUSTER_LABEL, ""),
+        state=job_state(status),
+        entrypoint=spec.get("entrypoint", ""),
+        message=": ".join(part for part in (reason, message) if part) or None,
+        error_type=reason,
+        metadata=dict(spec.get("metadata") or {}),
+        start_time=parse_time(status.get("startTime")),
+        end_time=parse_time(status.get("endTime")),
+    )

@@ -1,0 +1,141 @@
+"""The kuberay backend against the emulated Kubernetes API and the simulated KubeRay (real Ray behind it)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kubernetes import client, config
+
+from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, ClusterState, JobState
+from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
+from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
+from airflow_ray_platform.backends.kuberay.status import CLUSTER_LABEL, job_state
+from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.hooks.ray import cluster_wait_outcome
+
+from ..conftest import SHARED_CLUSTER
+from ..kube_emulator.api_server import KubernetesApiEmulator
+from ..kube_emulator.kuberay_controller import UNPULLABLE_IMAGE, wait_for
+
+LABELS = {"app.kubernetes.io/managed-by": "airflow-ray-platform", "airflow-ray-platform.io/team": "platform"}
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ({}, JobState.PENDING),
+        ({"jobDeploymentStatus": "Initializing"}, JobState.PENDING),
+        ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, JobState.RUNNING),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}, JobState.SUCCEEDED),
+        ({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed"}, JobState.FAILED),
+        ({"jobDeploymentStatus": "Failed", "jobStatus": "RUNNING", "reason": "DeadlineExceeded"}, JobState.FAILED),
+        ({"jobDeploymentStatus": "Failed", "reason": "SubmissionFailed"}, JobState.FAILED),
+        ({"jobDeploymentStatus": "ValidationFailed", "reason": "ValidationFailed"}, JobState.FAILED),
+        ({"jobDeploymentStatus": "Suspended"}, JobState.STOPPED),
+        ({"jobDeploymentStatus": "Running", "jobStatus": "STOPPED"}, JobState.STOPPED),
+    ],
+)
+def test_rayjob_status_maps_onto_ray_job_states(status, state):
+    assert job_state(status) == state
+
+
+def test_missing_crds_fail_at_once_saying_so(session_dir, monkeypatch):
+    emulator = KubernetesApiEmulator(crds_installed=False).start()
+    try:
+        kubeconfig = emulator.write_kubeconfig(session_dir / "no-crds.json")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_K8S_NO_KUBERAY",
+            json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}),
+        )
+        backend = KubeRayBackend("k8s_no_kuberay")
+        with pytest.raises(BackendError, match=r"KubeRay CRDs .* are not installed.*never installs it"):
+            backend.create_or_get_cluster("c1", ClusterSpec(), LABELS)
+        assert emulator.store.objects == {}
+    finally:
+        emulator.stop()
+
+
+def test_server_rejects_a_misspelt_field_strictly(kuberay, session_dir):
+    """The API server (emulated) refuses unknown fields under strict field validation, naming the path."""
+    manifest = render_ray_cluster("typo", "default", ClusterSpec(), LABELS, {})
+    manifest["spec"]["headGroupSpec"]["rayStartParms"] = {}
+    kubeconfig = kuberay.emulator.write_kubeconfig(session_dir / "typo.json")
+    api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
+    with pytest.raises(client.ApiException) as raised:
+        api.create_namespaced_custom_object(
+            "ray.io", "v1", "default", "rayclusters", manifest, field_validation="Strict"
+        )
+    assert raised.value.status == 422
+    assert "spec.headGroupSpec: Additional properties are not allowed ('rayStartParms'" in raised.value.body
+    with pytest.raises(client.ApiException) as missing:
+        api.get_namespaced_custom_object("ray.io", "v1", "default", "rayclusters", "typo")
+    assert missing.value.status == 404
+
+
+def test_unschedulable_cluster_reports_why_then_times_out_and_is_compare_and_deleted(kuberay):
+    backend = kuberay.backend
+    spec = ClusterSpec(head={"cpu": "64", "memory": "1Gi"})
+    first = backend.create_or_get_cluster("too-big", spec, LABELS)
+    again = backend.create_or_get_cluster("too-big", spec, LABELS)  # 409 -> the existing object
+    assert first.created_at == again.created_at and first.state == ClusterState.PROVISIONING
+    info = wait_for(lambda: (i := backend.describe_cluster("too-big")) and "Unschedulable" in (i.message or "") and i)
+    assert "Insufficient cpu" in info.message
+    with pytest.raises(BackendError, match=r"not ready within 1s .*Unschedulable: 0/1 nodes are available"):
+        cluster_wait_outcome("too-big", info, timed_out=True, timeout=1)
+    assert [c.name for c in backend.list_clusters({"airflow-ray-platform.io/team": "platform"})] == ["too-big"]
+    # Compare-and-delete: a mark older than the last activity refuses; a current one deletes.
+    with pytest.raises(ClusterBusyError, match="was active at"):
+        backend.delete_cluster("too-big", if_inactive_since=info.last_active_at - timedelta(seconds=1))
+    assert backend.delete_cluster("too-big", if_inactive_since=datetime.now(UTC) + timedelta(seconds=1))
+    assert backend.describe_cluster("too-big") is None
+    assert backend.delete_cluster("too-big") is False
+
+
+def test_unpullable_image_surfaces_the_pull_error(kuberay):
+    backend = kuberay.backend
+    backend.create_or_get_cluster("bad-image", ClusterSpec(image=f"registry.example/{UNPULLABLE_IMAGE}:1"), LABELS)
+    try:
+        info = wait_for(
+            lambda: (i := backend.describe_cluster("bad-image")) and "ErrImagePull" in (i.message or "") and i
+        )
+        assert info.state == ClusterState.PROVISIONING
+        assert f'failed to pull image "registry.example/{UNPULLABLE_IMAGE}:1"' in info.message
+    finally:
+        backend.delete_cluster("bad-image")
+
+
+def test_job_on_a_named_cluster_submits_once_logs_from_the_submitter_pod_and_stops(kuberay, local_backend):
+    backend = kuberay.backend
+    assert backend.describe_cluster(SHARED_CLUSTER).state == ClusterState.READY
+    job = JobSpec(entrypoint="python -c \"import time; print('from the driver', flush=True); time.sleep(300)\"")
+    metadata = {"airflow_task_key": "d/t/r/-1", "airflow_dag_id": "d", "airflow_run_id": "manual__2026-01-01T00:00"}
+    submitted = backend.submit_job(SHARED_CLUSTER, "kuberay-backend-job-1", job, metadata)
+    assert (
+        backend.submit_job(SHARED_CLUSTER, "kuberay-backend-job-1", job, metadata).submission_id
+        == submitted.submission_id
+    )
+    running = wait_for(
+        lambda: (j := backend.describe_job(SHARED_CLUSTER, "kuberay-backend-job-1")) and j.state == "RUNNING" and j
+    )
+    assert running.metadata["airflow_task_key"] == "d/t/r/-1"
+    assert [j.submission_id for j in backend.list_jobs(SHARED_CLUSTER)].count("kuberay-backend-job-1") == 1
+    rayjob = kuberay.emulator.store.get("rayjobs", "default", "kuberay-backend-job-1")
+    assert rayjob["metadata"]["labels"][CLUSTER_LABEL] == SHARED_CLUSTER
+    assert rayjob["metadata"]["labels"]["airflow-ray-platform.io/run-id"].startswith("manual__2026-01-01T00_00")
+    assert (
+        rayjob["spec"]["clusterSelector"] == {"ray.io/cluster": SHARED_CLUSTER} and rayjob["spec"]["backoffLimit"] == 0
+    )
+    wait_for(lambda: "from the driver" in backend.job_logs(SHARED_CLUSTER, "kuberay-backend-job-1"))
+    # Stopping deletes the RayJob; KubeRay (simulated) then stops the Ray job itself.
+    assert backend.stop_job(SHARED_CLUSTER, "kuberay-backend-job-1")
+    assert backend.describe_job(SHARED_CLUSTER, "kuberay-backend-job-1") is None
+    wait_for(lambda: local_backend.describe_job(SHARED_CLUSTER, "kuberay-backend-job-1").state == JobState.STOPPED)
+    assert backend.stop_job(SHARED_CLUSTER, "kuberay-backend-job-1") is False
+
+
+def test_submitting_to_a_missing_cluster_is_a_clear_error(kuberay):
+    with pytest.raises(BackendError, match="no RayCluster 'nowhere' in namespace 'default'"):
+        kuberay.backend.submit_job("nowhere", "kuberay-backend-job-2", JobSpec(entrypoint="true"), {})
+    assert kuberay.backend.describe_job("nowhere", "kuberay-backend-job-2") is None
