@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from airflow.utils.state import DagRunState
 
+from ..kube_emulator.kuberay_controller import wait_for
+
 DAGS = Path(__file__).parents[2] / "dags"
 
 
@@ -21,9 +23,16 @@ def test_shipped_dags_parse_without_errors():
 
 
 @pytest.mark.usefixtures("airflow_db")
-def test_example_trains_every_zone_and_deletes_its_cluster(tmp_path, backend):
+@pytest.mark.parametrize("via", ["local", "kuberay"])
+def test_example_trains_every_zone_and_deletes_its_cluster(via, tmp_path, local_backend, request, monkeypatch):
+    """The same DAG, unchanged, on the local backend and on (emulated) Kubernetes with KubeRay."""
     from ..test_dags.shipped_dags import example_zone_training
 
+    backend = local_backend
+    if via == "kuberay":
+        kuberay = request.getfixturevalue("kuberay")
+        monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", kuberay.ray_connection())
+        backend = kuberay.backend
     run = example_zone_training.test(run_conf={"zones": 24, "output_dir": str(tmp_path)})
     assert run.state == DagRunState.SUCCESS
     (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -37,3 +46,5 @@ def test_example_trains_every_zone_and_deletes_its_cluster(tmp_path, backend):
         assert model["weights"].shape == (24,)
         assert metrics["r2"] > 0.5  # a ridge model on linear synthetic data fits it
     assert backend.describe_cluster("zone-training") is None
+    # (through KubeRay, the controller stops the processes once it sees the RayCluster gone)
+    wait_for(lambda: local_backend.describe_cluster("zone-training") is None)

@@ -76,10 +76,14 @@ GROUP, VERSION = "ray.io", "v1"
 #: Label the Kubernetes Job controller puts on its pods: finds a RayJob's submitter pod.
 SUBMITTER_POD_LABEL = "job-name"
 SUBMITTER_CONTAINER = "ray-job-submitter"
-#: Labels of a cluster a RayJob inherits (attribution and cleanup work on jobs as on clusters).
-_INHERITED_LABELS = (MANAGED_BY_LABEL, OWNER_LABEL, TEAM_LABEL)
-#: Ray job metadata keys the operator sets -> label of the RayJob carrying them.
-_METADATA_LABELS = {"airflow_dag_id": DAG_ID_LABEL, "airflow_task_id": TASK_ID_LABEL, "airflow_run_id": RUN_ID_LABEL}
+#: Ray job metadata keys the operator sets -> label of the RayJob carrying them (label-safe).
+_METADATA_LABELS = {
+    "owner": OWNER_LABEL,
+    "team": TEAM_LABEL,
+    "airflow_dag_id": DAG_ID_LABEL,
+    "airflow_task_id": TASK_ID_LABEL,
+    "airflow_run_id": RUN_ID_LABEL,
+}
 T = TypeVar("T")
 
 
@@ -352,11 +356,9 @@ class KubeRayBackend:
         existing = self._get("rayjobs", submission_id)
         if existing is not None:
             return job_info(existing)
-        cluster = self._touch(cluster_name)
-        cluster_labels = cluster["metadata"].get("labels") or {}
-        labels = {key: cluster_labels[key] for key in _INHERITED_LABELS if key in cluster_labels}
-        labels.update({label: label_safe(metadata[key]) for key, label in _METADATA_LABELS.items() if key in metadata})
-        labels[CLUSTER_LABEL] = cluster_name
+        self._touch(cluster_name)
+        labels = {label: label_safe(metadata[key]) for key, label in _METADATA_LABELS.items() if key in metadata}
+        labels.update({MANAGED_BY_LABEL: MANAGED_BY_VALUE, CLUSTER_LABEL: cluster_name})
         annotations = {ANNOTATION_PREFIX + key.replace("_", "-"): value for key, value in metadata.items()}
         manifest = render_ray_job(
             submission_id, self.namespace, job, metadata, labels, annotations, cluster_name=cluster_name
@@ -407,13 +409,15 @@ class KubeRayBackend:
             return jobs_api.logs(submission_id)
         for pod in self._submitter_pods(submission_id):
             try:
-                return self._call(
+                response = self._call(
                     f"reading the submitter log of {submission_id!r}",
                     self.core.read_namespaced_pod_log,
                     pod["metadata"]["name"],
                     self.namespace,
                     container=SUBMITTER_CONTAINER,
+                    _preload_content=False,  # the text as written, whatever its bytes
                 )
+                return response.data.decode(errors="replace")
             except ApiException as error:
                 if error.status in (400, 404):  # not started yet, or gone: no log to read
                     return ""

@@ -1,0 +1,91 @@
+"""The end-to-end DAG tests again, through the kuberay backend: same DAGs, same operators, only the
+``ray_default`` connection changes. Kubernetes is the emulated API server; KubeRay is the simulated
+controller, which runs every RayJob on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import UTC, datetime
+
+import pytest
+from airflow.utils.state import DagRunState
+
+from airflow_ray_platform.backends.base import JobState
+
+from ..conftest import SHARED_CLUSTER
+from ..kube_emulator.kuberay_controller import wait_for
+from ..test_dags import ray_e2e_dags as dags
+from .test_ray_job_e2e import (
+    _dag_test_in_subprocess,
+    _jobs_of,
+    _wait_for_running_job,
+    test_ephemeral_cluster_runs_the_job_and_is_torn_down,
+    test_failing_job_fails_the_task_with_the_jobs_error,
+    test_real_retry_of_a_failed_job_submits_a_new_recorded_id,
+    test_worker_death_then_retry_reattaches_to_the_same_job,
+)
+
+pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster", "via_kuberay")
+
+__all__ = [
+    "test_ephemeral_cluster_runs_the_job_and_is_torn_down",
+    "test_failing_job_fails_the_task_with_the_jobs_error",
+    "test_real_retry_of_a_failed_job_submits_a_new_recorded_id",
+    "test_worker_death_then_retry_reattaches_to_the_same_job",
+]
+
+
+@pytest.fixture(scope="module")
+def backend(kuberay):
+    return kuberay.backend
+
+
+@pytest.fixture(scope="module")
+def via_kuberay(kuberay):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_RAY_DEFAULT", kuberay.ray_connection())
+        yield
+
+
+@pytest.mark.parametrize("dag", [dags.ray_job_blocking, dags.ray_job_deferrable], ids=["blocking", "deferrable"])
+def test_job_succeeds_as_a_rayjob_and_streams_the_submitter_log(dag, kuberay, capfd):
+    run = dag.test(run_conf={"entrypoint": "python -c \"print('hello from', 'kuberay')\""})
+    assert run.state == DagRunState.SUCCESS
+    (job,) = _jobs_of(kuberay.backend, run, dag.dag_id)
+    assert job.state == JobState.SUCCEEDED
+    ti = run.get_task_instance("job")
+    assert ti.xcom_pull(task_ids="job", key="submission_id") == job.submission_id
+    assert ti.xcom_pull(task_ids="job", key="backend") == "kuberay"
+    rayjob = kuberay.emulator.store.get("rayjobs", "default", job.submission_id)
+    assert rayjob["status"]["jobDeploymentStatus"] == "Complete"
+    assert rayjob["metadata"]["labels"]["airflow-ray-platform.io/team"] == "platform"
+    assert "hello from kuberay" in capfd.readouterr().out
+
+
+def test_on_kill_deletes_the_rayjob_and_kuberay_stops_the_ray_job(kuberay, local_backend, tmp_path):
+    logical_date = datetime(2026, 3, 2, tzinfo=UTC)
+    log_path = tmp_path / "worker.log"
+    worker = _dag_test_in_subprocess(
+        "ray_job_blocking", logical_date, "python -c 'import time; time.sleep(300)'", log_path
+    )
+    try:
+        running = _wait_for_running_job(
+            kuberay.backend, "ray_job_blocking", f"manual__{logical_date.isoformat()}", log_path
+        )
+        os.kill(worker.pid, signal.SIGTERM)
+        wait_for(lambda: kuberay.backend.describe_job(SHARED_CLUSTER, running.submission_id) is None)
+        stopped = wait_for(lambda: local_backend.describe_job(SHARED_CLUSTER, running.submission_id).state == "STOPPED")
+        assert stopped
+        worker.wait(timeout=60)
+    finally:
+        worker.kill()
+
+
+def test_timeout_stops_the_job_and_fails(kuberay, local_backend, capfd):
+    run = dags.ray_job_timeout.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(300)'"})
+    assert run.state == DagRunState.FAILED
+    submission_id = run.get_task_instance("job").xcom_pull(task_ids="job", key="submission_id")
+    assert kuberay.backend.describe_job(SHARED_CLUSTER, submission_id) is None
+    wait_for(lambda: local_backend.describe_job(SHARED_CLUSTER, submission_id).state == JobState.STOPPED)
+    assert "exceeded its timeout" in capfd.readouterr().out
