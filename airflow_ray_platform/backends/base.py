@@ -132,3 +132,18 @@ class RayBackend(Protocol):
 
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         """Where a person sees this job in the Ray dashboard, if anywhere."""
+
+
+@runtime_checkable
+class WatchingBackend(Protocol):
+    """A backend that waits for a change on the server side (a Kubernetes watch) instead of being polled.
+
+    Triggers use these coroutines when the backend has them: the wait costs a constant number of API
+    calls however long the job runs, and nothing blocks the triggerer's event loop.
+    """
+
+    async def await_job(self, cluster_name: str, submission_id: str, timeout: float) -> JobInfo | None:
+        """The job once its state changes (or at once if terminal, or after ``timeout`` s); None if gone."""
+
+    async def await_cluster(self, name: str, timeout: float) -> ClusterInfo | None:
+        """The cluster once its state changes (or at once if READY or FAILED, or after ``timeout`` s)."""

@@ -1,8 +1,10 @@
 """Deferrable waits: a Ray cluster becoming ready, a Ray job reaching a terminal state.
 
 Both triggers carry their whole state in ``serialize()`` (connection id, names, deadline, log
-offset), so a triggerer restart resumes them where they were. Every backend call runs in a worker
-thread (``asyncio.to_thread``): the triggerer's event loop is never blocked. ``cleanup()`` is left
+offset), so a triggerer restart resumes them where they were. A backend that can wait server-side
+(:class:`WatchingBackend`: KubeRay, through a ``kubernetes_asyncio`` watch) is awaited directly, so
+the wait costs a constant number of API calls; any other backend is polled, each call in a worker
+thread (``asyncio.to_thread``). Either way the triggerer's event loop is never blocked. ``cleanup()`` is left
 alone on purpose, since it also runs on every triggerer restart; only ``on_kill()`` (a user killing
 the task) stops the job and removes a task's ephemeral cluster.
 """
@@ -16,11 +18,16 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_ray_platform.backends.base import BackendError, JobInfo
+from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, WatchingBackend
 from airflow_ray_platform.hooks.ray import RayHook, cluster_wait_outcome
 
 #: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
 MAX_CONSECUTIVE_ERRORS = 5
+#: With a watching backend: the longest single wait for a job while its log is streamed (the log is
+#: read between waits), and without streaming; and for a cluster, between reads of its pods' reasons.
+LOG_STREAM_WINDOW = 10.0
+MAX_WATCH_WINDOW = 300.0
+CLUSTER_WATCH_WINDOW = 30.0
 
 
 def job_event(info: JobInfo, log_offset: int) -> dict[str, Any]:
@@ -48,6 +55,17 @@ class _RayTrigger(BaseTrigger):
         if self._hook is None:
             self._hook = RayHook(self.ray_conn_id)
         return await asyncio.to_thread(getattr(self._hook, method), *args)
+
+    async def _watching_backend(self) -> WatchingBackend | None:
+        """The backend, if it can wait server-side (a Kubernetes watch) instead of being polled."""
+        if self._hook is None:
+            self._hook = RayHook(self.ray_conn_id)
+        backend = await asyncio.to_thread(lambda: self._hook.backend)  # reads the connection: not on the loop
+        return backend if isinstance(backend, WatchingBackend) else None
+
+    def _window(self, longest: float, timeout_at: float | None) -> float:
+        """How long one server-side wait may last: up to ``longest``, never past the deadline."""
+        return longest if timeout_at is None else max(0.0, min(longest, timeout_at - time.time()))
 
 
 class RayClusterTrigger(_RayTrigger):
@@ -83,9 +101,16 @@ class RayClusterTrigger(_RayTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        watching = await self._watching_backend()
         while True:
             try:
-                info = await self._call("describe_cluster", self.cluster_name)
+                if watching is None:
+                    info = await self._call("describe_cluster", self.cluster_name)
+                else:
+                    window = self._window(CLUSTER_WATCH_WINDOW, self.timeout_at)
+                    info = await watching.await_cluster(self.cluster_name, window)
+                    if info is not None and info.state == ClusterState.PROVISIONING:
+                        info = await self._call("describe_cluster", self.cluster_name)  # the pods say why
                 outcome = cluster_wait_outcome(
                     self.cluster_name,
                     info,
@@ -98,7 +123,8 @@ class RayClusterTrigger(_RayTrigger):
             if outcome is not None:
                 yield TriggerEvent(self._event("success", dashboard_url=outcome.dashboard_url))
                 return
-            await asyncio.sleep(self.poll_interval)
+            if watching is None:
+                await asyncio.sleep(self.poll_interval)
 
     def _event(self, status: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -163,10 +189,16 @@ class RayJobTrigger(_RayTrigger):
             self.log.info("[ray job %s] %s", self.submission_id, line)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        watching = await self._watching_backend()
         errors = 0
         while True:
             try:
-                info: JobInfo | None = await self._call("get_job_info", self.cluster_name, self.submission_id)
+                info: JobInfo | None
+                if watching is None:
+                    info = await self._call("get_job_info", self.cluster_name, self.submission_id)
+                else:
+                    window = self._window(LOG_STREAM_WINDOW if self.stream_logs else MAX_WATCH_WINDOW, self.timeout_at)
+                    info = await watching.await_job(self.cluster_name, self.submission_id, window)
                 if self.stream_logs and info is not None:
                     await self._stream_logs()
                 errors = 0
@@ -189,7 +221,8 @@ class RayJobTrigger(_RayTrigger):
             if self.timeout_at is not None and time.time() >= self.timeout_at:
                 yield TriggerEvent(self._event("timeout", f"job {self.submission_id!r} exceeded its timeout"))
                 return
-            await asyncio.sleep(self.poll_interval)
+            if watching is None:
+                await asyncio.sleep(self.poll_interval)
 
     def _event(self, status: str, message: str) -> dict[str, Any]:
         return {

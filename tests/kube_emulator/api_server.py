@@ -426,7 +426,7 @@ class KubernetesApiEmulator:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 try:
-                    if method == "GET" and query.get("watch") in ("true", "1"):
+                    if method == "GET" and query.get("watch", "").lower() in ("true", "1"):
                         self.send_response(200)
                         self.send_header("Content-Type", "application/json")
                         self.send_header("Transfer-Encoding", "chunked")

@@ -26,6 +26,7 @@ Choices:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -35,6 +36,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
+import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -434,3 +436,75 @@ class KubeRayBackend:
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         url = self._dashboard_url(cluster_name)
         return None if url is None else f"{url}/#/jobs/{submission_id}"
+
+    # ------------------------------------------------------- watching (async)
+    @cached_property
+    def async_kubernetes_hook(self) -> Any:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
+
+        return AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
+
+    async def _await_change(
+        self, plural: str, name: str, timeout: float, read: Callable[[dict[str, Any]], T], settled: Callable[[T], bool]
+    ) -> T | None:
+        """One list then one watch of a single object (``kubernetes_asyncio``): returns ``read(object)``
+        once its state changes, at once when ``settled``, the latest after ``timeout``; None if gone."""
+        from kubernetes_asyncio import client as async_client
+        from kubernetes_asyncio import watch
+        from kubernetes_asyncio.client.exceptions import ApiException as AsyncApiException
+
+        namespace = self._namespace or await asyncio.to_thread(lambda: self.namespace)
+        selector = f"metadata.name={name}"
+        try:
+            async with self.async_kubernetes_hook.get_conn() as api_client:
+                custom = async_client.CustomObjectsApi(api_client)
+                listing = await custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, field_selector=selector
+                )
+                if not listing["items"]:
+                    return None
+                current = read(listing["items"][0])
+                if settled(current) or timeout <= 0:
+                    return current
+                async with watch.Watch().stream(
+                    custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    plural,
+                    field_selector=selector,
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=max(1, round(timeout)),
+                ) as events:
+                    async for event in events:
+                        if event["type"] == "DELETED":
+                            return None
+                        latest = read(event["raw_object"])
+                        if getattr(latest, "state", None) != getattr(current, "state", None):
+                            return latest
+                        current = latest
+                return current
+        except AsyncApiException as error:
+            raise BackendError(f"watching {plural} {name!r}: {error.reason} ({error.status})") from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise BackendError(f"watching {plural} {name!r}: Kubernetes API unreachable: {error!r}") from None
+
+    async def await_job(self, cluster_name: str, submission_id: str, timeout: float) -> JobInfo | None:
+        """The RayJob's state through a watch: what the deferrable trigger waits on."""
+
+        def read(obj: dict[str, Any]) -> JobInfo | None:
+            return job_info(obj) if (obj["metadata"].get("labels") or {}).get(CLUSTER_LABEL) == cluster_name else None
+
+        return await self._await_change(
+            "rayjobs", submission_id, timeout, read, lambda job: job is None or job.state.is_terminal
+        )
+
+    async def await_cluster(self, name: str, timeout: float) -> ClusterInfo | None:
+        """The RayCluster's state through a watch (the pods' reasons come from ``describe_cluster``)."""
+        return await self._await_change(
+            "rayclusters",
+            name,
+            timeout,
+            lambda obj: cluster_info(obj, self.name, self._dashboard_url(name)),
+            lambda info: info.state != ClusterState.PROVISIONING,
+        )

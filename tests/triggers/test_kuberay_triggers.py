@@ -1,0 +1,100 @@
+"""Triggers through the kuberay backend: a ``kubernetes_asyncio`` watch, not polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
+from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
+
+from ..conftest import SHARED_CLUSTER
+from ..kube_emulator.kuberay_controller import wait_for
+from .test_ray_triggers import _first_event, _rebuild
+
+pytestmark = pytest.mark.usefixtures("shared_cluster", "via_kuberay")
+
+
+@pytest.fixture(scope="module")
+def via_kuberay(kuberay):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_RAY_DEFAULT", kuberay.ray_connection())
+        yield
+
+
+def _run_job(kuberay, submission_id: str, seconds: float) -> dict:
+    """Submit a job of ``seconds`` and wait for it with the trigger; (event, API calls while waiting)."""
+    entrypoint = f"python -c \"import time; print('working', flush=True); time.sleep({seconds})\""
+    kuberay.backend.submit_job(SHARED_CLUSTER, submission_id, JobSpec(entrypoint=entrypoint), {})
+    trigger = RayJobTrigger(
+        ray_conn_id="ray_default",
+        cluster_name=SHARED_CLUSTER,
+        submission_id=submission_id,
+        poll_interval=0.1,  # what a polling trigger would use: a watch makes it irrelevant
+        stream_logs=False,
+    )
+    before = sum(kuberay.emulator.requests.values())
+    event = asyncio.run(_first_event(_rebuild(trigger)))
+    return {"event": event, "calls": sum(kuberay.emulator.requests.values()) - before}
+
+
+def test_job_wait_is_a_watch_with_a_constant_number_of_calls(kuberay):
+    watches = kuberay.emulator.requests["WATCH rayjobs"]
+    long = _run_job(kuberay, "kuberay-trigger-long", 6)
+    assert long["event"]["status"] == "success" and long["event"]["state"] == "SUCCEEDED"
+    assert kuberay.emulator.requests["WATCH rayjobs"] > watches
+    # A list and a watch per state it passes through (PENDING, RUNNING, SUCCEEDED), not one call per
+    # 0.1 s poll over a 6 s job.
+    assert long["calls"] <= 6, kuberay.emulator.requests
+
+
+def test_failed_job_event_carries_kuberays_reason(kuberay):
+    kuberay.backend.submit_job(
+        SHARED_CLUSTER, "kuberay-trigger-fail", JobSpec(entrypoint="python -c \"raise SystemExit('zone 9')\""), {}
+    )
+    trigger = RayJobTrigger(
+        ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id="kuberay-trigger-fail"
+    )
+    event = asyncio.run(_first_event(trigger))
+    assert event["status"] == "failed" and event["state"] == "FAILED"
+    assert event["message"].startswith("AppFailed: ")
+
+
+def test_deleted_rayjob_ends_the_wait_with_an_error(kuberay):
+    kuberay.backend.submit_job(
+        SHARED_CLUSTER, "kuberay-trigger-gone", JobSpec(entrypoint="python -c 'import time; time.sleep(60)'"), {}
+    )
+    trigger = RayJobTrigger(
+        ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id="kuberay-trigger-gone"
+    )
+
+    async def wait_then_delete():
+        run = asyncio.ensure_future(_first_event(trigger))
+        await asyncio.sleep(1)
+        await trigger.on_kill()  # a user kills the task: the RayJob is deleted
+        return await run
+
+    event = asyncio.run(wait_then_delete())
+    assert event["status"] == "error" and "has no job 'kuberay-trigger-gone'" in event["message"]
+
+
+def test_cluster_trigger_watches_until_ready_then_times_out_with_the_pods_reason(kuberay):
+    ready = RayClusterTrigger(
+        ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, timeout_at=time.time() + 30, startup_timeout=30
+    )
+    assert asyncio.run(_first_event(ready))["status"] == "success"
+    backend: KubeRayBackend = kuberay.backend
+    backend.create_or_get_cluster("never-fits", ClusterSpec(head={"cpu": "100", "memory": "1Gi"}), {})
+    try:
+        wait_for(lambda: "Unschedulable" in (backend.describe_cluster("never-fits").message or ""))
+        stuck = RayClusterTrigger(
+            ray_conn_id="ray_default", cluster_name="never-fits", timeout_at=time.time() + 2, startup_timeout=2
+        )
+        event = asyncio.run(_first_event(stuck))
+    finally:
+        backend.delete_cluster("never-fits")
+    assert event["status"] == "error"
+    assert "not ready within 2s (startup timeout)" in event["message"] and "Insufficient cpu" in event["message"]
