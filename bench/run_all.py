@@ -11,6 +11,7 @@ BENCHMARKS = [
     "bench.fan_out",
     "bench.lifecycle_ops",
     "bench.kuberay_manifests",
+    "bench.kuberay_api_calls",
 ]
 
 if __name__ == "__main__":

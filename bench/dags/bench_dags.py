@@ -44,3 +44,13 @@ with DAG(
         return fit_zone(zone, samples=int(params["samples"]))["rmse"]
 
     train.expand(zone=zones())
+
+SLEEPING = {**TRIVIAL, "job": {"entrypoint": "python -c 'import time; time.sleep({{ params.seconds }})'"}}
+for _deferrable in (False, True):
+    for _get_logs in (False, True):
+        _dag_id = f"bench_kuberay_{'deferrable' if _deferrable else 'blocking'}{'_logs' if _get_logs else ''}"
+        with DAG(_dag_id, schedule=None, start_date=START, params={"seconds": 2}) as _dag:
+            RayJobOperator(
+                task_id="job", job_configuration=SLEEPING, deferrable=_deferrable, get_logs=_get_logs, poll_interval=2
+            )
+        globals()[_dag_id] = _dag
