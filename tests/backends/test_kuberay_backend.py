@@ -139,3 +139,40 @@ def test_submitting_to_a_missing_cluster_is_a_clear_error(kuberay):
     with pytest.raises(BackendError, match="no RayCluster 'nowhere' in namespace 'default'"):
         kuberay.backend.submit_job("nowhere", "kuberay-backend-job-2", JobSpec(entrypoint="true"), {})
     assert kuberay.backend.describe_job("nowhere", "kuberay-backend-job-2") is None
+
+
+def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay, local_backend):
+    """deploy/kuberay-rbac.yaml (quoted in the README) against every call of every backend method."""
+    import asyncio
+    from pathlib import Path
+
+    import yaml
+
+    role = next(yaml.safe_load_all((Path(__file__).parents[2] / "deploy" / "kuberay-rbac.yaml").read_text()))
+    granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    before = dict(kuberay.emulator.requests)
+    backend = KubeRayBackend(kuberay.connection, dashboard_url_template="http://127.0.0.1:1/{name}")
+    backend.create_or_get_cluster("rbac-check", ClusterSpec(head={"cpu": "64", "memory": "1Gi"}), LABELS)
+    backend.describe_cluster("rbac-check")
+    backend.list_clusters(LABELS)
+    backend.submit_job("rbac-check", "rbac-check-job", JobSpec(entrypoint="true"), {"team": "platform"})
+    backend.describe_job("rbac-check", "rbac-check-job")
+    backend.list_jobs("rbac-check")
+    # The submitter pod KubeRay would start once the cluster were ready (this one never will be).
+    submitter = {"metadata": {"name": "rbac-check-job-x", "labels": {"job-name": "rbac-check-job"}}}
+    kuberay.emulator.store.create("pods", "default", submitter)
+    assert KubeRayBackend(kuberay.connection).job_logs("rbac-check", "rbac-check-job") == ""
+    kuberay.emulator.store.delete("pods", "default", "rbac-check-job-x")
+    with pytest.raises(BackendError):  # the dashboard is not there; the token Secret was read first
+        backend.job_logs("rbac-check", "rbac-check-job")
+    asyncio.run(backend.await_job("rbac-check", "rbac-check-job", 1))
+    asyncio.run(backend.await_cluster("rbac-check", 1))
+    backend.stop_job("rbac-check", "rbac-check-job")
+    backend.delete_cluster("rbac-check", if_inactive_since=datetime.now(UTC) + timedelta(seconds=1))
+    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "WATCH": "watch"}
+    used = set()
+    for key, count in kuberay.emulator.requests.items():
+        if count > before.get(key, 0):
+            method, resource, *listing = key.split(" ")
+            used.add((resource, "list" if listing else verbs.get(method, "get")))
+    assert used == granted
