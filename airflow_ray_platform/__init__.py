@@ -19,4 +19,33 @@ def get_provider_info() -> dict:
         "triggers": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.triggers.ray"]}],
         "extra-links": ["airflow_ray_platform.links.RayDashboardLink"],
         "integrations": [{"integration-name": "Ray", "external-doc-url": "https://docs.ray.io/"}],
+        "config": {
+            "ray_platform": {
+                "description": "Defaults of the Ray Platform operators.",
+                "options": {
+                    "state_store_conn_id": {
+                        "description": "Connection of the lifecycle state store (unset: a SQLite file).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "ray_platform_db",
+                        "default": None,
+                    },
+                    "log_storage_uri": {
+                        "description": "Where finished jobs' driver logs go: file://... or s3://bucket/prefix.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "s3://ray-logs/prod",
+                        "default": None,
+                    },
+                    "validate_kuberay_manifests": {
+                        "description": "At DAG parse, render each operator's KubeRay manifests and check them "
+                        "strictly against the KubeRay CRD schemas (about 1.5 ms per operator).",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
+                },
+            }
+        },
     }

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, ClusterInfo, ClusterState, JobInfo
+from airflow_ray_platform.backends.base import (
+    BackendError,
+    BulkJobListing,
+    ClusterBusyError,
+    ClusterInfo,
+    ClusterState,
+    JobInfo,
+)
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.naming import (
@@ -83,10 +90,15 @@ def _short(delta: timedelta) -> str:
 def plan(hook: RayHook, now: datetime | None = None) -> list[Decision]:
     """Decide for every cluster of the hook's backend."""
     now = now or datetime.now(UTC)
+    backend = hook.backend
+    clusters = backend.list_clusters()
+    everyone = backend.jobs_by_cluster() if isinstance(backend, BulkJobListing) and clusters else None
     decisions = []
-    for cluster in hook.backend.list_clusters():
+    for cluster in clusters:
         jobs: list[JobInfo] | None = []
-        if cluster.state == ClusterState.READY:
+        if everyone is not None:
+            jobs = everyone.get(cluster.name, [])
+        elif cluster.state == ClusterState.READY:
             try:
                 jobs = hook.list_jobs(cluster.name)
             except BackendError:

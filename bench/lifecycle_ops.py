@@ -1,6 +1,8 @@
 """Lifecycle operations at scale.
 
-* GC decision over 10,000 cluster records (target: <= 2 s), beside a bare loop over the same records.
+* GC decision over 10,000 cluster records (target: <= 2 s), beside a bare loop over the same records;
+  and the cleanup DAG's whole plan over 10,000 RayClusters (with their RayJobs) in the emulated
+  Kubernetes API through the kuberay backend: listing over HTTP, status mapping and decisions.
 * Usage export of 1,000,000 job records against a bare pyarrow write of the same output table (target:
   throughput >= 50 %). Reported twice: the export's own work (derive columns, write) from the Arrow table
   it reads, and end to end including reading the rows out of the state store (SQLite).
@@ -8,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -31,8 +34,25 @@ DAY = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 def gc_decisions() -> dict:
-    rng = random.Random(7)
     now = DAY + timedelta(hours=12)
+    population = _population(random.Random(7), now)
+    started = time.perf_counter()
+    bare = sum(len(info.labels) + len(job_list) for info, job_list in population)
+    bare_s = time.perf_counter() - started
+    started = time.perf_counter()
+    decisions = [decide(info, job_list, now) for info, job_list in population]
+    decide_s = time.perf_counter() - started
+    assert bare and len(decisions) == CLUSTERS
+    return {
+        "clusters": CLUSTERS,
+        "decide_s": round(decide_s, 3),
+        "bare_loop_s": round(bare_s, 4),
+        "deleted_share": round(sum(d.delete for d in decisions) / CLUSTERS, 3),
+        "target": "<= 2 s",
+    }
+
+
+def _population(rng: random.Random, now: datetime) -> list[tuple[ClusterInfo, list[JobInfo]]]:
     population = []
     for index in range(CLUSTERS):
         labels = cluster_labels(
@@ -58,18 +78,74 @@ def gc_decisions() -> dict:
         )
         states = rng.choices(["SUCCEEDED", "FAILED", "RUNNING"], weights=[6, 1, 2], k=rng.randint(0, 5))
         population.append((info, [JobInfo(f"j{i}", info.name, JobState(s)) for i, s in enumerate(states)]))
-    started = time.perf_counter()
-    bare = sum(len(info.labels) + len(job_list) for info, job_list in population)
-    bare_s = time.perf_counter() - started
-    started = time.perf_counter()
-    decisions = [decide(info, job_list, now) for info, job_list in population]
-    decide_s = time.perf_counter() - started
-    assert bare and len(decisions) == CLUSTERS
+    return population
+
+
+def gc_kuberay() -> dict:
+    """The same kind of population as RayClusters and RayJobs in the emulated API server."""
+    from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
+    from airflow_ray_platform.backends.kuberay.status import CLUSTER_LABEL, LAST_ACTIVE_ANNOTATION
+    from airflow_ray_platform.config import ClusterSpec
+    from airflow_ray_platform.garbage_collection import plan
+    from airflow_ray_platform.hooks.ray import RayHook
+    from tests.kube_emulator.api_server import KubernetesApiEmulator
+
+    now = datetime.now(UTC)
+    population = _population(random.Random(7), now)
+    emulator = KubernetesApiEmulator().start()
+    store = emulator.store
+    spec = ClusterSpec(head={"cpu": "2", "memory": "4Gi"}, worker_groups=[{"group_name": "w", "replicas": 2}])
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    ready = {"state": "ready", "conditions": [{"type": "HeadPodReady", "status": "True"}]}
+    for info, job_list in population:
+        cluster = render_ray_cluster(
+            info.name, "default", spec, info.labels, {LAST_ACTIVE_ANNOTATION: info.last_active_at.strftime(stamp)}
+        )
+        store.create("rayclusters", "default", cluster)
+        key = ("rayclusters", "default", info.name)
+        store.objects[key] = {
+            **store.objects[key],
+            "status": {
+                **ready,
+                "conditions": [{**ready["conditions"][0], "lastTransitionTime": info.created_at.strftime(stamp)}],
+            },
+        }
+        store.objects[key]["metadata"]["creationTimestamp"] = info.created_at.strftime(stamp)
+        for job in job_list:
+            name = f"{info.name}-{job.submission_id}"
+            store.create(
+                "rayjobs",
+                "default",
+                {
+                    "apiVersion": "ray.io/v1",
+                    "kind": "RayJob",
+                    "metadata": {"name": name, "labels": {CLUSTER_LABEL: info.name}},
+                    "spec": {"entrypoint": "python train.py", "clusterSelector": {"ray.io/cluster": info.name}},
+                },
+            )
+            store.objects[("rayjobs", "default", name)]["status"] = {"jobStatus": str(job.state)}
+    kubeconfig = emulator.write_kubeconfig(WORK / "gc-kubeconfig.json")
+    os.environ["AIRFLOW_CONN_KUBERNETES_GC_BENCH"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}
+    )
+    os.environ["AIRFLOW_CONN_RAY_GC_BENCH"] = json.dumps(
+        {"conn_type": "ray", "extra": {"backend": "kuberay", "kubernetes_conn_id": "kubernetes_gc_bench"}}
+    )
+    try:
+        hook = RayHook("ray_gc_bench")
+        started = time.perf_counter()
+        decisions = plan(hook, now)
+        plan_s = time.perf_counter() - started
+        calls = dict(emulator.requests)
+    finally:
+        emulator.stop()
+    expected = {info.name: decide(info, job_list, now).delete for info, job_list in population}
+    assert {d.cluster.name: d.delete for d in decisions} == expected, "kuberay decisions differ from the records'"
     return {
-        "clusters": CLUSTERS,
-        "decide_s": round(decide_s, 3),
-        "bare_loop_s": round(bare_s, 4),
-        "deleted_share": round(sum(d.delete for d in decisions) / CLUSTERS, 3),
+        "rayclusters": CLUSTERS,
+        "rayjobs": sum(len(job_list) for _, job_list in population),
+        "plan_s": round(plan_s, 2),
+        "api_calls": calls,
         "target": "<= 2 s",
     }
 
@@ -139,6 +215,7 @@ def export() -> dict:
 
 def main() -> None:
     record("gc_decision", gc_decisions())
+    record("gc_plan_kuberay", gc_kuberay())
     record("usage_export", export())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -151,3 +152,55 @@ def test_report_sums_what_was_freed():
     ]
     assert "refused" in table.splitlines()[2]
     assert table.endswith("deleted 2 of 3 cluster(s); freed 10 CPU, 20.0 GiB memory, 1 GPU")
+
+
+CHAOS_RUNS = int(os.environ.get("ARP_CHAOS_RUNS", "4"))
+
+
+@pytest.mark.usefixtures("airflow_db", "shared_cluster")
+def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_its_cluster(local_backend, tmp_path):
+    """SIGKILL the task that creates an ephemeral cluster at random moments (before the create, while
+    the head starts, while the job runs, after it ended), run after run; then one sweep. Every managed
+    cluster left must be one with an active job, and every job that was running keeps its cluster."""
+    from airflow_ray_platform.garbage_collection import sweep
+    from airflow_ray_platform.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+
+    from .operators.test_ray_job_e2e import _dag_test_in_subprocess
+
+    seed = int(os.environ.get("ARP_CHAOS_SEED") or time.time())
+    rng = random.Random(seed)
+    print(f"chaos seed {seed} (ARP_CHAOS_SEED={seed} replays it)")
+    managed = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+    before = {c.name for c in local_backend.list_clusters(managed)}
+    for run in range(CHAOS_RUNS):
+        when = datetime(2026, 5, 1 + run, tzinfo=UTC)
+        seconds = rng.choice([1, 1, 90])  # most jobs end on their own; some are still running at the sweep
+        worker = _dag_test_in_subprocess(
+            "ray_job_chaos", when, f"python -c 'import time; time.sleep({seconds})'", tmp_path / f"run{run}.log"
+        )
+        time.sleep(rng.uniform(0, 30))
+        worker.kill()
+        worker.wait()
+    created = [c for c in local_backend.list_clusters(managed) if c.name not in before]
+    running = {
+        (c.name, job.submission_id)
+        for c in created
+        if c.state == ClusterState.READY
+        for job in local_backend.list_jobs(c.name)
+        if not job.state.is_terminal
+    }
+    try:
+        outcomes = sweep(RayHook(), None)
+        print(report(outcomes))
+        for cluster in local_backend.list_clusters(managed):
+            if cluster.name in before:
+                continue
+            jobs = local_backend.list_jobs(cluster.name) if cluster.state == ClusterState.READY else []
+            assert any(not job.state.is_terminal for job in jobs), f"{cluster.name} outlived its limits: {cluster}"
+        for cluster_name, submission_id in running:
+            job = local_backend.describe_job(cluster_name, submission_id)
+            assert job is not None, f"running job {submission_id} lost its cluster {cluster_name}"
+    finally:
+        for cluster in local_backend.list_clusters(managed):
+            if cluster.name not in before:
+                local_backend.delete_cluster(cluster.name)

@@ -61,3 +61,27 @@ def test_bad_configuration_fails_at_parse_and_creates_nothing(operator, backend)
             },
         )
     assert backend.registry.names() == before
+
+
+def test_shipped_dags_parse_with_kuberay_manifest_validation(monkeypatch):
+    """``[ray_platform] validate_kuberay_manifests``: parsing renders and strictly validates manifests."""
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_ray_platform.backends.kuberay.manifests import validate_configuration_manifests
+    from airflow_ray_platform.config import load_job_configuration
+
+    monkeypatch.setenv("AIRFLOW__RAY_PLATFORM__VALIDATE_KUBERAY_MANIFESTS", "True")
+    bag = DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"))
+    assert bag.import_errors == {}
+    config = load_job_configuration(
+        {
+            "name": "a",
+            "owner": "o",
+            "team": "t",
+            "cluster": {"head": {"cpu": "1"}},
+            "job": {"entrypoint": "x", "timeout": 0.5},
+        }
+    )
+    validate_configuration_manifests(config)  # a sub-second timeout renders activeDeadlineSeconds 1, not 0

@@ -147,3 +147,11 @@ class WatchingBackend(Protocol):
 
     async def await_cluster(self, name: str, timeout: float) -> ClusterInfo | None:
         """The cluster once its state changes (or at once if READY or FAILED, or after ``timeout`` s)."""
+
+
+@runtime_checkable
+class BulkJobListing(Protocol):
+    """A backend that lists every cluster's jobs at once (garbage collection then costs one call)."""
+
+    def jobs_by_cluster(self) -> dict[str, list[JobInfo]]:
+        """Every job this backend knows, by the name of the cluster it runs on."""

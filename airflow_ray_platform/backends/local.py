@@ -219,7 +219,7 @@ class LocalBackend:
         with self.registry.lock(name):
             record = self.registry.load(name)
             if record is not None:
-                if record.nodes[0].process() is not None:
+                if record.nodes and record.nodes[0].process() is not None:
                     return self._describe(record)
                 # The head is gone (a reboot, a kill): clear what is left, then start afresh.
                 self._stop_processes(record)
@@ -252,6 +252,21 @@ class LocalBackend:
             3 + 5 * (1 + sum(group.replicas for group in spec.worker_groups))
         )
         totals = {"CPU": 0.0, "memory": 0.0, "object_store_memory": 0.0, "GPU": 0.0}
+        now = _now()
+        # Recorded before anything starts, each node as it starts: if this process dies half-way, the
+        # record (and the temp dir every Ray process names) still finds what it launched.
+        record = LocalClusterRecord(
+            name=name,
+            labels=labels,
+            created_at=now,
+            last_active_at=now,
+            dashboard_port=dashboard_port,
+            gcs_port=gcs_port,
+            temp_dir=str(temp_dir),
+            resources=totals,
+            nodes=[],
+        )
+        self.registry.save(record)
 
         def launch(role: str, node_spec: NodeResources, role_args: list[str]) -> NodeProcess:
             cpus, mem, store, gpus = _node_resources(node_spec)
@@ -304,45 +319,31 @@ class LocalBackend:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-            return NodeProcess(role, process.pid, psutil.Process(process.pid).create_time(), str(log_path), agent_http)
+            node = NodeProcess(role, process.pid, psutil.Process(process.pid).create_time(), str(log_path), agent_http)
+            record.nodes.append(node)
+            self.registry.save(record)
+            return node
 
-        nodes = [
-            launch(
-                "head",
-                spec.head,
-                [
-                    "--head",
-                    "--port",
-                    str(gcs_port),
-                    "--dashboard-host",
-                    "127.0.0.1",
-                    "--dashboard-port",
-                    str(dashboard_port),
-                    "--ray-client-server-port",
-                    str(client_port),
-                    "--include-dashboard",
-                    "true",
-                ],
-            )
-        ]
+        launch(
+            "head",
+            spec.head,
+            [
+                "--head",
+                "--port",
+                str(gcs_port),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard_port),
+                "--ray-client-server-port",
+                str(client_port),
+                "--include-dashboard",
+                "true",
+            ],
+        )
         for group in spec.worker_groups:
             for index in range(group.replicas):
-                nodes.append(
-                    launch(f"worker-{group.group_name}-{index}", group, ["--address", f"127.0.0.1:{gcs_port}"])
-                )
-        now = _now()
-        record = LocalClusterRecord(
-            name=name,
-            labels=labels,
-            created_at=now,
-            last_active_at=now,
-            dashboard_port=dashboard_port,
-            gcs_port=gcs_port,
-            temp_dir=str(temp_dir),
-            resources=totals,
-            nodes=nodes,
-        )
-        self.registry.save(record)
+                launch(f"worker-{group.group_name}-{index}", group, ["--address", f"127.0.0.1:{gcs_port}"])
         return record
 
     def _probe(self, url: str, token: str) -> bool:
@@ -354,10 +355,12 @@ class LocalBackend:
             return False
 
     def _describe(self, record: LocalClusterRecord) -> ClusterInfo:
-        head = record.nodes[0]
         dead = [node for node in record.nodes if node.process() is None]
         message = None
-        if dead:
+        if not record.nodes:
+            state = ClusterState.PROVISIONING
+            message = "launching its head node"
+        elif dead:
             state = ClusterState.FAILED
             message = "; ".join(
                 f"{node.role} process {node.pid} exited: {node.log_tail() or 'no output'}" for node in dead
@@ -366,7 +369,7 @@ class LocalBackend:
             state = ClusterState.READY
         else:
             state = ClusterState.PROVISIONING
-            message = head.log_tail(3) or None
+            message = record.nodes[0].log_tail(3) or None
         return ClusterInfo(
             name=record.name,
             backend=self.name,
@@ -420,7 +423,7 @@ class LocalBackend:
         """
         if datetime.fromisoformat(record.last_active_at) > mark:
             raise ClusterBusyError(f"cluster {record.name!r} was active at {record.last_active_at}, after {mark}")
-        if record.nodes[0].process() is not None:
+        if record.nodes and record.nodes[0].process() is not None:
             active = [job.submission_id for job in self._jobs(record.name).list() if not job.state.is_terminal]
             if active:
                 raise ClusterBusyError(f"cluster {record.name!r} has active jobs {active}")
@@ -434,8 +437,15 @@ class LocalBackend:
         (job drivers start sessions of their own).
         """
         sessions = {node.pid: node.create_time for node in record.nodes}
+        created = datetime.fromisoformat(record.created_at).timestamp()
+        processes = list(psutil.process_iter(["pid", "create_time", "cmdline"]))
+        for process in processes:
+            # A node whose pid never reached the record (its creator died right after launching it)
+            # still names the cluster's own temp dir on its command line.
+            if process.info["create_time"] >= created - 1 and record.temp_dir in (process.info["cmdline"] or []):
+                sessions.setdefault(process.pid, process.info["create_time"])
         targets: dict[int, psutil.Process] = {}
-        for process in psutil.process_iter(["pid", "create_time"]):
+        for process in processes:
             with contextlib.suppress(psutil.Error, ProcessLookupError):
                 sid = os.getsid(process.pid)
                 if sid in sessions and process.info["create_time"] >= sessions[sid] - 1:

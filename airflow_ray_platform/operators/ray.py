@@ -47,9 +47,17 @@ def _is_templated(value: Any) -> bool:
 
 
 def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
-    """Fail at DAG parse, naming the field, unless Jinja must render the configuration first."""
-    if not _is_templated(job_configuration):
-        load_job_configuration(job_configuration)
+    """Fail at DAG parse, naming the field, unless Jinja must render the configuration first.
+
+    With ``[ray_platform] validate_kuberay_manifests``, also the KubeRay manifests it renders.
+    """
+    if _is_templated(job_configuration):
+        return
+    config = load_job_configuration(job_configuration)
+    if conf.getboolean("ray_platform", "validate_kuberay_manifests", fallback=False):
+        from airflow_ray_platform.backends.kuberay.manifests import validate_configuration_manifests
+
+        validate_configuration_manifests(config)
 
 
 def _seconds(value: timedelta | float | None) -> float | None:

@@ -131,6 +131,11 @@ def test_delete_stops_every_process_it_started_and_nothing_else(tmp_path):
         sessions = {node.pid for node in record.nodes}
         members = [p for p in psutil.process_iter() if _sid(p.pid) in sessions]
         assert len(members) > 6  # gcs, raylets, dashboard, agents, ...
+        # As if the creator had died right after launching the worker, before recording it: the
+        # worker is found by the cluster's temp dir on its command line.
+        unrecorded = backend.registry.load("two-nodes")
+        unrecorded.nodes = unrecorded.nodes[:1]
+        backend.registry.save(unrecorded)
     finally:
         assert backend.delete_cluster("two-nodes")
     assert [p for p in psutil.process_iter() if _sid(p.pid) in sessions] == []

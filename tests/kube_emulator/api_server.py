@@ -222,10 +222,13 @@ class ObjectStore:
             return self._record(resource, "DELETED", current)
 
     # --------------------------------------------------------------- reads
-    def list(self, resource: str, namespace: str | None, labels: str | None, fields: str | None) -> list[dict]:
+    def list(
+        self, resource: str, namespace: str | None, labels: str | None, fields: str | None, *, copies: bool = True
+    ) -> list[dict]:
+        """Matching objects; ``copies=False`` for a caller that only serializes them (no deep copy)."""
         with self.changed:
             return [
-                copy.deepcopy(obj)
+                copy.deepcopy(obj) if copies else obj
                 for (res, ns, _), obj in sorted(self.objects.items())
                 if res == resource
                 and (namespace is None or ns == namespace)
@@ -311,7 +314,9 @@ class KubernetesApiEmulator:
         kind = RAY_PLURALS.get(resource) or CORE_KINDS[resource]
         if name is None:
             if method == "GET":
-                items = store.list(resource, namespace, query.get("labelSelector"), query.get("fieldSelector"))
+                items = store.list(
+                    resource, namespace, query.get("labelSelector"), query.get("fieldSelector"), copies=False
+                )
                 return 200, {
                     "apiVersion": api_version,
                     "kind": f"{kind}List",

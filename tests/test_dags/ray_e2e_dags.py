@@ -52,6 +52,19 @@ ray_job_ephemeral_s3_logs = _job_dag(
         "job": {"entrypoint": "{{ params.entrypoint }}"},
     },
 )
+ray_job_chaos = _job_dag(
+    "ray_job_chaos",
+    deferrable=False,
+    config={
+        "name": "chaos",
+        **OWNER,
+        "cluster": {
+            "head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"},
+            "idle_timeout": 1,  # so that a sweep right after the runs finds every orphan past its limits
+        },
+        "job": {"entrypoint": "{{ params.entrypoint }}"},
+    },
+)
 ray_job_unreachable_store = _job_dag(
     "ray_job_unreachable_store", deferrable=False, state_store_conn_id="arp_unreachable_store"
 )

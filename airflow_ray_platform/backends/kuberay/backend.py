@@ -287,23 +287,31 @@ class KubeRayBackend:
         obj = self._get("rayclusters", name)
         return None if obj is None else self._cluster_info(obj)
 
+    def jobs_by_cluster(self) -> dict[str, list[JobInfo]]:
+        """Every RayJob of the namespace (one list call), by the cluster it runs on; not only this
+        provider's: a job someone else submitted to a managed cluster keeps that cluster busy too."""
+        grouped: dict[str, list[JobInfo]] = {}
+        for obj in self._list("rayjobs", {}):
+            info = job_info(obj)
+            grouped.setdefault(info.cluster_name, []).append(info)
+        return grouped
+
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
-        """Clusters with their last activity moved forward to their jobs' (one list of RayJobs in all)."""
+        """Clusters, with their last activity moved forward to their jobs' (one list of RayJobs in all)."""
         clusters = self._list("rayclusters", labels or {})
         if not clusters:
             return []
-        latest: dict[str, datetime] = {}
-        for job in self._list("rayjobs", {MANAGED_BY_LABEL: MANAGED_BY_VALUE}):
-            info = job_info(job)
-            moment = datetime.now(UTC) if not info.state.is_terminal else info.end_time or info.start_time
-            if moment is not None and moment > latest.get(info.cluster_name, moment.min.replace(tzinfo=UTC)):
-                latest[info.cluster_name] = moment
+        jobs = self.jobs_by_cluster()
+        now = datetime.now(UTC)
         found = []
         for obj in clusters:
             info = self._cluster_info(obj, with_pods=False)
-            mark = latest.get(info.name)
-            if mark is not None and (info.last_active_at is None or mark > info.last_active_at):
-                info = dataclasses.replace(info, last_active_at=mark)
+            moments = [
+                now if not job.state.is_terminal else job.end_time or job.start_time for job in jobs.get(info.name, [])
+            ]
+            latest = max((moment for moment in moments if moment is not None), default=None)
+            if latest is not None and (info.last_active_at is None or latest > info.last_active_at):
+                info = dataclasses.replace(info, last_active_at=latest)
             found.append(info)
         return found
 
@@ -311,19 +319,19 @@ class KubeRayBackend:
         obj = self._get("rayclusters", name)
         if obj is None:
             return False
-        jobs = self._list("rayjobs", {CLUSTER_LABEL: name})
+        jobs = self.jobs_by_cluster().get(name, [])
         if if_inactive_since is not None:
             info = cluster_info(obj, self.name, None)
             if info.last_active_at is not None and info.last_active_at > if_inactive_since:
                 raise ClusterBusyError(
                     f"cluster {name!r} was active at {info.last_active_at}, after {if_inactive_since}"
                 )
-            active = [job["metadata"]["name"] for job in jobs if not job_info(job).state.is_terminal]
+            active = [job.submission_id for job in jobs if not job.state.is_terminal]
             if active:
                 raise ClusterBusyError(f"cluster {name!r} has active jobs {active}")
         deleted = self._delete("rayclusters", name, obj["metadata"]["resourceVersion"] if if_inactive_since else None)
-        # The cluster's RayJobs go with it: their records live on in the state store.
-        for job in jobs:
+        # This provider's RayJobs of the cluster go with it: their records live on in the state store.
+        for job in self._list("rayjobs", {CLUSTER_LABEL: name}):
             self._delete("rayjobs", job["metadata"]["name"])
         self._jobs_api.pop(name, None)
         return deleted

@@ -11,13 +11,14 @@ full Airflow identifiers as annotations.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from airflow_ray_platform.config import ClusterSpec, JobSpec, NodeResources, quantity_value
+from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec, NodeResources, quantity_value
 
 API_VERSION = "ray.io/v1"
 #: Ports of the head container, by KubeRay's names.
@@ -154,7 +155,8 @@ def render_ray_job(
     if job.entrypoint_resources:
         body["entrypointResources"] = json.dumps(job.entrypoint_resources, sort_keys=True)
     if job.timeout is not None:
-        body["activeDeadlineSeconds"] = int(job.timeout.total_seconds())
+        # KubeRay refuses a deadline below 1 s: round a sub-second timeout up, never down to 0.
+        body["activeDeadlineSeconds"] = max(1, math.ceil(job.timeout.total_seconds()))
     if cluster_name is not None:
         body["clusterSelector"] = {"ray.io/cluster": cluster_name}
     else:
@@ -168,3 +170,20 @@ def render_ray_job(
         "metadata": _metadata(name, namespace, labels, annotations),
         "spec": body,
     }
+
+
+def validate_configuration_manifests(config: JobConfiguration) -> None:
+    """Render what ``config`` would create on KubeRay and check it strictly against the CRDs.
+
+    For DAG-parse-time checks: the names and labels are placeholders of the right shape, so a
+    failure is about the configuration itself. Raises ``ManifestValidationError``.
+    """
+    from airflow_ray_platform.backends.kuberay.schema import validate_manifest
+
+    labels = {"app.kubernetes.io/managed-by": "airflow-ray-platform"}
+    if not config.cluster.reuses_existing:
+        validate_manifest(render_ray_cluster(config.cluster_name, "default", config.cluster, labels, {}))
+    if config.job is not None:
+        validate_manifest(
+            render_ray_job("parse-check", "default", config.job, {}, labels, {}, cluster_name=config.cluster_name)
+        )
