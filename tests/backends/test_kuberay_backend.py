@@ -176,3 +176,19 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
             method, resource, *listing = key.split(" ")
             used.add((resource, "list" if listing else verbs.get(method, "get")))
     assert used == granted
+
+
+def test_logs_through_the_jobs_api_where_the_dashboard_is_reachable(kuberay, shared_cluster, local_backend):
+    """With ``dashboard_url_template``, logs come from the Jobs API, authenticated with the token
+    from the Secret KubeRay made for the cluster (the simulated controller writes the real one)."""
+    backend = KubeRayBackend(kuberay.connection, dashboard_url_template=shared_cluster.dashboard_url)
+    job = JobSpec(entrypoint="python -c \"print('via the dashboard')\"")
+    backend.submit_job(SHARED_CLUSTER, "kuberay-backend-jobs-api", job, {})
+    wait_for(lambda: backend.describe_job(SHARED_CLUSTER, "kuberay-backend-jobs-api").state == JobState.SUCCEEDED)
+    logs = backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
+    assert "via the dashboard" in logs
+    assert logs == local_backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
+    assert backend.job_dashboard_url(SHARED_CLUSTER, "kuberay-backend-jobs-api") == (
+        f"{shared_cluster.dashboard_url}/#/jobs/kuberay-backend-jobs-api"
+    )
+    assert backend.describe_cluster(SHARED_CLUSTER).dashboard_url == shared_cluster.dashboard_url
