@@ -20,6 +20,7 @@ from airflow_ray_platform.config import JobConfiguration, quantity_value
 from airflow_ray_platform.log_storage import LogStorage, log_key
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
 from airflow_ray_platform.state_store import Event, StateStore, cluster_uid, jobs
+from airflow_ray_platform.utilisation import Utilisation
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -135,8 +136,10 @@ class LifecycleRecorder:
         identity: TaskIdentity | None = None,
         config: JobConfiguration | None = None,
         try_number: int | None = None,
+        utilisation: Utilisation | None = None,
     ) -> None:
-        """A job was submitted, reattached to, or observed in a (new) state."""
+        """A job was submitted, reattached to, or observed in a (new) state (with what was measured
+        of its cluster's utilisation while it ran, if anything was)."""
         values: dict[str, Any] = {
             "cluster_uid": _uid(cluster),
             "submission_id": job.submission_id,
@@ -161,6 +164,10 @@ class LifecycleRecorder:
                 submitted_at=job.start_time or datetime.now(UTC),
             )
             values["requested_cpu"], values["requested_gpu"], values["requested_memory_bytes"] = _requested(config)
+        if utilisation is not None and utilisation.cpu_percent is not None:
+            values["measured_cpu_utilisation"] = utilisation.cpu_percent
+        if utilisation is not None and utilisation.gpu_percent is not None:
+            values["measured_gpu_utilisation"] = utilisation.gpu_percent
         kind = f"job_{str(job.state).lower()}"
         self.store.upsert_job(
             Event(

@@ -7,8 +7,9 @@ interval replaces its files, never duplicates them. ``<output>`` is a directory 
 
 * ``jobs``: one row per job that ended in the interval. Owner, team, dag/task/run, cluster,
   submitted/started/ended, queue wait, final state, and requested cpu/gpu/memory times duration
-  (CPU-hours, GPU-hours, GiB-hours) with a cost estimate from the price table. The measured
-  utilisation columns stay null: nothing here measures utilisation yet, and a number is never invented.
+  (CPU-hours, GPU-hours, GiB-hours) with a cost estimate from the price table, and the CPU / GPU
+  utilisation measured from the cluster's Prometheus metrics while the job ran: null where no
+  endpoint was reachable (a number is never invented).
 * ``clusters``: one row per cluster incarnation alive during the interval. Provisioning wait, lifetime,
   idle time (lifetime minus its jobs' run time, within the interval).
 * ``team_rollup``: per team, job count, success rate, and the p50/p95 of the wait for a cluster.
@@ -52,6 +53,8 @@ JOB_COLUMNS = [
     "submitted_at",
     "started_at",
     "ended_at",
+    "measured_cpu_utilisation",
+    "measured_gpu_utilisation",
 ]
 CLUSTER_COLUMNS = [
     "cluster_uid",
@@ -114,7 +117,8 @@ def job_table(raw: pa.Table, prices: Mapping[str, float]) -> pa.Table:
         ),
         pc.multiply(pc.fill_null(gib_hours, 0.0), prices["memory_gib_hour"]),
     )
-    nulls = pa.nulls(raw.num_rows, pa.float64())
+    for measured in ("measured_cpu_utilisation", "measured_gpu_utilisation"):  # all-null reads as type null
+        raw = raw.set_column(raw.schema.get_field_index(measured), measured, pc.cast(raw[measured], pa.float64()))
     return (
         raw.set_column(raw.schema.get_field_index("submitted_at"), "submitted_at", submitted)
         .set_column(raw.schema.get_field_index("started_at"), "started_at", started)
@@ -125,8 +129,6 @@ def job_table(raw: pa.Table, prices: Mapping[str, float]) -> pa.Table:
         .append_column("gpu_hours", gpu_hours)
         .append_column("memory_gib_hours", gib_hours)
         .append_column("cost_estimate", cost)
-        .append_column("measured_cpu_utilisation", nulls)
-        .append_column("measured_gpu_utilisation", nulls)
     )
 
 

@@ -49,11 +49,37 @@ def store(request, tmp_path) -> StateStore:
 def test_migrations_create_the_schema_once(store):
     store.migrate()  # again: nothing to do
     with store.engine.connect() as connection:
-        assert connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one() == "0001"
+        assert connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one() == SCHEMA_REVISION
     assert store.schema_revision() == SCHEMA_REVISION
     inspector = sa.inspect(store.engine)
     for table in (clusters, jobs, events):
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.columns.keys())
+
+
+def test_upgrade_from_the_first_schema_keeps_the_rows(store):
+    """A store created by 0001 (before measured utilisation) upgrades in place, its rows intact."""
+    from alembic import command
+    from alembic.config import Config
+
+    with store.engine.begin() as connection:
+        metadata.drop_all(connection)
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            sa.text(
+                "INSERT INTO arp_jobs (cluster_uid, submission_id, state, updated_at) "
+                "VALUES ('c', 's', 'SUCCEEDED', :t)"
+            ),
+            {"t": NOW},
+        )
+    assert store.schema_revision() == "0001"
+    store.migrate()
+    assert store.schema_revision() == SCHEMA_REVISION
+    row = store.job("c", "s")
+    assert row["state"] == "SUCCEEDED" and row["measured_cpu_utilisation"] is None
 
 
 def test_schema_revision_is_alembics_head():

@@ -70,6 +70,9 @@ def _populate(store: StateStore) -> None:
             submitted_at=submitted,
             started_at=submitted + timedelta(seconds=wait_s),
             ended_at=submitted + timedelta(seconds=wait_s + run_s),
+            # j2's cluster answered Prometheus while it ran (GPU included); the others' did not
+            measured_cpu_utilisation=37.5 if sid == "j2" else None,
+            measured_gpu_utilisation=81.25 if sid == "j2" else None,
         )
     # Ended the next day: belongs to the next interval.
     store.upsert_job(
@@ -108,6 +111,7 @@ def test_values_match_the_recorded_jobs_exactly(store, tmp_path):
         0.25 * 0.04 + 0.25 * 2.5 + 0.5 * 0.005
     )
     assert j1["measured_cpu_utilisation"] is None and j1["measured_gpu_utilisation"] is None
+    assert jobs["j2"]["measured_cpu_utilisation"] == 37.5 and jobs["j2"]["measured_gpu_utilisation"] == 81.25
     assert j1["started_at"] == DAY + timedelta(hours=4, seconds=60)
 
     clusters = {row["cluster_uid"]: row for row in pq.read_table(result.files[1]).to_pylist()}

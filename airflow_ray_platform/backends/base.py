@@ -133,6 +133,9 @@ class RayBackend(Protocol):
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         """Where a person sees this job in the Ray dashboard, if anywhere."""
 
+    def metrics_urls(self, cluster_name: str) -> list[str]:
+        """Prometheus endpoints of the cluster's nodes reachable from here (empty when none is)."""
+
 
 @runtime_checkable
 class WatchingBackend(Protocol):

@@ -85,5 +85,9 @@ class DashboardBackend:
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         return self._jobs(cluster_name).stop(submission_id)
 
+    def metrics_urls(self, cluster_name: str) -> list[str]:
+        """None known: a cluster managed elsewhere publishes its metrics where its owner chose."""
+        return []
+
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         return f"{self.address}/#/jobs/{submission_id}"

@@ -85,6 +85,8 @@ class NodeProcess:
     create_time: float
     log_path: str
     agent_port: int
+    #: Where this node's Prometheus metrics are served (0 in records written before it was kept).
+    metrics_port: int = 0
 
     def process(self) -> psutil.Process | None:
         """The live process, or None if it exited or its pid now belongs to someone else."""
@@ -249,7 +251,7 @@ class LocalBackend:
         ray_bin = str(Path(sys.executable).parent / "ray")
 
         gcs_port, dashboard_port, client_port, *node_ports = _free_ports(
-            3 + 5 * (1 + sum(group.replicas for group in spec.worker_groups))
+            3 + 6 * (1 + sum(group.replicas for group in spec.worker_groups))
         )
         totals = {"CPU": 0.0, "memory": 0.0, "object_store_memory": 0.0, "GPU": 0.0}
         now = _now()
@@ -274,7 +276,7 @@ class LocalBackend:
             totals["memory"] += mem
             totals["object_store_memory"] += store
             totals["GPU"] += gpus
-            manager, objects, agent_http, agent_grpc, runtime_env = (node_ports.pop() for _ in range(5))
+            manager, objects, agent_http, agent_grpc, runtime_env, metrics = (node_ports.pop() for _ in range(6))
             args = [
                 ray_bin,
                 "start",
@@ -293,7 +295,7 @@ class LocalBackend:
                 "--runtime-env-agent-port",
                 str(runtime_env),
                 "--metrics-export-port",
-                "0",
+                str(metrics),
                 "--num-cpus",
                 str(cpus),
                 "--num-gpus",
@@ -319,7 +321,9 @@ class LocalBackend:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-            node = NodeProcess(role, process.pid, psutil.Process(process.pid).create_time(), str(log_path), agent_http)
+            node = NodeProcess(
+                role, process.pid, psutil.Process(process.pid).create_time(), str(log_path), agent_http, metrics
+            )
             record.nodes.append(node)
             self.registry.save(record)
             return node
@@ -499,6 +503,11 @@ class LocalBackend:
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         return self._jobs(cluster_name).stop(submission_id)
+
+    def metrics_urls(self, cluster_name: str) -> list[str]:
+        record = self.registry.load(cluster_name)
+        nodes = record.nodes if record is not None else []
+        return [f"http://127.0.0.1:{node.metrics_port}/metrics" for node in nodes if node.metrics_port]
 
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         record = self.registry.load(cluster_name)

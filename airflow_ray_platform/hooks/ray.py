@@ -138,6 +138,13 @@ class RayHook(BaseHook):
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         return self.backend.job_dashboard_url(cluster_name, submission_id)
 
+    def sample_utilisation(self, cluster_name: str) -> tuple[float | None, float | None]:
+        """(CPU %, GPU %) of the cluster's nodes now, from their Prometheus metrics; Nones if unreachable."""
+        from airflow_ray_platform.utilisation import scrape
+
+        urls = self.backend.metrics_urls(cluster_name)
+        return scrape(urls) if urls else (None, None)
+
     def read_persisted_job_log(
         self, submission_id: str, state_store_conn_id: str | None = None, log_storage_uri: str | None = None
     ) -> str:

@@ -20,7 +20,7 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 from airflow.sdk import BaseOperator, Context
 
-from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.lifecycle import LifecycleRecorder
@@ -32,6 +32,7 @@ from airflow_ray_platform.naming import (
     cluster_labels,
 )
 from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger, job_event
+from airflow_ray_platform.utilisation import Utilisation
 
 JobConfigurationArg = JobConfiguration | Mapping[str, Any] | str | Path
 
@@ -398,17 +399,21 @@ class RayJobOperator(_RayOperator):
 
     def _wait_blocking(self, info: JobInfo, timeout_at: float | None) -> dict[str, Any]:
         offset = 0
+        utilisation = Utilisation()
         while True:
             if self.get_logs:
                 offset = self._log_since(info.submission_id, offset)
+            if info.state == JobState.RUNNING:
+                utilisation.add(self.hook.sample_utilisation(info.cluster_name))
             if info.state.is_terminal:
-                return job_event(info, offset)
+                return {**job_event(info, offset), "utilisation": utilisation.to_dict()}
             if timeout_at is not None and time.time() >= timeout_at:
                 return {
                     "status": "timeout",
                     "submission_id": info.submission_id,
                     "log_offset": offset,
                     "message": f"job {info.submission_id!r} exceeded its timeout",
+                    "utilisation": utilisation.to_dict(),
                 }
             time.sleep(self.poll_interval)
             latest = self.hook.get_job_info(info.cluster_name, info.submission_id)
@@ -437,7 +442,8 @@ class RayJobOperator(_RayOperator):
         final = self.hook.get_job_info(self._target_cluster, submission_id)
         cluster = self.hook.describe_cluster(self._target_cluster)
         if final is not None and cluster is not None:
-            self.recorder.job_seen(cluster, final, config=self.config)
+            utilisation = Utilisation.from_dict(event.get("utilisation"))
+            self.recorder.job_seen(cluster, final, config=self.config, utilisation=utilisation)
             self._persist_log(cluster, final)
         failed = event["status"] != "success"
         self._cleanup_cluster(failed=failed)

@@ -18,8 +18,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, WatchingBackend
+from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, JobState, WatchingBackend
 from airflow_ray_platform.hooks.ray import RayHook, cluster_wait_outcome
+from airflow_ray_platform.utilisation import Utilisation
 
 #: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
 MAX_CONSECUTIVE_ERRORS = 5
@@ -155,10 +156,12 @@ class RayJobTrigger(_RayTrigger):
         log_offset: int = 0,
         stop_on_kill: bool = True,
         ephemeral_cluster: bool = False,
+        utilisation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(ray_conn_id, poll_interval)
         self.cluster_name = cluster_name
         self.submission_id = submission_id
+        self.utilisation = Utilisation.from_dict(utilisation)
         self.timeout_at = timeout_at
         self.stream_logs = stream_logs
         self.log_offset = log_offset
@@ -178,6 +181,7 @@ class RayJobTrigger(_RayTrigger):
                 "log_offset": self.log_offset,
                 "stop_on_kill": self.stop_on_kill,
                 "ephemeral_cluster": self.ephemeral_cluster,
+                "utilisation": self.utilisation.to_dict(),
             },
         )
 
@@ -201,6 +205,8 @@ class RayJobTrigger(_RayTrigger):
                     info = await watching.await_job(self.cluster_name, self.submission_id, window)
                 if self.stream_logs and info is not None:
                     await self._stream_logs()
+                if info is not None and info.state == JobState.RUNNING:
+                    self.utilisation.add(await self._call("sample_utilisation", self.cluster_name))
                 errors = 0
             except BackendError as error:
                 errors += 1
@@ -216,7 +222,13 @@ class RayJobTrigger(_RayTrigger):
                 )
                 return
             if info.state.is_terminal:
-                yield TriggerEvent({**job_event(info, self.log_offset), "ephemeral_cluster": self.ephemeral_cluster})
+                yield TriggerEvent(
+                    {
+                        **job_event(info, self.log_offset),
+                        "ephemeral_cluster": self.ephemeral_cluster,
+                        "utilisation": self.utilisation.to_dict(),
+                    }
+                )
                 return
             if self.timeout_at is not None and time.time() >= self.timeout_at:
                 yield TriggerEvent(self._event("timeout", f"job {self.submission_id!r} exceeded its timeout"))
@@ -232,6 +244,7 @@ class RayJobTrigger(_RayTrigger):
             "message": message,
             "log_offset": self.log_offset,
             "ephemeral_cluster": self.ephemeral_cluster,
+            "utilisation": self.utilisation.to_dict(),
         }
 
     async def on_kill(self) -> None:

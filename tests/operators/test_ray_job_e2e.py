@@ -225,3 +225,23 @@ def test_bad_templated_configuration_fails_before_anything_is_created(backend, c
     out = capfd.readouterr().out
     assert "invalid job_configuration" in out and "name: must be a DNS-1123 label" in out
     assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
+
+
+@pytest.mark.parametrize("dag", [dags.ray_job_blocking, dags.ray_job_deferrable], ids=["blocking", "deferrable"])
+def test_measured_utilisation_of_the_cluster_is_recorded(dag):
+    """While the job runs, the wait samples the nodes' Prometheus metrics; the job's row gets the mean."""
+    busy = 'python -c "import time; t = time.time()\nwhile time.time() - t < 4: pass"'
+    run = dag.test(run_conf={"entrypoint": busy})
+    assert run.state == DagRunState.SUCCESS
+    submission_id = run.get_task_instance("job").xcom_pull(task_ids="job", key="submission_id")
+    store = StateStore.from_airflow_connection(None)
+    with store.engine.connect() as connection:
+        (row,) = connection.execute(sa.select(jobs).where(jobs.c.submission_id == submission_id)).mappings()
+    assert 0 < row["measured_cpu_utilisation"] <= 100
+    assert row["measured_gpu_utilisation"] is None  # no GPU: Ray publishes no GPU metric, none is invented
+
+
+def test_unreachable_metrics_give_no_number():
+    from airflow_ray_platform.utilisation import scrape
+
+    assert scrape(["http://127.0.0.1:9/metrics"], timeout=0.5) == (None, None)

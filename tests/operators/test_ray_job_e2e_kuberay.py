@@ -9,9 +9,11 @@ import signal
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from airflow.utils.state import DagRunState
 
 from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.state_store import StateStore, jobs
 
 from ..conftest import SHARED_CLUSTER
 from ..kube_emulator.kuberay_controller import wait_for
@@ -61,6 +63,11 @@ def test_job_succeeds_as_a_rayjob_and_streams_the_submitter_log(dag, kuberay, ca
     assert rayjob["status"]["jobDeploymentStatus"] == "Complete"
     assert rayjob["metadata"]["labels"]["airflow-ray-platform.io/team"] == "platform"
     assert "hello from kuberay" in capfd.readouterr().out
+    # The pods' metrics ports are not reachable through the Kubernetes API: nothing is measured.
+    store = StateStore.from_airflow_connection(None)
+    with store.engine.connect() as connection:
+        (row,) = connection.execute(sa.select(jobs).where(jobs.c.submission_id == job.submission_id)).mappings()
+    assert row["measured_cpu_utilisation"] is None and row["state"] == "SUCCEEDED"
 
 
 def test_on_kill_deletes_the_rayjob_and_kuberay_stops_the_ray_job(kuberay, local_backend, tmp_path):

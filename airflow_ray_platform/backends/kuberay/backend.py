@@ -441,6 +441,10 @@ class KubeRayBackend:
             return False
         return self._delete("rayjobs", submission_id)
 
+    def metrics_urls(self, cluster_name: str) -> list[str]:
+        """None: pods' metrics ports are inside the cluster network; Prometheus there scrapes them."""
+        return []
+
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         url = self._dashboard_url(cluster_name)
         return None if url is None else f"{url}/#/jobs/{submission_id}"
