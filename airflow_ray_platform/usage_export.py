@@ -76,6 +76,19 @@ class ExportResult:
     files: list[str]
 
 
+def _selected(store: StateStore, table: sa.Table, columns: list[str]) -> list[sa.ColumnElement]:
+    """The columns to select. On SQLite, timestamps come as the stored text: Arrow parses a whole column
+    at once, far faster than SQLAlchemy's per-value datetime parsing (most of an export's time)."""
+    if store.dialect != "sqlite":
+        return [table.c[name] for name in columns]
+    return [
+        sa.type_coerce(table.c[name], sa.String).label(name)
+        if isinstance(table.c[name].type, sa.DateTime)
+        else table.c[name]
+        for name in columns
+    ]
+
+
 def _read(store: StateStore, query: sa.Select, columns: list[str]) -> pa.Table:
     """Rows of ``query`` as an Arrow table, fetched in batches straight into columns."""
     batches = []
@@ -94,10 +107,11 @@ def _seconds(end: pa.ChunkedArray, start: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _as_utc(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Timestamps as UTC microseconds, whatever the driver returned (naive UTC on SQLite, aware elsewhere).
-
-    A naive timestamp cast to a zoned type is read as UTC, which is what the store writes.
-    """
+    """Timestamps as UTC microseconds, whatever the driver returned: SQLite's stored text (naive UTC),
+    naive or aware datetimes elsewhere. A naive timestamp cast to a zoned type is read as UTC, which is
+    what the store writes."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = pc.cast(column, pa.timestamp("us"))
     return pc.cast(column, pa.timestamp("us", tz="UTC"))
 
 
@@ -227,13 +241,13 @@ def export_interval(
     s3_options = dict(s3_options or {})
     raw_jobs = _read(
         store,
-        sa.select(*(jobs.c[c] for c in JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end),
+        sa.select(*_selected(store, jobs, JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end),
         JOB_COLUMNS,
     )
     alive = sa.and_(
         clusters.c.requested_at < end, sa.or_(clusters.c.deleted_at.is_(None), clusters.c.deleted_at >= start)
     )
-    raw_clusters = _read(store, sa.select(*(clusters.c[c] for c in CLUSTER_COLUMNS)).where(alive), CLUSTER_COLUMNS)
+    raw_clusters = _read(store, sa.select(*_selected(store, clusters, CLUSTER_COLUMNS)).where(alive), CLUSTER_COLUMNS)
     job_rows = job_table(raw_jobs, prices)
     cluster_rows = cluster_table(raw_clusters, job_rows, start, end)
     files = [

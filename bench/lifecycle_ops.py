@@ -24,7 +24,7 @@ from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInf
 from airflow_ray_platform.garbage_collection import decide
 from airflow_ray_platform.naming import KEEP_LABEL, MANAGED_BY_LABEL, cluster_labels
 from airflow_ray_platform.state_store import StateStore, jobs
-from airflow_ray_platform.usage_export import DEFAULT_PRICES, JOB_COLUMNS, _read, export_interval, job_table
+from airflow_ray_platform.usage_export import DEFAULT_PRICES, JOB_COLUMNS, _read, _selected, export_interval, job_table
 from bench import WORK
 from bench.common import record
 
@@ -184,7 +184,7 @@ def export() -> dict:
             connection.execute(sa.insert(jobs), rows[offset : offset + 50_000])
     del rows
     start, end = DAY, DAY + timedelta(days=1)
-    query = sa.select(*(jobs.c[c] for c in JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end)
+    query = sa.select(*_selected(store, jobs, JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end)
 
     started = time.perf_counter()
     raw = _read(store, query, JOB_COLUMNS)
