@@ -101,9 +101,14 @@ def _wait_for_running_job(backend, dag_id, run_id, log_path, timeout=90):
     raise AssertionError("the job never started running:\n" + log_path.read_text()[-3000:])
 
 
-def test_worker_death_then_retry_reattaches_to_the_same_job(backend, tmp_path):
+@pytest.fixture
+def logical_date() -> datetime:
+    """The run's date: its run_id, hence its submission_id (another backend's module picks another)."""
+    return datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def test_worker_death_then_retry_reattaches_to_the_same_job(backend, tmp_path, logical_date):
     """The worker dies mid-run (SIGKILL); the next try attaches to the running job: one job in all."""
-    logical_date = datetime(2026, 2, 1, tzinfo=UTC)
     run_id = f"manual__{logical_date.isoformat()}"
     entrypoint = "python -c \"import time; time.sleep(8); print('finished once')\""
     log_path = tmp_path / "worker.log"

@@ -38,6 +38,12 @@ __all__ = [
 ]
 
 
+@pytest.fixture
+def logical_date() -> datetime:
+    """Not the local module's date: both backends' jobs land on the same local Ray cluster here."""
+    return datetime(2026, 3, 1, tzinfo=UTC)
+
+
 @pytest.fixture(scope="module")
 def backend(kuberay):
     return kuberay.backend
