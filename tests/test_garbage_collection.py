@@ -154,7 +154,7 @@ def test_report_sums_what_was_freed():
     assert table.endswith("deleted 2 of 3 cluster(s); freed 10 CPU, 20.0 GiB memory, 1 GPU")
 
 
-CHAOS_RUNS = int(os.environ.get("ARP_CHAOS_RUNS", "4"))
+CHAOS_RUNS = int(os.environ.get("ARP_CHAOS_RUNS", "3"))
 
 
 @pytest.mark.usefixtures("airflow_db", "shared_cluster")
@@ -178,7 +178,7 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
         worker = _dag_test_in_subprocess(
             "ray_job_chaos", when, f"python -c 'import time; time.sleep({seconds})'", tmp_path / f"run{run}.log"
         )
-        time.sleep(rng.uniform(0, 30))
+        time.sleep(rng.uniform(0, 28))
         worker.kill()
         worker.wait()
     created = [c for c in local_backend.list_clusters(managed) if c.name not in before]

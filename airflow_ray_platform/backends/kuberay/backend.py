@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -297,23 +296,7 @@ class KubeRayBackend:
         return grouped
 
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
-        """Clusters, with their last activity moved forward to their jobs' (one list of RayJobs in all)."""
-        clusters = self._list("rayclusters", labels or {})
-        if not clusters:
-            return []
-        jobs = self.jobs_by_cluster()
-        now = datetime.now(UTC)
-        found = []
-        for obj in clusters:
-            info = self._cluster_info(obj, with_pods=False)
-            moments = [
-                now if not job.state.is_terminal else job.end_time or job.start_time for job in jobs.get(info.name, [])
-            ]
-            latest = max((moment for moment in moments if moment is not None), default=None)
-            if latest is not None and (info.last_active_at is None or latest > info.last_active_at):
-                info = dataclasses.replace(info, last_active_at=latest)
-            found.append(info)
-        return found
+        return [self._cluster_info(obj, with_pods=False) for obj in self._list("rayclusters", labels or {})]
 
     def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
         obj = self._get("rayclusters", name)

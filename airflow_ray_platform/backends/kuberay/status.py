@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
@@ -26,6 +27,8 @@ FATAL_WAITING_REASONS = {"InvalidImageName", "CreateContainerConfigError", "Crea
 #: Container states worth showing while the cluster is still provisioning.
 REPORTED_WAITING_REASONS = FATAL_WAITING_REASONS | {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff"}
 _RAY_JOB_STATES = {state.value for state in JobState}
+#: Quantities repeat across thousands of objects (a garbage-collection sweep reads them all): parse once.
+_quantity = cache(quantity_value)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -54,9 +57,9 @@ def requested_resources(spec: Mapping[str, Any]) -> dict[str, float]:
             requests, limits = resources.get("requests", {}), resources.get("limits", {})
             for key, field in (("CPU", "cpu"), ("memory", "memory")):
                 if field in requests or field in limits:
-                    totals[key] += quantity_value(str(requests.get(field, limits.get(field)))) * replicas
+                    totals[key] += _quantity(str(requests.get(field, limits.get(field)))) * replicas
             if "nvidia.com/gpu" in limits:
-                totals["GPU"] += quantity_value(str(limits["nvidia.com/gpu"])) * replicas
+                totals["GPU"] += _quantity(str(limits["nvidia.com/gpu"])) * replicas
 
     add(spec.get("headGroupSpec", {}).get("template", {}), 1)
     for group in spec.get("workerGroupSpecs") or []:
