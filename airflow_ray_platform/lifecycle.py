@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -86,17 +86,15 @@ class LifecycleRecorder:
         )
 
     @_never_fails
-    def persist_log(self, cluster: ClusterInfo, job: JobInfo, read_log: Callable[[], str]) -> str | None:
-        """Write the terminal job's whole driver log to storage and record its URI on the job row.
+    def persist_log(self, cluster: ClusterInfo, job: JobInfo, read_log: Callable[[], Iterable[bytes]]) -> str | None:
+        """Stream the terminal job's whole driver log to storage and record its URI on the job row.
 
-        ``read_log`` is called here, inside the never-failing wrapper: a log that cannot be read is a
-        warning, not a failed task.
+        ``read_log`` (the log's chunks) is called here, inside the never-failing wrapper: a log that
+        cannot be read is a warning, not a failed task.
         """
         storage = _log_storage(self.log_storage_uri)
         created = (cluster.created_at or datetime.fromtimestamp(0, UTC)).astimezone(UTC).isoformat()
-        encoded = read_log().encode()
-        chunks = (encoded[i : i + 1024 * 1024] for i in range(0, len(encoded), 1024 * 1024))
-        uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), chunks)
+        uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), read_log())
         self.store.upsert_job(
             cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state), log_uri=uri
         )

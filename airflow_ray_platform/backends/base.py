@@ -9,7 +9,7 @@ a worker thread so the triggerer's event loop never blocks.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -126,6 +126,9 @@ class RayBackend(Protocol):
 
     def job_logs(self, cluster_name: str, submission_id: str) -> str:
         """The job's driver log so far."""
+
+    def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        """A finished job's whole driver log, streamed in chunks (for persisting it: never whole in memory)."""
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         """Ask the job to stop; False when it had already finished."""

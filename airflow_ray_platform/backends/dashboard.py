@@ -7,7 +7,7 @@ lifecycle is someone else's, so creating or deleting clusters is refused with a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 from airflow_ray_platform.backends.base import (
@@ -81,6 +81,9 @@ class DashboardBackend:
 
     def job_logs(self, cluster_name: str, submission_id: str) -> str:
         return self._jobs(cluster_name).logs(submission_id)
+
+    def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        return self._jobs(cluster_name).log_chunks(submission_id)
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         return self._jobs(cluster_name).stop(submission_id)

@@ -7,8 +7,11 @@ raised from here never repeat request headers.
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import re
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -112,6 +115,32 @@ class JobsApiClient:
 
     def logs(self, submission_id: str) -> str:
         return self._call(f"reading logs of job {submission_id!r}", self._client.get_job_logs, submission_id)
+
+    def log_chunks(self, submission_id: str) -> Iterator[bytes]:
+        """The driver log as Ray's log tail (a websocket) sends it, chunk by chunk: never whole in memory.
+
+        The tail ends when the job is terminal. It runs on an event loop of its own in a helper thread,
+        handing chunks over through a small bounded queue (the consumer sets the pace).
+        """
+        handover: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+
+        async def tail() -> None:
+            try:
+                async for text in self._client.tail_job_logs(submission_id):
+                    await asyncio.to_thread(handover.put, text.encode())
+            except BaseException as error:  # handed to the consumer, raised there
+                await asyncio.to_thread(handover.put, error)
+                return
+            await asyncio.to_thread(handover.put, None)
+
+        thread = threading.Thread(target=asyncio.run, args=(tail(),), name=f"ray-log-tail-{submission_id}")
+        thread.daemon = True
+        thread.start()
+        while (item := handover.get()) is not None:
+            if isinstance(item, BaseException):
+                raise BackendError(f"reading logs of job {submission_id!r}: {item}") from None
+            yield item
+        thread.join()
 
     def stop(self, submission_id: str) -> bool:
         try:

@@ -501,6 +501,9 @@ class LocalBackend:
     def job_logs(self, cluster_name: str, submission_id: str) -> str:
         return self._jobs(cluster_name).logs(submission_id)
 
+    def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        return self._jobs(cluster_name).log_chunks(submission_id)
+
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         return self._jobs(cluster_name).stop(submission_id)
 

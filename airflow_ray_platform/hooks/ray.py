@@ -14,7 +14,7 @@ The hook is the Airflow-facing surface; the work happens in the backend, whose j
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -126,6 +126,10 @@ class RayHook(BaseHook):
 
     def get_job_logs(self, cluster_name: str, submission_id: str) -> str:
         return self.backend.job_logs(cluster_name, submission_id)
+
+    def stream_job_logs(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        """A finished job's whole driver log in chunks, never whole in memory (what gets persisted)."""
+        return self.backend.job_log_chunks(cluster_name, submission_id)
 
     def tail_job_logs(self, cluster_name: str, submission_id: str, offset: int = 0) -> tuple[str, int]:
         """The log written since ``offset`` characters, and the new offset."""

@@ -358,7 +358,7 @@ class RayJobOperator(_RayOperator):
         """The whole driver log, kept after the cluster is gone (before an ephemeral one is deleted)."""
         if job.state.is_terminal:
             uri = self.recorder.persist_log(
-                cluster, job, lambda: self.hook.get_job_logs(cluster.name, job.submission_id)
+                cluster, job, lambda: self.hook.stream_job_logs(cluster.name, job.submission_id)
             )
             if uri:
                 self.log.info("Ray job %r log persisted to %s", job.submission_id, uri)

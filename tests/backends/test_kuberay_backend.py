@@ -128,6 +128,7 @@ def test_job_on_a_named_cluster_submits_once_logs_from_the_submitter_pod_and_sto
         rayjob["spec"]["clusterSelector"] == {"ray.io/cluster": SHARED_CLUSTER} and rayjob["spec"]["backoffLimit"] == 0
     )
     wait_for(lambda: "from the driver" in backend.job_logs(SHARED_CLUSTER, "kuberay-backend-job-1"))
+    assert b"from the driver" in b"".join(backend.job_log_chunks(SHARED_CLUSTER, "kuberay-backend-job-1"))
     # Stopping deletes the RayJob; KubeRay (simulated) then stops the Ray job itself.
     assert backend.stop_job(SHARED_CLUSTER, "kuberay-backend-job-1")
     assert backend.describe_job(SHARED_CLUSTER, "kuberay-backend-job-1") is None

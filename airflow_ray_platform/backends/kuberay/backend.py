@@ -62,6 +62,7 @@ from airflow_ray_platform.backends.kuberay.status import (
     job_info,
 )
 from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.log_storage import CHUNK_BYTES
 from airflow_ray_platform.naming import (
     DAG_ID_LABEL,
     MANAGED_BY_LABEL,
@@ -395,27 +396,43 @@ class KubeRayBackend:
         pods = self._pods(f"{SUBMITTER_POD_LABEL}={submission_id}")
         yield from sorted(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", reverse=True)
 
-    def job_logs(self, cluster_name: str, submission_id: str) -> str:
-        """The driver log: from the Jobs API where reachable, else from the RayJob's submitter pod."""
-        jobs_api = self._jobs_api_client(cluster_name)
-        if jobs_api is not None:
-            return jobs_api.logs(submission_id)
+    def _submitter_log(self, submission_id: str) -> Any | None:
+        """The streaming response of the newest submitter pod's log (None: no pod, or not started)."""
         for pod in self._submitter_pods(submission_id):
             try:
-                response = self._call(
+                return self._call(
                     f"reading the submitter log of {submission_id!r}",
                     self.core.read_namespaced_pod_log,
                     pod["metadata"]["name"],
                     self.namespace,
                     container=SUBMITTER_CONTAINER,
-                    _preload_content=False,  # the text as written, whatever its bytes
+                    _preload_content=False,  # the bytes as written, read as they come
                 )
-                return response.data.decode(errors="replace")
             except ApiException as error:
                 if error.status in (400, 404):  # not started yet, or gone: no log to read
-                    return ""
+                    return None
                 raise BackendError(f"reading the log of {submission_id!r}: {api_error_reason(error)}") from None
-        return ""
+        return None
+
+    def job_logs(self, cluster_name: str, submission_id: str) -> str:
+        """The driver log: from the Jobs API where reachable, else from the RayJob's submitter pod."""
+        jobs_api = self._jobs_api_client(cluster_name)
+        if jobs_api is not None:
+            return jobs_api.logs(submission_id)
+        response = self._submitter_log(submission_id)
+        return "" if response is None else response.data.decode(errors="replace")
+
+    def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        jobs_api = self._jobs_api_client(cluster_name)
+        if jobs_api is not None:
+            yield from jobs_api.log_chunks(submission_id)
+            return
+        response = self._submitter_log(submission_id)
+        if response is not None:
+            try:
+                yield from response.stream(CHUNK_BYTES, decode_content=True)
+            finally:
+                response.release_conn()
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         """Delete the RayJob (KubeRay then stops the Ray job); False when it had already ended."""
