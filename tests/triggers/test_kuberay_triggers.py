@@ -98,3 +98,27 @@ def test_cluster_trigger_watches_until_ready_then_times_out_with_the_pods_reason
         backend.delete_cluster("never-fits")
     assert event["status"] == "error"
     assert "not ready within 2s (startup timeout)" in event["message"] and "Insufficient cpu" in event["message"]
+
+
+def test_triggerer_restart_mid_watch_changes_nothing_on_kubernetes(kuberay):
+    kuberay.backend.submit_job(
+        SHARED_CLUSTER, "kuberay-trigger-restart", JobSpec(entrypoint="python -c 'import time; time.sleep(60)'"), {}
+    )
+    trigger = RayJobTrigger(
+        ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id="kuberay-trigger-restart"
+    )
+    writes_before = {k: v for k, v in kuberay.emulator.requests.items() if not k.startswith(("GET", "WATCH"))}
+
+    async def restart():
+        run = asyncio.ensure_future(_first_event(trigger))
+        await asyncio.sleep(1.5)  # inside the watch
+        run.cancel()  # the triggerer shuts down: the task is cancelled, then cleanup() runs
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        await trigger.cleanup()
+
+    asyncio.run(restart())
+    writes_after = {k: v for k, v in kuberay.emulator.requests.items() if not k.startswith(("GET", "WATCH"))}
+    assert writes_after == writes_before  # not one create, update or delete
+    assert kuberay.backend.describe_job(SHARED_CLUSTER, "kuberay-trigger-restart").state in ("PENDING", "RUNNING")
+    kuberay.backend.stop_job(SHARED_CLUSTER, "kuberay-trigger-restart")
