@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 
 from airflow_ray_platform.backends.base import (
+    BackendError,
     ClusterBusyError,
     ClusterInfo,
     ClusterNotFoundError,
@@ -428,7 +429,13 @@ class LocalBackend:
         if datetime.fromisoformat(record.last_active_at) > mark:
             raise ClusterBusyError(f"cluster {record.name!r} was active at {record.last_active_at}, after {mark}")
         if record.nodes and record.nodes[0].process() is not None:
-            active = [job.submission_id for job in self._jobs(record.name).list() if not job.state.is_terminal]
+            try:
+                jobs = self._jobs(record.name).list()
+            except BackendError:
+                if self._describe(record).state == ClusterState.READY:
+                    raise  # a ready cluster whose jobs cannot be listed is kept
+                jobs = []  # never became ready (its creator died while it started): nothing ran on it
+            active = [job.submission_id for job in jobs if not job.state.is_terminal]
             if active:
                 raise ClusterBusyError(f"cluster {record.name!r} has active jobs {active}")
 

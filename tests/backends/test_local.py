@@ -161,3 +161,16 @@ def test_a_large_log_streams_in_chunks_equal_to_the_whole(backend, shared_cluste
     assert len(whole) > 2_500_000 and b"zone 119999 rmse" in whole
     assert b"".join(chunks) == whole
     assert len(chunks) > 1 and max(len(chunk) for chunk in chunks) < len(whole) / 2
+
+
+def test_a_cluster_still_starting_is_compare_and_deleted(tmp_path):
+    """Its creator died while it started: no Jobs API yet, so no job can be on it; GC may delete it."""
+    from datetime import UTC, datetime, timedelta
+
+    backend = LocalBackend(tmp_path / "root")
+    spec = ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"})
+    info = backend.create_or_get_cluster("starting", spec, {})
+    assert info.state == ClusterState.PROVISIONING
+    record = backend.registry.load("starting")
+    assert backend.delete_cluster("starting", if_inactive_since=datetime.now(UTC) + timedelta(seconds=1))
+    assert [p for p in psutil.process_iter() if _sid(p.pid) in {node.pid for node in record.nodes}] == []
