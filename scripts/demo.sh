@@ -46,7 +46,9 @@ if not files:
 jobs = pq.read_table(files[-1]).to_pylist()
 print(f"Usage ({files[-1].parent.name}): {len(jobs)} job(s)")
 for job in jobs:
+    measured = job["measured_cpu_utilisation"]
     print(f"  {job['team']}/{job['dag_id']}.{job['task_id']}: {job['state']}, {job['duration_s']:.0f}s, "
-          f"{job['cpu_hours']:.4f} CPU-h, cost {job['cost_estimate']:.5f}")
+          f"{job['cpu_hours']:.4f} CPU-h, cost {job['cost_estimate']:.5f}, "
+          f"measured CPU {'n/a' if measured is None else f'{measured:.0f}%'}")
 print(f"Parquet: {Path(sys.argv[1])}")
 PY
