@@ -147,20 +147,17 @@ class LifecycleRecorder:
             "started_at": job.start_time,
             "ended_at": job.end_time,
         }
-        if identity is not None:
+        if identity is not None:  # at submission (or reattach): who submitted, and when
             values.update(
                 dag_id=identity.dag_id,
                 task_id=identity.task_id,
                 run_id=identity.run_id,
                 map_index=identity.map_index,
                 try_number=try_number,
-            )
-        if config is not None and config.job is not None:
-            values.update(
-                owner=config.owner,
-                team=config.team,
                 submitted_at=job.start_time or datetime.now(UTC),
             )
+        if config is not None and config.job is not None:
+            values.update(owner=config.owner, team=config.team)
             values["requested_cpu"], values["requested_gpu"], values["requested_memory_bytes"] = _requested(config)
         if utilisation is not None and utilisation.cpu_percent is not None:
             values["measured_cpu_utilisation"] = utilisation.cpu_percent

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,20 @@ def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
 
 def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _as_stopped(latest: JobInfo | None, submission_id: str, cluster_name: str, why: str) -> JobInfo:
+    """The job as the record should keep it once this task stopped it.
+
+    Ray may still report it RUNNING for a moment, and on KubeRay stopping deletes the RayJob, so
+    nothing else would ever move its record out of RUNNING.
+    """
+    if latest is not None and latest.state.is_terminal:
+        return latest
+    started = latest.start_time if latest is not None else None
+    return JobInfo(
+        submission_id, cluster_name, JobState.STOPPED, message=why, start_time=started, end_time=datetime.now(UTC)
+    )
 
 
 def _platform_option(key: str) -> str | None:
@@ -440,6 +454,8 @@ class RayJobOperator(_RayOperator):
         if event["status"] == "timeout":
             self.hook.stop_job(self._target_cluster, submission_id)
         final = self.hook.get_job_info(self._target_cluster, submission_id)
+        if event["status"] == "timeout":
+            final = _as_stopped(final, submission_id, self._target_cluster, "stopped: it exceeded its timeout")
         cluster = self.hook.describe_cluster(self._target_cluster)
         if final is not None and cluster is not None:
             utilisation = Utilisation.from_dict(event.get("utilisation"))
@@ -474,6 +490,11 @@ class RayJobOperator(_RayOperator):
             return
         if self._submission_id is not None:
             self.log.info("Stopping Ray job %r", self._submission_id)
+            cluster = self.hook.describe_cluster(self._target_cluster)
             self.hook.stop_job(self._target_cluster, self._submission_id)
+            latest = self.hook.get_job_info(self._target_cluster, self._submission_id)
+            if cluster is not None:
+                stopped = _as_stopped(latest, self._submission_id, cluster.name, "stopped: the task was killed")
+                self.recorder.job_seen(cluster, stopped, config=self.config)
         if self._ephemeral:
             self.hook.delete_cluster(self._target_cluster)

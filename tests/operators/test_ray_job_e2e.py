@@ -90,6 +90,14 @@ def _dag_test_in_subprocess(dag_name: str, logical_date: datetime, entrypoint: s
         )
 
 
+def _recorded_job(submission_id: str) -> dict:
+    """The job's row in the (embedded) state store, which every test process shares."""
+    store = StateStore.from_airflow_connection(None)
+    with store.engine.connect() as connection:
+        (row,) = connection.execute(sa.select(jobs).where(jobs.c.submission_id == submission_id)).mappings()
+    return dict(row)
+
+
 def _wait_for_running_job(backend, dag_id, run_id, log_path, timeout=90):
     key = TaskIdentity(dag_id, "job", run_id).key
     deadline = time.monotonic() + timeout
@@ -145,6 +153,8 @@ def test_on_kill_stops_the_running_job(backend, tmp_path):
         worker.wait(timeout=60)
     finally:
         worker.kill()
+    row = _recorded_job(running.submission_id)
+    assert row["state"] == "STOPPED" and row["ended_at"] is not None and row["submitted_at"] is not None
 
 
 def test_timeout_stops_the_job_and_fails(backend, capfd):

@@ -21,6 +21,7 @@ from ..test_dags import ray_e2e_dags as dags
 from .test_ray_job_e2e import (
     _dag_test_in_subprocess,
     _jobs_of,
+    _recorded_job,
     _wait_for_running_job,
     test_ephemeral_cluster_runs_the_job_and_is_torn_down,
     test_failing_job_fails_the_task_with_the_jobs_error,
@@ -93,6 +94,9 @@ def test_on_kill_deletes_the_rayjob_and_kuberay_stops_the_ray_job(kuberay, local
         worker.wait(timeout=60)
     finally:
         worker.kill()
+    # The RayJob is gone; the record is what is left, and it says STOPPED (not RUNNING forever).
+    row = _recorded_job(running.submission_id)
+    assert row["state"] == "STOPPED" and row["message"] == "stopped: the task was killed"
 
 
 def test_timeout_stops_the_job_and_fails(kuberay, local_backend, capfd):
@@ -102,3 +106,5 @@ def test_timeout_stops_the_job_and_fails(kuberay, local_backend, capfd):
     assert kuberay.backend.describe_job(SHARED_CLUSTER, submission_id) is None
     wait_for(lambda: local_backend.describe_job(SHARED_CLUSTER, submission_id).state == JobState.STOPPED)
     assert "exceeded its timeout" in capfd.readouterr().out
+    row = _recorded_job(submission_id)
+    assert row["state"] == "STOPPED" and row["message"] == "stopped: it exceeded its timeout"
