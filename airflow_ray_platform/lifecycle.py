@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
+from airflow_ray_platform.backends.base import ClusterInfo, JobInfo, JobState
 from airflow_ray_platform.config import JobConfiguration, quantity_value
 from airflow_ray_platform.log_storage import LogStorage, log_key
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
@@ -223,3 +223,17 @@ def _log_storage(log_storage_uri: str | None) -> LogStorage:
 
         return LogStorage(f"file://{default_root() / 'logs'}")
     return LogStorage(log_storage_uri)
+
+
+def stopped_job(latest: JobInfo | None, submission_id: str, cluster_name: str, why: str) -> JobInfo:
+    """The job as the record should keep it once this task stopped it.
+
+    Ray may still report it RUNNING for a moment, and on KubeRay stopping deletes the RayJob, so
+    nothing else would ever move its record out of RUNNING.
+    """
+    if latest is not None and latest.state.is_terminal:
+        return latest
+    started = latest.start_time if latest is not None else None
+    return JobInfo(
+        submission_id, cluster_name, JobState.STOPPED, message=why, start_time=started, end_time=datetime.now(UTC)
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.lifecycle import LifecycleRecorder
+from airflow_ray_platform.lifecycle import LifecycleRecorder, stopped_job
 from airflow_ray_platform.links import RayDashboardLink
 from airflow_ray_platform.naming import (
     TASK_KEY_METADATA,
@@ -63,20 +63,6 @@ def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
 
 def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
-
-
-def _as_stopped(latest: JobInfo | None, submission_id: str, cluster_name: str, why: str) -> JobInfo:
-    """The job as the record should keep it once this task stopped it.
-
-    Ray may still report it RUNNING for a moment, and on KubeRay stopping deletes the RayJob, so
-    nothing else would ever move its record out of RUNNING.
-    """
-    if latest is not None and latest.state.is_terminal:
-        return latest
-    started = latest.start_time if latest is not None else None
-    return JobInfo(
-        submission_id, cluster_name, JobState.STOPPED, message=why, start_time=started, end_time=datetime.now(UTC)
-    )
 
 
 def _platform_option(key: str) -> str | None:
@@ -406,6 +392,7 @@ class RayJobOperator(_RayOperator):
                     timeout_at=timeout_at,
                     stream_logs=self.get_logs,
                     ephemeral_cluster=self._ephemeral,
+                    state_store_conn_id=self.state_store_conn_id,
                 ),
                 method_name="execute_complete",
             )
@@ -455,7 +442,7 @@ class RayJobOperator(_RayOperator):
             self.hook.stop_job(self._target_cluster, submission_id)
         final = self.hook.get_job_info(self._target_cluster, submission_id)
         if event["status"] == "timeout":
-            final = _as_stopped(final, submission_id, self._target_cluster, "stopped: it exceeded its timeout")
+            final = stopped_job(final, submission_id, self._target_cluster, "stopped: it exceeded its timeout")
         cluster = self.hook.describe_cluster(self._target_cluster)
         if final is not None and cluster is not None:
             utilisation = Utilisation.from_dict(event.get("utilisation"))
@@ -494,7 +481,7 @@ class RayJobOperator(_RayOperator):
             self.hook.stop_job(self._target_cluster, self._submission_id)
             latest = self.hook.get_job_info(self._target_cluster, self._submission_id)
             if cluster is not None:
-                stopped = _as_stopped(latest, self._submission_id, cluster.name, "stopped: the task was killed")
+                stopped = stopped_job(latest, self._submission_id, cluster.name, "stopped: the task was killed")
                 self.recorder.job_seen(cluster, stopped, config=self.config)
         if self._ephemeral:
             self.hook.delete_cluster(self._target_cluster)

@@ -20,6 +20,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, JobState, WatchingBackend
 from airflow_ray_platform.hooks.ray import RayHook, cluster_wait_outcome
+from airflow_ray_platform.lifecycle import LifecycleRecorder, stopped_job
 from airflow_ray_platform.utilisation import Utilisation
 
 #: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
@@ -157,11 +158,13 @@ class RayJobTrigger(_RayTrigger):
         stop_on_kill: bool = True,
         ephemeral_cluster: bool = False,
         utilisation: dict[str, Any] | None = None,
+        state_store_conn_id: str | None = None,
     ) -> None:
         super().__init__(ray_conn_id, poll_interval)
         self.cluster_name = cluster_name
         self.submission_id = submission_id
         self.utilisation = Utilisation.from_dict(utilisation)
+        self.state_store_conn_id = state_store_conn_id
         self.timeout_at = timeout_at
         self.stream_logs = stream_logs
         self.log_offset = log_offset
@@ -182,6 +185,7 @@ class RayJobTrigger(_RayTrigger):
                 "stop_on_kill": self.stop_on_kill,
                 "ephemeral_cluster": self.ephemeral_cluster,
                 "utilisation": self.utilisation.to_dict(),
+                "state_store_conn_id": self.state_store_conn_id,
             },
         )
 
@@ -247,9 +251,20 @@ class RayJobTrigger(_RayTrigger):
             "utilisation": self.utilisation.to_dict(),
         }
 
+    def _record_stopped(self) -> None:
+        """The job's record says STOPPED (on KubeRay its RayJob is gone: the record is all that is left)."""
+        hook = self._hook or RayHook(self.ray_conn_id)
+        cluster = hook.describe_cluster(self.cluster_name)
+        if cluster is not None:
+            latest = hook.get_job_info(self.cluster_name, self.submission_id)
+            stopped = stopped_job(latest, self.submission_id, self.cluster_name, "stopped: the task was killed")
+            LifecycleRecorder(self.state_store_conn_id, None).job_seen(cluster, stopped)
+
     async def on_kill(self) -> None:
-        """A user killed the deferred task: stop the job, and remove the task's ephemeral cluster."""
+        """A user killed the deferred task: stop the job (recording it STOPPED), and remove the task's
+        ephemeral cluster."""
         if self.stop_on_kill:
             await self._call("stop_job", self.cluster_name, self.submission_id)
+            await asyncio.to_thread(self._record_stopped)
         if self.ephemeral_cluster:
             await self._call("delete_cluster", self.cluster_name)
