@@ -7,11 +7,14 @@ thread per process.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 WORK = Path(tempfile.mkdtemp(prefix="arp-bench-"))
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)  # the export benchmark alone leaves ~300 MB
 BENCH_DAGS = Path(__file__).parent / "dags"
 
 os.environ.update(
