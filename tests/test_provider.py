@@ -63,25 +63,32 @@ def test_bad_configuration_fails_at_parse_and_creates_nothing(operator, backend)
     assert backend.registry.names() == before
 
 
-def test_shipped_dags_parse_with_kuberay_manifest_validation(monkeypatch):
-    """``[ray_platform] validate_kuberay_manifests``: parsing renders and strictly validates manifests."""
+def test_parse_time_kuberay_manifest_validation(monkeypatch):
+    """``[ray_platform] validate_kuberay_manifests``: parsing renders and strictly validates manifests.
+
+    ``cpu: "1_000"`` passes the configuration model but not the CRD's quantity pattern: only the
+    option catches it at parse time.
+    """
     from pathlib import Path
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from airflow_ray_platform.backends.kuberay.manifests import validate_configuration_manifests
-    from airflow_ray_platform.config import load_job_configuration
+    from airflow_ray_platform.backends.kuberay.schema import ManifestValidationError
+    from airflow_ray_platform.operators.ray import RayClusterOperator
 
+    config = {"name": "a", "owner": "o", "team": "t", "cluster": {"head": {"cpu": "1_000"}}}
+    RayClusterOperator(task_id="off", job_configuration=config)  # option off: the model alone accepts it
     monkeypatch.setenv("AIRFLOW__RAY_PLATFORM__VALIDATE_KUBERAY_MANIFESTS", "True")
+    with pytest.raises(ManifestValidationError, match=r"spec\.headGroupSpec\.template\.spec\.containers\.0"):
+        RayClusterOperator(task_id="on", job_configuration=config)
     bag = DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"))
-    assert bag.import_errors == {}
-    config = load_job_configuration(
-        {
-            "name": "a",
-            "owner": "o",
-            "team": "t",
-            "cluster": {"head": {"cpu": "1"}},
-            "job": {"entrypoint": "x", "timeout": 0.5},
-        }
-    )
-    validate_configuration_manifests(config)  # a sub-second timeout renders activeDeadlineSeconds 1, not 0
+    assert bag.import_errors == {}  # every shipped configuration renders manifests that pass
+
+
+def test_a_sub_second_timeout_renders_a_deadline_of_one_second():
+    """KubeRay refuses ``activeDeadlineSeconds: 0``."""
+    from airflow_ray_platform.backends.kuberay.manifests import render_ray_job
+    from airflow_ray_platform.config import JobSpec
+
+    manifest = render_ray_job("j", "default", JobSpec(entrypoint="x", timeout=0.5), {}, {}, {}, cluster_name="c")
+    assert manifest["spec"]["activeDeadlineSeconds"] == 1

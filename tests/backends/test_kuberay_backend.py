@@ -186,6 +186,8 @@ def test_logs_through_the_jobs_api_where_the_dashboard_is_reachable(kuberay, sha
     job = JobSpec(entrypoint="python -c \"print('via the dashboard')\"")
     backend.submit_job(SHARED_CLUSTER, "kuberay-backend-jobs-api", job, {})
     wait_for(lambda: backend.describe_job(SHARED_CLUSTER, "kuberay-backend-jobs-api").state == JobState.SUCCEEDED)
+    # Without the submitter pod, only the Jobs API has the log.
+    kuberay.emulator.store.delete("pods", "default", "kuberay-backend-jobs-api-submitter")
     logs = backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
     assert "via the dashboard" in logs
     assert logs == local_backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
