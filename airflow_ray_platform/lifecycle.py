@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
@@ -21,6 +21,9 @@ from airflow_ray_platform.log_storage import LogStorage, log_key
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
 from airflow_ray_platform.state_store import Event, StateStore, cluster_uid, jobs
 from airflow_ray_platform.utilisation import Utilisation
+
+if TYPE_CHECKING:
+    from airflow_ray_platform.hooks.ray import RayHook
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -223,6 +226,22 @@ def _log_storage(log_storage_uri: str | None) -> LogStorage:
 
         return LogStorage(f"file://{default_root() / 'logs'}")
     return LogStorage(log_storage_uri)
+
+
+def stop_job_and_record(
+    hook: RayHook,
+    recorder: LifecycleRecorder,
+    cluster_name: str,
+    submission_id: str,
+    why: str,
+    config: JobConfiguration | None = None,
+) -> None:
+    """Stop the job (a user killed its task) and record it STOPPED: operator and trigger alike."""
+    cluster = hook.describe_cluster(cluster_name)  # first: a killed task's ephemeral cluster goes next
+    hook.stop_job(cluster_name, submission_id)
+    if cluster is not None:
+        latest = hook.get_job_info(cluster_name, submission_id)
+        recorder.job_seen(cluster, stopped_job(latest, submission_id, cluster_name, why), config=config)
 
 
 def stopped_job(latest: JobInfo | None, submission_id: str, cluster_name: str, why: str) -> JobInfo:

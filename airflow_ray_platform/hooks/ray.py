@@ -33,6 +33,7 @@ from airflow_ray_platform.backends.base import (
     RayBackend,
 )
 from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.utilisation import scrape
 
 
 class RayHook(BaseHook):
@@ -144,8 +145,6 @@ class RayHook(BaseHook):
 
     def sample_utilisation(self, cluster_name: str) -> tuple[float | None, float | None]:
         """(CPU %, GPU %) of the cluster's nodes now, from their Prometheus metrics; Nones if unreachable."""
-        from airflow_ray_platform.utilisation import scrape
-
         urls = self.backend.metrics_urls(cluster_name)
         return scrape(urls) if urls else (None, None)
 

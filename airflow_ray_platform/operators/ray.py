@@ -23,7 +23,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.lifecycle import LifecycleRecorder, stopped_job
+from airflow_ray_platform.lifecycle import LifecycleRecorder, stop_job_and_record, stopped_job
 from airflow_ray_platform.links import RayDashboardLink
 from airflow_ray_platform.naming import (
     TASK_KEY_METADATA,
@@ -477,11 +477,13 @@ class RayJobOperator(_RayOperator):
             return
         if self._submission_id is not None:
             self.log.info("Stopping Ray job %r", self._submission_id)
-            cluster = self.hook.describe_cluster(self._target_cluster)
-            self.hook.stop_job(self._target_cluster, self._submission_id)
-            latest = self.hook.get_job_info(self._target_cluster, self._submission_id)
-            if cluster is not None:
-                stopped = stopped_job(latest, self._submission_id, cluster.name, "stopped: the task was killed")
-                self.recorder.job_seen(cluster, stopped, config=self.config)
+            stop_job_and_record(
+                self.hook,
+                self.recorder,
+                self._target_cluster,
+                self._submission_id,
+                "stopped: the task was killed",
+                self.config,
+            )
         if self._ephemeral:
             self.hook.delete_cluster(self._target_cluster)

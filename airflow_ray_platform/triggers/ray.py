@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from functools import cached_property
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, JobState, WatchingBackend
 from airflow_ray_platform.hooks.ray import RayHook, cluster_wait_outcome
-from airflow_ray_platform.lifecycle import LifecycleRecorder, stopped_job
+from airflow_ray_platform.lifecycle import LifecycleRecorder, stop_job_and_record
 from airflow_ray_platform.utilisation import Utilisation
 
 #: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
@@ -51,18 +52,18 @@ class _RayTrigger(BaseTrigger):
         super().__init__()
         self.ray_conn_id = ray_conn_id
         self.poll_interval = poll_interval
-        self._hook: RayHook | None = None
+
+    @cached_property
+    def hook(self) -> RayHook:
+        """Built without I/O; its backend (which reads the connection) is first touched in a thread."""
+        return RayHook(self.ray_conn_id)
 
     async def _call(self, method: str, *args: Any) -> Any:
-        if self._hook is None:
-            self._hook = RayHook(self.ray_conn_id)
-        return await asyncio.to_thread(getattr(self._hook, method), *args)
+        return await asyncio.to_thread(getattr(self.hook, method), *args)
 
     async def _watching_backend(self) -> WatchingBackend | None:
         """The backend, if it can wait server-side (a Kubernetes watch) instead of being polled."""
-        if self._hook is None:
-            self._hook = RayHook(self.ray_conn_id)
-        backend = await asyncio.to_thread(lambda: self._hook.backend)  # reads the connection: not on the loop
+        backend = await asyncio.to_thread(lambda: self.hook.backend)  # reads the connection: not on the loop
         return backend if isinstance(backend, WatchingBackend) else None
 
     def _window(self, longest: float, timeout_at: float | None) -> float:
@@ -251,20 +252,18 @@ class RayJobTrigger(_RayTrigger):
             "utilisation": self.utilisation.to_dict(),
         }
 
-    def _record_stopped(self) -> None:
-        """The job's record says STOPPED (on KubeRay its RayJob is gone: the record is all that is left)."""
-        hook = self._hook or RayHook(self.ray_conn_id)
-        cluster = hook.describe_cluster(self.cluster_name)
-        if cluster is not None:
-            latest = hook.get_job_info(self.cluster_name, self.submission_id)
-            stopped = stopped_job(latest, self.submission_id, self.cluster_name, "stopped: the task was killed")
-            LifecycleRecorder(self.state_store_conn_id, None).job_seen(cluster, stopped)
-
     async def on_kill(self) -> None:
         """A user killed the deferred task: stop the job (recording it STOPPED), and remove the task's
         ephemeral cluster."""
         if self.stop_on_kill:
-            await self._call("stop_job", self.cluster_name, self.submission_id)
-            await asyncio.to_thread(self._record_stopped)
+            recorder = LifecycleRecorder(self.state_store_conn_id, None)
+            await asyncio.to_thread(
+                stop_job_and_record,
+                self.hook,
+                recorder,
+                self.cluster_name,
+                self.submission_id,
+                "stopped: the task was killed",
+            )
         if self.ephemeral_cluster:
             await self._call("delete_cluster", self.cluster_name)
