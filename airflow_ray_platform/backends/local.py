@@ -35,6 +35,7 @@ from hashlib import sha256
 from pathlib import Path
 
 import psutil
+from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
 
 from airflow_ray_platform.backends.base import (
     BackendError,
@@ -46,6 +47,7 @@ from airflow_ray_platform.backends.base import (
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.config import ClusterSpec, JobSpec, NodeResources, quantity_value
+from airflow_ray_platform.log_storage import CHUNK_BYTES
 
 DEFAULT_ROOT_ENV = "AIRFLOW_RAY_PLATFORM_HOME"
 READY_MARKER = "Ray runtime started"
@@ -509,7 +511,26 @@ class LocalBackend:
         return self._jobs(cluster_name).logs(submission_id)
 
     def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
-        return self._jobs(cluster_name).log_chunks(submission_id)
+        """The driver log file itself (what Ray's Jobs API reads too), chunk by chunk.
+
+        Ray's websocket log tail would also stream it, but only ends ~5 s after a finished job's EOF;
+        the file is on this machine, under the cluster's temp dir, which every node shares.
+        """
+        record = self.registry.load(cluster_name)
+        path = None
+        if record is not None:
+            path = (
+                Path(record.temp_dir)
+                / "session_latest"
+                / "logs"
+                / JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
+            )
+        if path is None or not path.is_file():
+            yield from self._jobs(cluster_name).log_chunks(submission_id)
+            return
+        with open(path, "rb") as log:
+            while chunk := log.read(CHUNK_BYTES):
+                yield chunk
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         return self._jobs(cluster_name).stop(submission_id)
