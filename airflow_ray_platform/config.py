@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from kubernetes.utils.quantity import parse_quantity
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -55,6 +55,40 @@ RUNTIME_ENV_FIELDS = frozenset(
         "java_jars",
     }
 )
+
+
+#: Kubernetes quantity prefixes -> power: of 1000 alone (``500m``, ``2k``), of 1024 before ``i`` (``4Gi``).
+_QUANTITY_POWERS = {"n": -3, "u": -2, "m": -1, "K": 1, "k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+
+
+def parse_quantity(quantity: object) -> Decimal:
+    """The value of a Kubernetes quantity (``"500m"`` -> 0.5, ``"4Gi"`` -> 4294967296), as a Decimal.
+
+    The grammar of the Kubernetes Python client's ``kubernetes.utils.quantity.parse_quantity``, whose
+    import loads the whole Kubernetes client (seconds, on every DAG parse and trigger load); a test
+    checks that both agree. Raises ValueError on anything else.
+    """
+    if isinstance(quantity, int | float | Decimal):
+        return Decimal(quantity)
+    return _parse_quantity_text(str(quantity))
+
+
+@lru_cache(maxsize=4096)
+def _parse_quantity_text(text: str) -> Decimal:
+    """Cached: quantities repeat across thousands of objects (a garbage-collection sweep reads them all)."""
+    if len(text) >= 2 and text[-1] == "i" and text[-2] in _QUANTITY_POWERS:
+        number, prefix, base = text[:-2], text[-2], 1024
+        if prefix == "k":  # Kubernetes spells the binary kilo "Ki" only
+            raise ValueError(f"{text} has unknown suffix")
+    elif text[-1:] in _QUANTITY_POWERS:
+        number, prefix, base = text[:-1], text[-1], 1000
+    else:
+        number, prefix, base = text, "", 1
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise ValueError(f"Invalid number format: {number}") from None
+    return value * (base ** Decimal(_QUANTITY_POWERS[prefix])) if prefix else value
 
 
 class JobConfigurationError(ValueError):
@@ -114,23 +148,50 @@ class _Strict(BaseModel):
 class Toleration(_Strict):
     """A Kubernetes toleration, with the Kubernetes field names."""
 
-    key: str | None = None
-    operator: str = Field("Equal", pattern="^(Equal|Exists)$")
-    value: str | None = None
-    effect: str | None = Field(None, pattern="^(NoSchedule|PreferNoSchedule|NoExecute)$")
-    tolerationSeconds: int | None = Field(None, ge=0)
+    key: str | None = Field(None, description="Taint key the toleration matches; empty with `Exists` matches all.")
+    operator: str = Field("Equal", pattern="^(Equal|Exists)$", description="`Equal` or `Exists`.")
+    value: str | None = Field(None, description="Taint value to match (with `Equal`).")
+    effect: str | None = Field(
+        None,
+        pattern="^(NoSchedule|PreferNoSchedule|NoExecute)$",
+        description="Taint effect to match: `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty matches all.",
+    )
+    tolerationSeconds: int | None = Field(None, ge=0, description="How long a `NoExecute` taint is tolerated.")
+
+
+def requested_resources(nodes: Iterable[tuple[object, object, object, int]]) -> dict[str, float]:
+    """Ray's names (``CPU``, ``GPU``, ``memory`` in bytes) for what ``nodes`` request in all.
+
+    ``nodes``: ``(cpu, memory, gpu, count)`` per kind of node, as quantities. The one rule for
+    requested resources: a configuration's cluster, a local cluster's record and a RayCluster read
+    back from Kubernetes all come through here, so cost export, records and the GC report agree.
+    """
+    totals = {"CPU": Decimal(0), "GPU": Decimal(0), "memory": Decimal(0)}
+    for cpu, memory, gpu, count in nodes:
+        totals["CPU"] += parse_quantity(cpu) * count
+        totals["memory"] += parse_quantity(memory) * count
+        totals["GPU"] += parse_quantity(gpu) * count
+    return {key: float(value) for key, value in totals.items()}
 
 
 class NodeResources(_Strict):
     """Resources of one Ray node (a pod on Kubernetes, a ``ray start`` process locally)."""
 
-    cpu: Quantity = "1"
-    memory: Quantity = "2Gi"
-    gpu: int = Field(0, ge=0)
-    object_store_memory: Quantity | None = None
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    ray_start_params: dict[str, str] = Field(default_factory=dict)
+    cpu: Quantity = Field("1", description="CPUs of the node, a Kubernetes quantity (`2`, `500m`).")
+    memory: Quantity = Field("2Gi", description="Memory of the node, a Kubernetes quantity (at least `256Mi`).")
+    gpu: int = Field(0, ge=0, description="GPUs of the node (`nvidia.com/gpu` on Kubernetes; logical locally).")
+    object_store_memory: Quantity | None = Field(
+        None, description="Ray's object store size (default: Ray's, or 30% of `memory` locally)."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes `nodeSelector` of the node's pod (kuberay)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Kubernetes tolerations of the node's pod (kuberay)."
+    )
+    ray_start_params: dict[str, str] = Field(
+        default_factory=dict, description="Extra `ray start` options, by Ray's names without `--`."
+    )
 
     @field_validator("cpu")
     @classmethod
@@ -154,10 +215,12 @@ class HeadSpec(NodeResources):
 class WorkerGroupSpec(NodeResources):
     """A group of identical Ray worker nodes (KubeRay's ``workerGroupSpecs`` entry)."""
 
-    group_name: DnsName
-    replicas: int = Field(1, ge=0)
-    min_replicas: int = Field(0, ge=0)
-    max_replicas: int | None = Field(None, ge=0)
+    group_name: DnsName = Field(description="The group's name (KubeRay `groupName`), unique in the cluster.")
+    replicas: int = Field(1, ge=0, description="Worker nodes started with the cluster.")
+    min_replicas: int = Field(0, ge=0, description="Fewest worker nodes the autoscaler keeps.")
+    max_replicas: int | None = Field(
+        None, ge=0, description="Most worker nodes the autoscaler starts (default: `replicas`)."
+    )
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> WorkerGroupSpec:
@@ -177,23 +240,42 @@ class ClusterSpec(_Strict):
     field, it describes a cluster to create (or to get, if one of that name already exists).
     """
 
-    name: DnsName | None = None
-    ray_version: str | None = Field(None, pattern=r"^\d+\.\d+(\.\d+)?$")
-    image: str | None = None
-    head: HeadSpec = Field(default_factory=HeadSpec)
-    worker_groups: list[WorkerGroupSpec] = Field(default_factory=list)
-    autoscaling: bool = False
-    idle_timeout: timedelta = timedelta(minutes=30)
-    max_lifetime: timedelta = timedelta(hours=24)
-    service_account: str | None = None
-    labels: dict[str, LabelValue] = Field(default_factory=dict)
-    #: Ray token authentication (KubeRay ``authOptions.mode``); the local backend always uses tokens.
-    auth: Literal["token", "disabled"] = "token"
+    name: DnsName | None = Field(
+        None, description="The cluster's name; alone, an existing cluster to reuse (default: the configuration's)."
+    )
+    ray_version: str | None = Field(
+        None, pattern=r"^\d+\.\d+(\.\d+)?$", description="Ray version of the cluster (default: the worker's Ray)."
+    )
+    image: str | None = Field(
+        None, description="Container image of every node (kuberay; default `rayproject/ray:<version>-py<python>`)."
+    )
+    head: HeadSpec = Field(default_factory=HeadSpec, description="The head node's resources.")
+    worker_groups: list[WorkerGroupSpec] = Field(default_factory=list, description="Groups of worker nodes.")
+    autoscaling: bool = Field(False, description="Ray's autoscaler between each group's min and max replicas.")
+    idle_timeout: timedelta = Field(
+        timedelta(minutes=30), description="The cleanup DAG deletes the cluster after this long without a job."
+    )
+    max_lifetime: timedelta = Field(
+        timedelta(hours=24), description="The cleanup DAG deletes the cluster once it is this old and has no job."
+    )
+    service_account: str | None = Field(None, description="Kubernetes service account of the pods (kuberay).")
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict, description="Extra labels on the cluster (and its pods on Kubernetes)."
+    )
+    auth: Literal["token", "disabled"] = Field(
+        "token", description="Ray token authentication (KubeRay `authOptions.mode`); always on locally."
+    )
 
     @property
     def reuses_existing(self) -> bool:
         """True when the configuration only names a cluster that must already exist."""
         return self.name is not None and self.model_fields_set <= {"name"}
+
+    @property
+    def requested_resources(self) -> dict[str, float]:
+        """What the cluster requests in all: the head and every worker replica."""
+        groups = [(group.cpu, group.memory, group.gpu, group.replicas) for group in self.worker_groups]
+        return requested_resources([(self.head.cpu, self.head.memory, self.head.gpu, 1), *groups])
 
     @field_validator("idle_timeout", "max_lifetime")
     @classmethod
@@ -227,9 +309,9 @@ class RuntimeEnv(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    pip: list[str] | dict[str, Any] | None = None
-    env_vars: dict[str, str] | None = None
-    working_dir: str | None = None
+    pip: list[str] | dict[str, Any] | None = Field(None, description="Packages pip installs for the job.")
+    env_vars: dict[str, str] | None = Field(None, description="Environment variables of the job's processes.")
+    working_dir: str | None = Field(None, description="Directory (or URI) uploaded as the job's working directory.")
 
     @model_validator(mode="after")
     def _known_fields_only(self) -> RuntimeEnv:
@@ -246,14 +328,16 @@ class RuntimeEnv(BaseModel):
 class JobSpec(_Strict):
     """The Ray job, with the Ray Jobs API's names."""
 
-    entrypoint: str = Field(min_length=1)
-    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
-    entrypoint_num_cpus: float | None = Field(None, ge=0)
-    entrypoint_num_gpus: float | None = Field(None, ge=0)
-    entrypoint_memory: int | None = Field(None, ge=0)
-    entrypoint_resources: dict[str, float] = Field(default_factory=dict)
-    metadata: dict[str, str] = Field(default_factory=dict)
-    timeout: timedelta | None = None
+    entrypoint: str = Field(min_length=1, description="The shell command Ray runs as the job's driver.")
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv, description="Ray's `runtime_env` of the job.")
+    entrypoint_num_cpus: float | None = Field(None, ge=0, description="CPUs reserved for the driver.")
+    entrypoint_num_gpus: float | None = Field(None, ge=0, description="GPUs reserved for the driver.")
+    entrypoint_memory: int | None = Field(None, ge=0, description="Memory in bytes reserved for the driver.")
+    entrypoint_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources reserved for the driver."
+    )
+    metadata: dict[str, str] = Field(default_factory=dict, description="Ray job metadata (the provider adds its own).")
+    timeout: timedelta | None = Field(None, description="Stop the job and fail the task after this long.")
 
     @field_validator("entrypoint")
     @classmethod
@@ -269,24 +353,47 @@ class JobSpec(_Strict):
             raise ValueError("must be a positive duration")
         return value
 
+    def submission(self, metadata: Mapping[str, str]) -> dict[str, Any]:
+        """The job as Ray's Jobs API submits it (``JobSubmissionClient.submit_job``'s arguments, unset
+        ones left out), with the provider's ``metadata`` over the user's. The one rendering of a job:
+        the KubeRay backend maps these same fields onto a RayJob."""
+        fields: dict[str, Any] = {
+            "entrypoint": self.entrypoint,
+            "metadata": {**self.metadata, **metadata},
+            "runtime_env": self.runtime_env.to_ray() or None,
+            "entrypoint_num_cpus": self.entrypoint_num_cpus,
+            "entrypoint_num_gpus": self.entrypoint_num_gpus,
+            "entrypoint_memory": self.entrypoint_memory,
+            "entrypoint_resources": self.entrypoint_resources or None,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
 
 class LifecycleSpec(_Strict):
     """What happens around the job (dagster-ray's create / wait / cleanup, made explicit)."""
 
-    shutdown_after_job: bool = True
-    keep_cluster_on_failure: bool = False
-    startup_timeout: timedelta = timedelta(minutes=10)
+    shutdown_after_job: bool = Field(
+        True, description="`RayJobOperator` with a cluster spec: an ephemeral cluster per task, deleted after."
+    )
+    keep_cluster_on_failure: bool = Field(
+        False, description="Keep a failed job's ephemeral cluster for debugging (the cleanup DAG removes it)."
+    )
+    startup_timeout: timedelta = Field(
+        timedelta(minutes=10), description="Fail the task when the cluster is not ready within this long."
+    )
 
 
 class JobConfiguration(_Strict):
     """A team's whole request: owner, cluster, job and lifecycle."""
 
-    name: DnsName
-    owner: LabelValue
-    team: LabelValue
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
-    job: JobSpec | None = None
-    lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec)
+    name: DnsName = Field(description="DNS-1123, at most 40 characters: the cluster's name and ephemeral prefix.")
+    owner: LabelValue = Field(description="Who owns the work: a label value, for cost attribution and access.")
+    team: LabelValue = Field(description="The team billed for it: a label value.")
+    cluster: ClusterSpec = Field(
+        default_factory=ClusterSpec, description="The cluster: only `name` reuses one; any spec field creates."
+    )
+    job: JobSpec | None = Field(None, description="The Ray job (required by `RayJobOperator`).")
+    lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec, description="What happens around the job.")
 
     @field_validator("owner", "team")
     @classmethod
@@ -299,6 +406,60 @@ class JobConfiguration(_Strict):
     def cluster_name(self) -> str:
         """The name of the named cluster this configuration creates or reuses."""
         return self.cluster.name or self.name
+
+    @property
+    def requested_resources(self) -> dict[str, float | None]:
+        """What the job asks for (``CPU``, ``GPU``, ``memory``): its driver's share of an existing
+        cluster, or the whole cluster its configuration describes."""
+        if not self.cluster.reuses_existing:
+            return dict(self.cluster.requested_resources)
+        job = self.job
+        if job is None:
+            return {"CPU": None, "GPU": None, "memory": None}
+        return {"CPU": job.entrypoint_num_cpus, "GPU": job.entrypoint_num_gpus, "memory": job.entrypoint_memory}
+
+
+def _nested(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(model, is a list of it) for a field whose type holds a model; (None, False) otherwise."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    for argument in getattr(annotation, "__args__", ()):
+        model, _ = _nested(argument)
+        if model is not None:
+            return model, getattr(annotation, "__origin__", None) is list
+    return None, False
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is None or isinstance(value, BaseModel) or value in ({}, []):
+        return ""
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g} s"
+    return json.dumps(value)
+
+
+def reference_rows(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(field path, default, description) of every ``job_configuration`` field, nested ones included."""
+    rows = []
+    for name, field in (model or JobConfiguration).model_fields.items():
+        path = f"{prefix}{name}"
+        rows.append((path, _default_text(field), field.description or ""))
+        nested, is_list = _nested(field.annotation)
+        if nested is not None:
+            rows.extend(reference_rows(nested, f"{path}{'[]' if is_list else ''}."))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The README's ``job_configuration`` reference table, generated from the model (a test keeps them equal)."""
+    lines = ["| field | default | meaning |", "| --- | --- | --- |"]
+    for path, default, text in reference_rows():
+        shown = f"`{default}`" if default and default != "required" else default
+        lines.append(f"| `{path}` | {shown} | {text} |")
+    return "\n".join(lines)
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

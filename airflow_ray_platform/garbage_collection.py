@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from airflow_ray_platform.backends.base import (
     BackendError,
@@ -21,8 +21,8 @@ from airflow_ray_platform.backends.base import (
     ClusterInfo,
     ClusterState,
     JobInfo,
+    RayBackend,
 )
-from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.naming import (
     EPHEMERAL_LABEL,
@@ -32,6 +32,7 @@ from airflow_ray_platform.naming import (
     MANAGED_BY_VALUE,
     MAX_LIFETIME_LABEL,
 )
+from airflow_ray_platform.timestamps import to_text, utc_now
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,9 @@ def _short(delta: timedelta) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def plan(hook: RayHook, now: datetime | None = None) -> list[Decision]:
-    """Decide for every cluster of the hook's backend."""
-    now = now or datetime.now(UTC)
-    backend = hook.backend
+def plan(backend: RayBackend, now: datetime | None = None) -> list[Decision]:
+    """Decide for every cluster of ``backend``."""
+    now = now or utc_now()
     clusters = backend.list_clusters()
     everyone = backend.jobs_by_cluster() if isinstance(backend, BulkJobListing) and clusters else None
     decisions = []
@@ -103,7 +103,7 @@ def plan(hook: RayHook, now: datetime | None = None) -> list[Decision]:
             jobs = everyone.get(cluster.name, [])
         elif cluster.state == ClusterState.READY:
             try:
-                jobs = hook.list_jobs(cluster.name)
+                jobs = backend.list_jobs(cluster.name)
             except BackendError:
                 jobs = None
         decisions.append(decide(cluster, jobs, now))
@@ -111,7 +111,12 @@ def plan(hook: RayHook, now: datetime | None = None) -> list[Decision]:
 
 
 def apply(
-    hook: RayHook, recorder: LifecycleRecorder | None, decisions: Sequence[Decision], *, dry_run: bool, sweep_id: str
+    backend: RayBackend,
+    recorder: LifecycleRecorder | None,
+    decisions: Sequence[Decision],
+    *,
+    dry_run: bool,
+    sweep_id: str,
 ) -> list[Outcome]:
     """Carry the decisions out (compare-and-delete) and record each one of a managed cluster."""
     outcomes = []
@@ -123,7 +128,7 @@ def apply(
             outcome = Outcome(decision, "would delete", decision.reason)
         else:
             try:
-                hook.delete_cluster(cluster.name, if_inactive_since=cluster.last_active_at or cluster.created_at)
+                backend.delete_cluster(cluster.name, if_inactive_since=cluster.last_active_at or cluster.created_at)
                 outcome = Outcome(decision, "deleted", decision.reason)
             except ClusterBusyError as busy:
                 outcome = Outcome(decision, "refused", f"busy at delete time: {busy}")
@@ -139,9 +144,9 @@ def apply(
 
 
 def sweep(
-    hook: RayHook, recorder: LifecycleRecorder | None, *, dry_run: bool = False, sweep_id: str = ""
+    backend: RayBackend, recorder: LifecycleRecorder | None, *, dry_run: bool = False, sweep_id: str = ""
 ) -> list[Outcome]:
-    return apply(hook, recorder, plan(hook), dry_run=dry_run, sweep_id=sweep_id or datetime.now(UTC).isoformat())
+    return apply(backend, recorder, plan(backend), dry_run=dry_run, sweep_id=sweep_id or to_text())
 
 
 def report(outcomes: Sequence[Outcome]) -> str:

@@ -11,19 +11,18 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-from airflow_ray_platform.backends.base import ClusterInfo, JobInfo, JobState
-from airflow_ray_platform.config import JobConfiguration, quantity_value
-from airflow_ray_platform.log_storage import LogStorage, log_key
+from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
+from airflow_ray_platform.config import JobConfiguration
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
+from airflow_ray_platform.object_storage import ObjectStorage, log_key
+from airflow_ray_platform.paths import default_object_storage_uri
 from airflow_ray_platform.state_store import Event, StateStore, cluster_uid, jobs
+from airflow_ray_platform.timestamps import to_text, utc_now
 from airflow_ray_platform.utilisation import Utilisation
-
-if TYPE_CHECKING:
-    from airflow_ray_platform.hooks.ray import RayHook
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -66,7 +65,7 @@ class LifecycleRecorder:
     @_never_fails
     def cluster_seen(self, info: ClusterInfo, *, requested: bool = False) -> None:
         """The cluster was requested (created or got) or observed in a new state."""
-        now = datetime.now(UTC)
+        now = utc_now()
         values: dict[str, Any] = {
             "cluster_uid": _uid(info),
             "backend": info.backend,
@@ -96,7 +95,7 @@ class LifecycleRecorder:
         cannot be read is a warning, not a failed task.
         """
         storage = _log_storage(self.log_storage_uri)
-        created = (cluster.created_at or datetime.fromtimestamp(0, UTC)).astimezone(UTC).isoformat()
+        created = to_text(cluster.created_at or datetime.fromtimestamp(0, UTC))
         uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), read_log())
         self.store.upsert_job(
             cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state), log_uri=uri
@@ -105,7 +104,7 @@ class LifecycleRecorder:
 
     @_never_fails
     def cluster_deleted(self, info: ClusterInfo, reason: str, *, by: str = "airflow") -> None:
-        now = datetime.now(UTC)
+        now = utc_now()
         uid = _uid(info)
         kind = "deleted_by_gc" if by == "gc" else "deleted"
         self.store.upsert_cluster(
@@ -123,9 +122,7 @@ class LifecycleRecorder:
     def gc_decision(self, info: ClusterInfo, action: str, reason: str, sweep_id: str) -> None:
         """A garbage-collection decision that deleted nothing (kept, dry run, refused), with its reason."""
         self.store.record_event(
-            Event(
-                _uid(info), f"gc_{action.replace(' ', '_')}", datetime.now(UTC), reason=reason, discriminator=sweep_id
-            )
+            Event(_uid(info), f"gc_{action.replace(' ', '_')}", utc_now(), reason=reason, discriminator=sweep_id)
         )
 
     @_never_fails
@@ -157,11 +154,18 @@ class LifecycleRecorder:
                 run_id=identity.run_id,
                 map_index=identity.map_index,
                 try_number=try_number,
-                submitted_at=job.start_time or datetime.now(UTC),
+                submitted_at=job.start_time or utc_now(),
             )
         if config is not None and config.job is not None:
-            values.update(owner=config.owner, team=config.team)
-            values["requested_cpu"], values["requested_gpu"], values["requested_memory_bytes"] = _requested(config)
+            requested = config.requested_resources
+            memory = requested["memory"]
+            values.update(
+                owner=config.owner,
+                team=config.team,
+                requested_cpu=requested["CPU"],
+                requested_gpu=requested["GPU"],
+                requested_memory_bytes=None if memory is None else int(memory),
+            )
         if utilisation is not None and utilisation.cpu_percent is not None:
             values["measured_cpu_utilisation"] = utilisation.cpu_percent
         if utilisation is not None and utilisation.gpu_percent is not None:
@@ -171,32 +175,13 @@ class LifecycleRecorder:
             Event(
                 values["cluster_uid"],
                 kind,
-                datetime.now(UTC),
+                utc_now(),
                 submission_id=job.submission_id,
                 reason=job.message,
                 discriminator=str(job.state),
             ),
             **values,
         )
-
-
-def _nodes(config: JobConfiguration) -> list:
-    cluster = config.cluster
-    return [cluster.head, *(g for g in cluster.worker_groups for _ in range(g.replicas))]
-
-
-def _requested(config: JobConfiguration) -> tuple[float | None, float | None, int | None]:
-    """(cpu, gpu, memory bytes) the job asked for: its entrypoint's share of an existing cluster, or
-    the whole cluster its configuration describes."""
-    job = config.job
-    if config.cluster.reuses_existing:
-        return (job.entrypoint_num_cpus, job.entrypoint_num_gpus, job.entrypoint_memory) if job else (None,) * 3
-    nodes = _nodes(config)
-    return (
-        float(sum(quantity_value(node.cpu) for node in nodes)),
-        float(sum(node.gpu for node in nodes)),
-        int(sum(quantity_value(node.memory) for node in nodes)),
-    )
 
 
 def read_job_log(
@@ -220,39 +205,5 @@ def read_job_log(
     return _log_storage(log_storage_uri).read(uri)
 
 
-def _log_storage(log_storage_uri: str | None) -> LogStorage:
-    if log_storage_uri is None:
-        from airflow_ray_platform.backends.local import default_root
-
-        return LogStorage(f"file://{default_root() / 'logs'}")
-    return LogStorage(log_storage_uri)
-
-
-def stop_job_and_record(
-    hook: RayHook,
-    recorder: LifecycleRecorder,
-    cluster_name: str,
-    submission_id: str,
-    why: str,
-    config: JobConfiguration | None = None,
-) -> None:
-    """Stop the job (a user killed its task) and record it STOPPED: operator and trigger alike."""
-    cluster = hook.describe_cluster(cluster_name)  # first: a killed task's ephemeral cluster goes next
-    hook.stop_job(cluster_name, submission_id)
-    if cluster is not None:
-        latest = hook.get_job_info(cluster_name, submission_id)
-        recorder.job_seen(cluster, stopped_job(latest, submission_id, cluster_name, why), config=config)
-
-
-def stopped_job(latest: JobInfo | None, submission_id: str, cluster_name: str, why: str) -> JobInfo:
-    """The job as the record should keep it once this task stopped it.
-
-    Ray may still report it RUNNING for a moment, and on KubeRay stopping deletes the RayJob, so
-    nothing else would ever move its record out of RUNNING.
-    """
-    if latest is not None and latest.state.is_terminal:
-        return latest
-    started = latest.start_time if latest is not None else None
-    return JobInfo(
-        submission_id, cluster_name, JobState.STOPPED, message=why, start_time=started, end_time=datetime.now(UTC)
-    )
+def _log_storage(log_storage_uri: str | None) -> ObjectStorage:
+    return ObjectStorage(log_storage_uri or default_object_storage_uri())

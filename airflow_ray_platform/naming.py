@@ -12,7 +12,9 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+
+from airflow_ray_platform.timestamps import utc_now
 
 LABEL_PREFIX = "airflow-ray-platform.io/"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -28,10 +30,38 @@ KEEP_LABEL = LABEL_PREFIX + "keep"
 CREATED_AT_LABEL = LABEL_PREFIX + "created-at"
 IDLE_TIMEOUT_LABEL = LABEL_PREFIX + "idle-timeout-seconds"
 MAX_LIFETIME_LABEL = LABEL_PREFIX + "max-lifetime-seconds"
+#: Ties a RayJob to the RayCluster it runs on (KubeRay's ``clusterSelector`` is not selectable).
+CLUSTER_LABEL = LABEL_PREFIX + "cluster"
+#: Full identifiers (too long or unsafe for a label value) go into annotations under this prefix.
+ANNOTATION_PREFIX = LABEL_PREFIX
+#: Moved forward on every submission: the activity mark garbage collection's compare-and-delete checks.
+LAST_ACTIVE_ANNOTATION = ANNOTATION_PREFIX + "last-active-at"
 
-#: Ray job metadata keys (metadata is free-form text, so the full identifiers fit).
+#: Ray job metadata keys (metadata is free-form text, so the full identifiers fit). The reattach
+#: decision reads the first two; the KubeRay backend copies the others onto the RayJob's labels.
 TASK_KEY_METADATA = "airflow_task_key"
 TRY_NUMBER_METADATA = "airflow_try_number"
+DAG_ID_METADATA = "airflow_dag_id"
+TASK_ID_METADATA = "airflow_task_id"
+RUN_ID_METADATA = "airflow_run_id"
+OWNER_METADATA = "owner"
+TEAM_METADATA = "team"
+#: Job metadata key -> the label carrying its (label-safe) value on a backend object.
+METADATA_LABELS = {
+    OWNER_METADATA: OWNER_LABEL,
+    TEAM_METADATA: TEAM_LABEL,
+    DAG_ID_METADATA: DAG_ID_LABEL,
+    TASK_ID_METADATA: TASK_ID_LABEL,
+    RUN_ID_METADATA: RUN_ID_LABEL,
+}
+
+#: XCom keys the operators push (downstream tasks, the extra link and the tests read them by name).
+XCOM_CLUSTER_NAME = "cluster_name"
+XCOM_DASHBOARD_URL = "dashboard_url"
+XCOM_BACKEND = "backend"
+XCOM_SUBMISSION_ID = "submission_id"
+#: The page ``RayDashboardLink`` opens: the cluster's dashboard, then the job's page once submitted.
+XCOM_DASHBOARD_LINK = "ray_dashboard_url"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
@@ -89,6 +119,18 @@ class TaskIdentity:
         """The cluster a job creates for itself: the same on every try, so a retry finds it."""
         return f"{config_name}-{self.digest[:8]}"
 
+    def job_metadata(self, try_number: int, owner: str, team: str) -> dict[str, str]:
+        """The metadata every Ray job of this task carries: what reattach and cost attribution read."""
+        return {
+            TASK_KEY_METADATA: self.key,
+            TRY_NUMBER_METADATA: str(try_number),
+            DAG_ID_METADATA: self.dag_id,
+            TASK_ID_METADATA: self.task_id,
+            RUN_ID_METADATA: self.run_id,
+            OWNER_METADATA: owner,
+            TEAM_METADATA: team,
+        }
+
     def labels(self) -> dict[str, str]:
         return {
             DAG_ID_LABEL: label_safe(self.dag_id),
@@ -96,6 +138,16 @@ class TaskIdentity:
             RUN_ID_LABEL: label_safe(self.run_id),
             MAP_INDEX_LABEL: str(self.map_index),
         }
+
+
+def job_labels(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Labels of a backend object that carries a Ray job (a RayJob), from its metadata."""
+    return {label: label_safe(metadata[key]) for key, label in METADATA_LABELS.items() if key in metadata}
+
+
+def job_annotations(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The job's full metadata as annotations (``airflow_dag_id`` -> ``…/airflow-dag-id``)."""
+    return {ANNOTATION_PREFIX + key.replace("_", "-"): value for key, value in metadata.items()}
 
 
 def cluster_labels(
@@ -110,7 +162,7 @@ def cluster_labels(
     now: datetime | None = None,
 ) -> dict[str, str]:
     """Labels every backend puts on a cluster it creates."""
-    created = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    created = (now or utc_now()).strftime("%Y%m%dT%H%M%SZ")  # label values cannot hold ":"
     labels = {
         **(extra or {}),
         MANAGED_BY_LABEL: MANAGED_BY_VALUE,

@@ -21,12 +21,15 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from airflow_ray_platform.paths import default_state_store_url
+from airflow_ray_platform.timestamps import to_text, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +108,8 @@ MIGRATION_LOCK_KEY = 0x41525053  # "ARPS": the advisory lock PostgreSQL migratio
 
 def cluster_uid(backend: str, name: str, created_at: datetime | str) -> str:
     """One cluster incarnation: the same name re-created later is another record."""
-    stamp = created_at if isinstance(created_at, str) else created_at.astimezone(UTC).isoformat()
+    stamp = created_at if isinstance(created_at, str) else to_text(created_at)
     return f"{backend}/{name}/{stamp}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -151,9 +150,7 @@ class StateStore:
         """The connection's database (extra ``sqlalchemy_url``, else its URI), or the embedded SQLite
         file when ``conn_id`` is None."""
         if conn_id is None:
-            from airflow_ray_platform.backends.local import default_root
-
-            return cls(f"sqlite:///{default_root() / 'state.db'}")
+            return cls(default_state_store_url())
         from airflow.sdk.bases.hook import BaseHook
 
         conn = BaseHook.get_connection(conn_id)
@@ -271,7 +268,7 @@ class StateStore:
         self._upsert_with_event(jobs, event, values)
 
     def _upsert_with_event(self, table: sa.Table, event: Event | None, values: dict[str, Any]) -> None:
-        values["updated_at"] = _now()
+        values["updated_at"] = utc_now()
         with self._begin() as connection:
             self._upsert(connection, table, values)
             if event is not None:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from airflow_ray_platform.log_storage import CHUNK_BYTES, LogStorage
+from airflow_ray_platform.object_storage import CHUNK_BYTES, ObjectStorage
 from airflow_ray_platform.state_store import StateStore, clusters, jobs
 
 #: Prices per hour; override with the export's ``prices``.
@@ -216,7 +216,7 @@ def _write(table: pa.Table, output: str, name: str, start: datetime, end: dateti
         with tempfile.TemporaryFile() as local:
             pq.write_table(table, local)
             local.seek(0)
-            return LogStorage(output, **s3_options).write(key, iter(lambda: local.read(CHUNK_BYTES), b""))
+            return ObjectStorage(output, **s3_options).write(key, iter(lambda: local.read(CHUNK_BYTES), b""))
     final = Path(output.removeprefix("file://")) / key
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = final.with_suffix(f".tmp-{os.getpid()}")

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 CPU_METRIC = "ray_node_cpu_utilization"
 GPU_METRIC = "ray_node_gpus_utilization"
 
@@ -28,6 +26,8 @@ def _mean(values: list[float]) -> float | None:
 
 def scrape(urls: Iterable[str], timeout: float = 2.0) -> tuple[float | None, float | None]:
     """(mean CPU %, mean GPU %) over the nodes that answered; (None, None) when none did."""
+    from prometheus_client.parser import text_string_to_metric_families  # only while a job runs
+
     cpu: list[float] = []
     gpu: list[float] = []
     for url in urls:

@@ -15,9 +15,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from airflow_ray_platform.backends.local import LocalBackend, _free_ports
+from airflow_ray_platform.backends.local import LocalBackend, free_ports
 from airflow_ray_platform.config import ClusterSpec
-from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_run import wait_for_cluster
 from bench import WORK
 from bench.common import median, record, timed
 
@@ -28,7 +28,7 @@ SPEC = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "20
 def raw_ray_start(index: int) -> tuple[float, float]:
     token_path = WORK / f"raw-token-{index}"
     token_path.write_text(secrets.token_urlsafe(32))
-    gcs, dashboard, client, manager, objects, agent, agent_grpc, runtime_env = _free_ports(8)
+    gcs, dashboard, client, manager, objects, agent, agent_grpc, runtime_env = free_ports(8)
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -110,12 +110,10 @@ def _sid(pid: int) -> int | None:
 
 def local_backend_start(backend: LocalBackend, index: int) -> float:
     name = f"cold-{index}"
-    hook = RayHook()
-    hook.__dict__["backend"] = backend
 
     def start() -> None:
         backend.create_or_get_cluster(name, SPEC, {})
-        hook.wait_for_cluster(name, timeout=300, poll_interval=0.1)
+        wait_for_cluster(backend, name, timeout=300, poll_interval=0.1)
 
     elapsed = timed(start)
     backend.delete_cluster(name)

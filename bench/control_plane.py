@@ -12,7 +12,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from airflow_ray_platform.backends.local import LocalBackend
 from airflow_ray_platform.config import ClusterSpec
-from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_run import wait_for_cluster
 from bench.common import median, migrate_airflow_db, record
 from bench.dags.bench_dags import BENCH_CLUSTER, TRIVIAL
 
@@ -43,7 +43,7 @@ def main() -> None:
     backend = LocalBackend()
     spec = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"})
     backend.create_or_get_cluster(BENCH_CLUSTER, spec, {})
-    info = RayHook().wait_for_cluster(BENCH_CLUSTER, timeout=300, poll_interval=0.2)
+    info = wait_for_cluster(backend, BENCH_CLUSTER, timeout=300, poll_interval=0.2)
     token = backend.registry.read_token(BENCH_CLUSTER)
     try:
         raw_loop(info.dashboard_url, token)  # warm-up: first job on a fresh cluster starts workers

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from airflow_ray_platform.backends.local import LocalBackend
 from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_run import wait_for_cluster
 from bench.common import migrate_airflow_db, record
 
 ZONES = int(os.environ.get("BENCH_ZONES", "1000"))
@@ -58,20 +58,19 @@ def ray_job(samples: int, cores: int) -> tuple[float, float, float]:
     backend = LocalBackend()
     spec = ClusterSpec(head={"cpu": str(cores), "memory": "3Gi", "object_store_memory": "300Mi"})
     backend.create_or_get_cluster("fan-out", spec, {})
-    hook = RayHook()
-    hook.wait_for_cluster("fan-out", timeout=300, poll_interval=0.2)
+    wait_for_cluster(backend, "fan-out", timeout=300, poll_interval=0.2)
     job = JobSpec(
         entrypoint=f"python train_zones.py --zones {ZONES} --samples {samples} --cpus-per-zone 1",
         runtime_env={"working_dir": str(TRAINING), "env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}},
     )
     try:
         started = time.perf_counter()
-        hook.submit_job("fan-out", "fan-out-1", job, {})
-        while not (info := hook.get_job_info("fan-out", "fan-out-1")).state.is_terminal:
+        backend.submit_job("fan-out", "fan-out-1", job, {})
+        while not (info := backend.describe_job("fan-out", "fan-out-1")).state.is_terminal:
             time.sleep(0.1)
         end_to_end = time.perf_counter() - started
         assert info.state == "SUCCEEDED", info.message
-        logs = hook.get_job_logs("fan-out", "fan-out-1")
+        logs = backend.job_logs("fan-out", "fan-out-1")
         summary = json.loads(logs.split("SUMMARY ", 1)[1].splitlines()[0])
         assert summary["zones"] == ZONES
     finally:

@@ -84,10 +84,10 @@ def _population(rng: random.Random, now: datetime) -> list[tuple[ClusterInfo, li
 def gc_kuberay() -> dict:
     """The same kind of population as RayClusters and RayJobs in the emulated API server."""
     from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
-    from airflow_ray_platform.backends.kuberay.status import CLUSTER_LABEL, LAST_ACTIVE_ANNOTATION
     from airflow_ray_platform.config import ClusterSpec
     from airflow_ray_platform.garbage_collection import plan
     from airflow_ray_platform.hooks.ray import RayHook
+    from airflow_ray_platform.naming import CLUSTER_LABEL, LAST_ACTIVE_ANNOTATION
     from tests.kube_emulator.api_server import KubernetesApiEmulator
 
     now = datetime.now(UTC)
@@ -132,11 +132,11 @@ def gc_kuberay() -> dict:
         {"conn_type": "ray", "extra": {"backend": "kuberay", "kubernetes_conn_id": "kubernetes_gc_bench"}}
     )
     try:
-        hook = RayHook("ray_gc_bench")
-        hook.backend.list_clusters({"warm-up": "imports-and-connection"})  # once per process, not per sweep
+        backend = RayHook("ray_gc_bench").backend
+        backend.list_clusters({"warm-up": "imports-and-connection"})  # once per process, not per sweep
         calls_before, server_before = dict(emulator.requests), emulator.server_seconds
         started = time.perf_counter()
-        decisions = plan(hook, now)
+        decisions = plan(backend, now)
         plan_s = time.perf_counter() - started
         server_s = emulator.server_seconds - server_before
         calls = {key: count - calls_before.get(key, 0) for key, count in emulator.requests.items()}

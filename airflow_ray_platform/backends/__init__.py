@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from airflow_ray_platform.backends.base import RayBackend
+
+if TYPE_CHECKING:
+    from airflow_ray_platform.config import JobConfiguration
 
 #: Backend name -> "module:Class". Imported lazily: the kuberay backend pulls in Kubernetes clients.
 BACKENDS = {
@@ -14,12 +18,28 @@ BACKENDS = {
 }
 
 
+#: Backend name -> "module:function" checking a configuration for that backend with no connection at all
+#: (DAG parse); each backend's ``validate_configuration`` method calls the same function.
+OFFLINE_CHECKS = {
+    "kuberay": "airflow_ray_platform.backends.kuberay.manifests:validate_configuration_manifests",
+}
+
+
+def _load(target: str) -> Any:
+    module_name, attribute = target.split(":")
+    return getattr(import_module(module_name), attribute)
+
+
+def validate_configuration_offline(name: str, config: JobConfiguration) -> None:
+    """What ``name``'s backend would check of ``config`` beyond the model, without reaching it."""
+    if name in OFFLINE_CHECKS:
+        _load(OFFLINE_CHECKS[name])(config)
+
+
 def get_backend(name: str, **options: Any) -> RayBackend:
     """Instantiate a backend by name with its options (from the ``ray`` connection's extras)."""
     try:
         target = BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown Ray backend {name!r}; known backends: {sorted(BACKENDS)}") from None
-    module_name, class_name = target.split(":")
-    module = __import__(module_name, fromlist=[class_name])
-    return getattr(module, class_name)(**options)
+    return _load(target)(**options)

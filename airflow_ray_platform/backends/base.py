@@ -1,9 +1,11 @@
 """The seam between what the user asked for and where clusters live.
 
-Operators, sensors and triggers speak only to :class:`RayBackend`. A backend owns both clusters and
-jobs because "a job" differs by backend: a Jobs API submission on the local backend, a RayJob custom
-resource on KubeRay. Every method is synchronous and idempotent; async callers (triggers) run them in
-a worker thread so the triggerer's event loop never blocks.
+Everything that acts on clusters and jobs (the job run behind the operators, sensor and triggers,
+garbage collection) speaks only to :class:`RayBackend`; the hook's one job is to build it from a
+connection. A backend owns both clusters and jobs because "a job" differs by backend: a Jobs API
+submission on the local backend, a RayJob custom resource on KubeRay. Every method is synchronous and
+idempotent; async callers (triggers) run them in a worker thread so the triggerer's event loop never
+blocks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
 from airflow_ray_platform.naming import OWNER_LABEL, TEAM_LABEL
 
 
@@ -97,6 +99,10 @@ class RayBackend(Protocol):
     """Where clusters live. ``local`` and ``kuberay`` implement it."""
 
     name: str
+
+    def validate_configuration(self, config: JobConfiguration) -> None:
+        """Raise (naming the field and the rule) if this backend cannot run ``config``; called before
+        anything is created."""
 
     def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
         """Create the cluster, or return the existing one of that name; never two."""

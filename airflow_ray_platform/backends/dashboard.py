@@ -18,7 +18,7 @@ from airflow_ray_platform.backends.base import (
     JobInfo,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
-from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
 
 
 class DashboardBackend:
@@ -44,6 +44,9 @@ class DashboardBackend:
         if self._client is None:
             self._client = JobsApiClient(cluster_name, self.address, self._token, self._verify)
         return self._client
+
+    def validate_configuration(self, config: JobConfiguration) -> None:
+        """Only jobs run here: a configuration that creates a cluster is refused at creation, by name."""
 
     def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
         if name == self.cluster_name and spec.reuses_existing:

@@ -91,14 +91,8 @@ class JobsApiClient:
             self._call(
                 f"submitting job {submission_id!r} to cluster {self.cluster_name!r}",
                 self._client.submit_job,
-                entrypoint=job.entrypoint,
                 submission_id=submission_id,
-                runtime_env=job.runtime_env.to_ray() or None,
-                metadata={**job.metadata, **metadata},
-                entrypoint_num_cpus=job.entrypoint_num_cpus,
-                entrypoint_num_gpus=job.entrypoint_num_gpus,
-                entrypoint_memory=job.entrypoint_memory,
-                entrypoint_resources=job.entrypoint_resources or None,
+                **job.submission(metadata),
             )
         except BackendError as error:
             # Another worker submitted the same id between our look and our submit: same job.

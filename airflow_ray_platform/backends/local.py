@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
 
@@ -46,22 +46,19 @@ from airflow_ray_platform.backends.base import (
     JobInfo,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
-from airflow_ray_platform.config import ClusterSpec, JobSpec, NodeResources, quantity_value
-from airflow_ray_platform.log_storage import CHUNK_BYTES
+from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec, NodeResources, quantity_value
+from airflow_ray_platform.object_storage import CHUNK_BYTES
+from airflow_ray_platform.paths import default_root
+from airflow_ray_platform.timestamps import to_text
 
-DEFAULT_ROOT_ENV = "AIRFLOW_RAY_PLATFORM_HOME"
 READY_MARKER = "Ray runtime started"
 #: Ray refuses an object store smaller than this.
 MIN_OBJECT_STORE_BYTES = 80 * 1024**2
 #: Environment a cluster must not inherit: it would point Ray at another cluster or another token.
-_INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 
 
-def default_root() -> Path:
-    return Path(os.environ.get(DEFAULT_ROOT_ENV) or Path.home() / ".airflow_ray_platform")
-
-
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports the kernel reports free right now, all distinct (held open together while chosen)."""
     sockets = []
     try:
@@ -73,10 +70,6 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 @dataclass
@@ -199,7 +192,8 @@ class LocalClusterRegistry:
 
 
 def _node_resources(resources: NodeResources) -> tuple[int, int, int, int]:
-    """(num_cpus, memory, object_store_memory, num_gpus) for ``ray start`` from a node spec."""
+    """(num_cpus, memory, object_store_memory, num_gpus) for ``ray start``: whole CPUs, rounded up (the
+    record keeps what was requested, by the configuration's rule)."""
     num_cpus = max(1, math.ceil(quantity_value(resources.cpu)))
     memory = int(quantity_value(resources.memory))
     if resources.object_store_memory is not None:
@@ -220,6 +214,9 @@ class LocalBackend:
         self._clients: dict[tuple[str, str], JobsApiClient] = {}
 
     # ----------------------------------------------------------------- clusters
+    def validate_configuration(self, config: JobConfiguration) -> None:
+        """Nothing beyond the model's rules: any valid configuration starts locally."""
+
     def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
         with self.registry.lock(name):
             record = self.registry.load(name)
@@ -232,7 +229,7 @@ class LocalBackend:
             return self._describe(self._start(name, spec, dict(labels)))
 
     def _ray_environment(self, name: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_RAY_VARIABLES}
+        env = {k: v for k, v in os.environ.items() if k not in INHERITED_RAY_VARIABLES}
         env.update(
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN_PATH=str(self.registry.token_path(name)),
@@ -253,11 +250,10 @@ class LocalBackend:
         env = self._ray_environment(name)
         ray_bin = str(Path(sys.executable).parent / "ray")
 
-        gcs_port, dashboard_port, client_port, *node_ports = _free_ports(
+        gcs_port, dashboard_port, client_port, *node_ports = free_ports(
             3 + 6 * (1 + sum(group.replicas for group in spec.worker_groups))
         )
-        totals = {"CPU": 0.0, "memory": 0.0, "object_store_memory": 0.0, "GPU": 0.0}
-        now = _now()
+        now = to_text()
         # Recorded before anything starts, each node as it starts: if this process dies half-way, the
         # record (and the temp dir every Ray process names) still finds what it launched.
         record = LocalClusterRecord(
@@ -268,17 +264,13 @@ class LocalBackend:
             dashboard_port=dashboard_port,
             gcs_port=gcs_port,
             temp_dir=str(temp_dir),
-            resources=totals,
+            resources=spec.requested_resources,
             nodes=[],
         )
         self.registry.save(record)
 
         def launch(role: str, node_spec: NodeResources, role_args: list[str]) -> NodeProcess:
             cpus, mem, store, gpus = _node_resources(node_spec)
-            totals["CPU"] += cpus
-            totals["memory"] += mem
-            totals["object_store_memory"] += store
-            totals["GPU"] += gpus
             manager, objects, agent_http, agent_grpc, runtime_env, metrics = (node_ports.pop() for _ in range(6))
             args = [
                 ray_bin,
@@ -490,7 +482,7 @@ class LocalBackend:
         with self.registry.lock(cluster_name):
             record = self.registry.load(cluster_name)
             if record is not None:
-                record.last_active_at = _now()
+                record.last_active_at = to_text()
                 self.registry.save(record)
 
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:

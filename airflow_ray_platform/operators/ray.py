@@ -5,6 +5,10 @@ wait or deferral; a retry reattaches to the job its task already submitted (the 
 ``submission_id`` is derived from dag_id, task_id, run_id and map_index, never the try number); a
 job that finished FAILED is resubmitted, under a new id recorded in the job's metadata, only on a
 real retry; ``on_kill`` stops the job (and the task's ephemeral cluster); waits are deferrable.
+
+The operators only orchestrate Airflow (XCom, deferral, extra links, the task log); every decision
+about the job is :class:`~airflow_ray_platform.job_run.RayJobRun`'s, shared with the trigger and the
+sensor.
 """
 
 from __future__ import annotations
@@ -20,19 +24,24 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 from airflow.sdk import BaseOperator, Context
 
-from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
+from airflow_ray_platform.backends import validate_configuration_offline
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, RayBackend
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration
+from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.lifecycle import LifecycleRecorder, stop_job_and_record, stopped_job
+from airflow_ray_platform.job_run import RayJobRun, log_job_output, wait_for_cluster
+from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.links import RayDashboardLink
 from airflow_ray_platform.naming import (
-    TASK_KEY_METADATA,
-    TRY_NUMBER_METADATA,
+    XCOM_BACKEND,
+    XCOM_CLUSTER_NAME,
+    XCOM_DASHBOARD_LINK,
+    XCOM_DASHBOARD_URL,
+    XCOM_SUBMISSION_ID,
     TaskIdentity,
     cluster_labels,
 )
-from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger, job_event
-from airflow_ray_platform.utilisation import Utilisation
+from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
 
 JobConfigurationArg = JobConfiguration | Mapping[str, Any] | str | Path
 
@@ -56,9 +65,7 @@ def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
         return
     config = load_job_configuration(job_configuration)
     if conf.getboolean("ray_platform", "validate_kuberay_manifests", fallback=False):
-        from airflow_ray_platform.backends.kuberay.manifests import validate_configuration_manifests
-
-        validate_configuration_manifests(config)
+        validate_configuration_offline("kuberay", config)
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -71,7 +78,13 @@ def _platform_option(key: str) -> str | None:
 
 
 class _RecordingOperator(BaseOperator):
-    """Operators that record lifecycle transitions in the state store (never failing over it)."""
+    """Operators that record lifecycle transitions in the state store (never failing over it).
+
+    :param state_store_conn_id: the state store's connection (default ``[ray_platform]
+        state_store_conn_id``, else the embedded SQLite file).
+    :param log_storage_uri: where finished jobs' driver logs go (default ``[ray_platform]
+        log_storage_uri``, else ``file://`` under the local backend's root).
+    """
 
     def __init__(
         self, *, state_store_conn_id: str | None = None, log_storage_uri: str | None = None, **kwargs: Any
@@ -86,9 +99,16 @@ class _RecordingOperator(BaseOperator):
 
 
 class _RayOperator(_RecordingOperator):
-    """Shared: the connection, the configuration, and pushing what the UI and downstream tasks need."""
+    """Shared: the connection, the configuration, and pushing what the UI and downstream tasks need.
+
+    :param job_configuration: a dict, a YAML/JSON file path or a ``JobConfiguration`` (templated).
+    :param ray_conn_id: the ``ray`` connection naming the backend (templated).
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param poll_interval: seconds between status checks while waiting without a watch.
+    """
 
     template_fields: Sequence[str] = ("job_configuration", "ray_conn_id")
+    template_fields_renderers = {"job_configuration": "json"}
     operator_extra_links = (RayDashboardLink(),)
 
     def __init__(
@@ -108,8 +128,8 @@ class _RayOperator(_RecordingOperator):
         self.poll_interval = poll_interval
 
     @cached_property
-    def hook(self) -> RayHook:
-        return RayHook(self.ray_conn_id)
+    def backend(self) -> RayBackend:
+        return RayHook(self.ray_conn_id).backend
 
     @cached_property
     def config(self) -> JobConfiguration:
@@ -128,20 +148,31 @@ class _RayOperator(_RecordingOperator):
         )
 
     def _push_cluster(self, context: Context, info: ClusterInfo) -> dict[str, Any]:
-        result = {"cluster_name": info.name, "dashboard_url": info.dashboard_url, "backend": info.backend}
+        result = {XCOM_CLUSTER_NAME: info.name, XCOM_DASHBOARD_URL: info.dashboard_url, XCOM_BACKEND: info.backend}
         ti = context["ti"]
         for key, value in result.items():
             ti.xcom_push(key=key, value=value)
-        ti.xcom_push(key=RayDashboardLink().xcom_key, value=info.dashboard_url)
+        ti.xcom_push(key=XCOM_DASHBOARD_LINK, value=info.dashboard_url)
         return result
 
     def _startup_timeout(self) -> float:
         return self.config.lifecycle.startup_timeout.total_seconds()
 
-    def _record_cluster(self, name: str) -> ClusterInfo | None:
-        info = self.hook.describe_cluster(name)
-        if info is not None:
-            self.recorder.cluster_seen(info)
+    def _create_or_get(self, name: str, context: Context, *, ephemeral: bool) -> ClusterInfo:
+        """The cluster the configuration describes, created if missing (checked by the backend first)."""
+        self.backend.validate_configuration(self.config)
+        info = self.backend.create_or_get_cluster(name, self.config.cluster, self._labels(context, ephemeral=ephemeral))
+        self.recorder.cluster_seen(info, requested=True)
+        return info
+
+    def _existing(self, name: str, field: str) -> ClusterInfo:
+        """The existing cluster ``field`` names; an error naming that field if there is none."""
+        info = self.backend.describe_cluster(name)
+        if info is None:
+            why = " (a configuration with only a name reuses, never creates)" if "." in field else ""
+            raise AirflowException(
+                f"{field}: Ray cluster {name!r} does not exist on backend {self.backend.name!r}{why}"
+            )
         return info
 
 
@@ -150,6 +181,14 @@ class RayClusterOperator(_RayOperator):
 
     Returns and pushes to XCom ``cluster_name``, ``dashboard_url`` and ``backend``. With a
     configuration that only names a cluster, the cluster must exist; nothing is created.
+
+    :param job_configuration: a dict, a YAML/JSON file path or a ``JobConfiguration`` (templated).
+    :param ray_conn_id: the ``ray`` connection naming the backend (templated).
+    :param wait_for_ready: wait until Ray's readiness probes pass (else return once requested).
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param poll_interval: seconds between status checks while waiting without a watch.
+    :param state_store_conn_id: the state store's connection (default: ``[ray_platform]``, else SQLite).
+    :param log_storage_uri: where finished jobs' driver logs go (default: ``[ray_platform]``).
     """
 
     def __init__(self, *, wait_for_ready: bool = True, **kwargs: Any) -> None:
@@ -160,15 +199,9 @@ class RayClusterOperator(_RayOperator):
         config = self.config
         name = config.cluster_name
         if config.cluster.reuses_existing:
-            info = self.hook.describe_cluster(name)
-            if info is None:
-                raise AirflowException(
-                    f"job_configuration.cluster.name: Ray cluster {name!r} does not exist on backend "
-                    f"{self.hook.backend.name!r} (a configuration with only a name reuses, never creates)"
-                )
+            info = self._existing(name, "job_configuration.cluster.name")
         else:
-            info = self.hook.create_or_get_cluster(name, config.cluster, self._labels(context, ephemeral=False))
-            self.recorder.cluster_seen(info, requested=True)
+            info = self._create_or_get(name, context, ephemeral=False)
         self.log.info("Ray cluster %r on backend %r: %s", name, info.backend, info.state)
         result = self._push_cluster(context, info)
         if not self.wait_for_ready or info.state == ClusterState.READY:
@@ -184,24 +217,33 @@ class RayClusterOperator(_RayOperator):
                 ),
                 method_name="execute_complete",
             )
-        ready = self.hook.wait_for_cluster(name, self._startup_timeout(), self.poll_interval)
+        ready = wait_for_cluster(self.backend, name, self._startup_timeout(), self.poll_interval)
         self.recorder.cluster_seen(ready)
         self.log.info("Ray cluster %r is ready: %s", name, info.dashboard_url)
         return result
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        if event["status"] != "success":
-            raise AirflowException(event["message"])
-        self._record_cluster(event["cluster_name"])
+        cluster = ClusterEvent.from_dict(event)
+        if not cluster.succeeded:
+            raise AirflowException(cluster.message)
+        info = self.backend.describe_cluster(cluster.cluster_name)
+        if info is not None:
+            self.recorder.cluster_seen(info)
         return {
-            "cluster_name": event["cluster_name"],
-            "dashboard_url": event["dashboard_url"],
-            "backend": self.hook.backend.name,
+            XCOM_CLUSTER_NAME: cluster.cluster_name,
+            XCOM_DASHBOARD_URL: cluster.dashboard_url,
+            XCOM_BACKEND: self.backend.name,
         }
 
 
 class RayClusterDeleteOperator(_RecordingOperator):
-    """Delete a Ray cluster by name (explicit teardown). A cluster already gone is not an error."""
+    """Delete a Ray cluster by name (explicit teardown). A cluster already gone is not an error.
+
+    :param cluster_name: the cluster to delete (templated).
+    :param ray_conn_id: the ``ray`` connection naming the backend (templated).
+    :param state_store_conn_id: the state store's connection (default: ``[ray_platform]``, else SQLite).
+    :param log_storage_uri: unused here; accepted like every operator of this provider.
+    """
 
     template_fields: Sequence[str] = ("cluster_name", "ray_conn_id")
 
@@ -211,11 +253,8 @@ class RayClusterDeleteOperator(_RecordingOperator):
         self.ray_conn_id = ray_conn_id
 
     def execute(self, context: Context) -> bool:
-        hook = RayHook(self.ray_conn_id)
-        info = hook.describe_cluster(self.cluster_name)
-        deleted = hook.delete_cluster(self.cluster_name)
-        if deleted and info is not None:
-            self.recorder.cluster_deleted(info, f"{self.task_id} (RayClusterDeleteOperator)")
+        run = RayJobRun(RayHook(self.ray_conn_id).backend, self.cluster_name, recorder=self.recorder, log=self.log)
+        deleted = run.delete_cluster(f"{self.task_id} (RayClusterDeleteOperator)")
         self.log.info("Ray cluster %r %s", self.cluster_name, "deleted" if deleted else "did not exist")
         return deleted
 
@@ -229,9 +268,16 @@ class RayJobOperator(_RayOperator):
     alone, deleted when the job ends (kept after a failure if ``keep_cluster_on_failure``);
     without it, the named cluster ``cluster.name`` (or ``name``), created if missing and kept.
 
+    :param job_configuration: a dict, a YAML/JSON file path or a ``JobConfiguration`` (templated).
+    :param ray_conn_id: the ``ray`` connection naming the backend (templated).
+    :param cluster_name: run on this existing cluster (templated).
     :param wait_for_completion: wait for a terminal state (else return once submitted).
     :param get_logs: stream the job's driver log into the task log while it runs.
     :param timeout: stop the job and fail after this long (defaults to ``job.timeout``).
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param poll_interval: seconds between status checks while waiting without a watch.
+    :param state_store_conn_id: the state store's connection (default: ``[ray_platform]``, else SQLite).
+    :param log_storage_uri: where the finished job's driver log goes (default: ``[ray_platform]``).
     """
 
     template_fields: Sequence[str] = ("job_configuration", "ray_conn_id", "cluster_name")
@@ -250,37 +296,41 @@ class RayJobOperator(_RayOperator):
         self.wait_for_completion = wait_for_completion
         self.get_logs = get_logs
         self.timeout = timeout
-        self._submission_id: str | None = None
-        self._target_cluster: str | None = None
-        self._ephemeral = False
+        self._run: RayJobRun | None = None
 
-    # -------------------------------------------------------------- where
     def _job_timeout(self) -> float | None:
         configured = self.config.job.timeout if self.config.job else None
         return _seconds(self.timeout) or _seconds(configured)
 
+    def _job_run(self, cluster_name: str, ephemeral: bool, **progress: Any) -> RayJobRun:
+        self._run = RayJobRun(
+            self.backend,
+            cluster_name,
+            ephemeral_cluster=ephemeral,
+            recorder=self.recorder,
+            config=self.config,
+            log=self.log,
+            **progress,
+        )
+        return self._run
+
     def _resolve_cluster(self, context: Context) -> tuple[ClusterInfo, bool]:
         """(cluster, ephemeral) for this job; creates the cluster when the configuration asks for one."""
         config = self.config
-        if self.cluster_name or config.cluster.reuses_existing:
-            name = self.cluster_name or config.cluster_name
-            info = self.hook.describe_cluster(name)
-            if info is None:
-                raise AirflowException(f"Ray cluster {name!r} does not exist on backend {self.hook.backend.name!r}")
-            return info, False
+        if self.cluster_name:
+            return self._existing(self.cluster_name, "cluster_name"), False
+        if config.cluster.reuses_existing:
+            return self._existing(config.cluster_name, "job_configuration.cluster.name"), False
         ephemeral = config.lifecycle.shutdown_after_job
-        identity = TaskIdentity.from_context(context)
-        name = identity.ephemeral_cluster_name(config.name) if ephemeral else config.cluster_name
-        info = self.hook.create_or_get_cluster(name, config.cluster, self._labels(context, ephemeral=ephemeral))
-        self.recorder.cluster_seen(info, requested=True)
-        return info, ephemeral
+        name = TaskIdentity.from_context(context).ephemeral_cluster_name(config.name) if ephemeral else None
+        return self._create_or_get(name or config.cluster_name, context, ephemeral=ephemeral), ephemeral
 
     # ------------------------------------------------------------ execute
     def execute(self, context: Context) -> str | None:
         if self.config.job is None:
             raise AirflowException("job_configuration.job: required by RayJobOperator (entrypoint and options)")
         info, ephemeral = self._resolve_cluster(context)
-        self._target_cluster, self._ephemeral = info.name, ephemeral
+        self._job_run(info.name, ephemeral)
         self._push_cluster(context, info)
         if info.state != ClusterState.READY:
             self.log.info("Waiting for Ray cluster %r (%s)", info.name, info.state)
@@ -297,91 +347,34 @@ class RayJobOperator(_RayOperator):
                     method_name="execute_after_cluster_ready",
                 )
             try:
-                self.hook.wait_for_cluster(info.name, self._startup_timeout(), min(self.poll_interval, 1.0))
+                wait_for_cluster(self.backend, info.name, self._startup_timeout(), min(self.poll_interval, 1.0))
             except Exception:
                 self._cleanup_cluster(failed=True)
                 raise
         return self._submit_and_wait(context)
 
     def execute_after_cluster_ready(self, context: Context, event: dict[str, Any]) -> str | None:
-        self._target_cluster, self._ephemeral = event["cluster_name"], event["ephemeral_cluster"]
-        if event["status"] != "success":
+        cluster = ClusterEvent.from_dict(event)
+        self._job_run(cluster.cluster_name, cluster.ephemeral_cluster)
+        if not cluster.succeeded:
             self._cleanup_cluster(failed=True)
-            raise AirflowException(event["message"])
+            raise AirflowException(cluster.message)
         return self._submit_and_wait(context)
 
-    def _submit_or_reattach(self, context: Context) -> JobInfo:
-        """Reattach to this task's job if it is running or succeeded; submit only when there is none,
-        or when the last one failed on an earlier try (a real retry)."""
-        identity = TaskIdentity.from_context(context)
-        try_number = int(context["ti"].try_number or 1)
-        cluster = self._target_cluster
-        assert cluster is not None
-        mine = [job for job in self.hook.list_jobs(cluster) if job.metadata.get(TASK_KEY_METADATA) == identity.key]
-        latest = max(mine, key=lambda job: int(job.metadata.get(TRY_NUMBER_METADATA, 0)), default=None)
-        if latest is not None and (
-            latest.state in ("PENDING", "RUNNING", "SUCCEEDED")
-            or int(latest.metadata.get(TRY_NUMBER_METADATA, 0)) >= try_number
-        ):
-            self.log.info(
-                "Reattaching to Ray job %r (%s) instead of submitting again",
-                latest.submission_id,
-                latest.state,
-            )
-            return latest
-        submission_id = identity.submission_id(attempt=1 if latest is None and try_number == 1 else try_number)
-        if latest is not None:
-            self.log.info(
-                "Ray job %r ended %s on an earlier try; submitting try %d as %r",
-                latest.submission_id,
-                latest.state,
-                try_number,
-                submission_id,
-            )
-        metadata = {
-            TASK_KEY_METADATA: identity.key,
-            TRY_NUMBER_METADATA: str(try_number),
-            "airflow_dag_id": identity.dag_id,
-            "airflow_task_id": identity.task_id,
-            "airflow_run_id": identity.run_id,
-            "owner": self.config.owner,
-            "team": self.config.team,
-        }
-        job = self.config.job
-        assert job is not None
-        info = self.hook.submit_job(cluster, submission_id, job, metadata)
-        self.log.info("Submitted Ray job %r to cluster %r", info.submission_id, cluster)
-        self._record_job(info, identity, try_number)
-        return info
-
-    def _persist_log(self, cluster: ClusterInfo, job: JobInfo) -> None:
-        """The whole driver log, kept after the cluster is gone (before an ephemeral one is deleted)."""
-        if job.state.is_terminal:
-            uri = self.recorder.persist_log(
-                cluster, job, lambda: self.hook.stream_job_logs(cluster.name, job.submission_id)
-            )
-            if uri:
-                self.log.info("Ray job %r log persisted to %s", job.submission_id, uri)
-
-    def _record_job(self, job: JobInfo, identity: TaskIdentity | None = None, try_number: int | None = None) -> None:
-        assert self._target_cluster is not None
-        cluster = self._record_cluster(self._target_cluster)
-        if cluster is not None:
-            self.recorder.job_seen(cluster, job, identity=identity, config=self.config, try_number=try_number)
-
     def _submit_and_wait(self, context: Context) -> str | None:
-        info = self._submit_or_reattach(context)
-        self._submission_id = info.submission_id
+        run = self._run
+        assert run is not None
+        info = run.submit_or_reattach(TaskIdentity.from_context(context), int(context["ti"].try_number or 1))
         ti = context["ti"]
-        ti.xcom_push(key="submission_id", value=info.submission_id)
-        job_url = self.hook.job_dashboard_url(info.cluster_name, info.submission_id)
+        ti.xcom_push(key=XCOM_SUBMISSION_ID, value=info.submission_id)
+        job_url = self.backend.job_dashboard_url(info.cluster_name, info.submission_id)
         if job_url:
-            ti.xcom_push(key=RayDashboardLink().xcom_key, value=job_url)
+            ti.xcom_push(key=XCOM_DASHBOARD_LINK, value=job_url)
             self.log.info("Ray dashboard: %s", job_url)
         if not self.wait_for_completion:
             return info.submission_id
         job_timeout = self._job_timeout()
-        timeout_at = None if job_timeout is None else time.time() + job_timeout
+        run.timeout_at = None if job_timeout is None else time.time() + job_timeout
         if self.deferrable and not info.state.is_terminal:
             self.defer(
                 trigger=RayJobTrigger(
@@ -389,101 +382,55 @@ class RayJobOperator(_RayOperator):
                     cluster_name=info.cluster_name,
                     submission_id=info.submission_id,
                     poll_interval=self.poll_interval,
-                    timeout_at=timeout_at,
+                    timeout_at=run.timeout_at,
                     stream_logs=self.get_logs,
-                    ephemeral_cluster=self._ephemeral,
+                    ephemeral_cluster=run.ephemeral_cluster,
                     state_store_conn_id=self.state_store_conn_id,
                 ),
                 method_name="execute_complete",
             )
-        return self._finish(self._wait_blocking(info, timeout_at))
-
-    def _wait_blocking(self, info: JobInfo, timeout_at: float | None) -> dict[str, Any]:
-        offset = 0
-        utilisation = Utilisation()
-        while True:
-            if self.get_logs:
-                offset = self._log_since(info.submission_id, offset)
-            if info.state == JobState.RUNNING:
-                utilisation.add(self.hook.sample_utilisation(info.cluster_name))
-            if info.state.is_terminal:
-                return {**job_event(info, offset), "utilisation": utilisation.to_dict()}
-            if timeout_at is not None and time.time() >= timeout_at:
-                return {
-                    "status": "timeout",
-                    "submission_id": info.submission_id,
-                    "log_offset": offset,
-                    "message": f"job {info.submission_id!r} exceeded its timeout",
-                    "utilisation": utilisation.to_dict(),
-                }
-            time.sleep(self.poll_interval)
-            latest = self.hook.get_job_info(info.cluster_name, info.submission_id)
-            if latest is None:
-                raise AirflowException(f"Ray job {info.submission_id!r} disappeared from cluster {info.cluster_name!r}")
-            info = latest
-
-    def _log_since(self, submission_id: str, offset: int) -> int:
-        assert self._target_cluster is not None
-        text, offset = self.hook.tail_job_logs(self._target_cluster, submission_id, offset)
-        for line in text.splitlines():
-            self.log.info("[ray job %s] %s", submission_id, line)
-        return offset
+        return self._finish(run.wait(info, poll_interval=self.poll_interval, stream_logs=self.get_logs))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
-        self._target_cluster, self._ephemeral = event["cluster_name"], event["ephemeral_cluster"]
-        self._submission_id = event["submission_id"]
-        return self._finish(event)
+        job = JobEvent.from_dict(event)
+        self._job_run(
+            job.cluster_name, job.ephemeral_cluster, submission_id=job.submission_id, log_offset=job.log_offset
+        )
+        return self._finish(job)
 
-    def _finish(self, event: dict[str, Any]) -> str:
-        submission_id = event["submission_id"]
-        if self.get_logs and event["status"] in ("success", "failed"):
-            self._log_since(submission_id, event.get("log_offset", 0))
-        if event["status"] == "timeout":
-            self.hook.stop_job(self._target_cluster, submission_id)
-        final = self.hook.get_job_info(self._target_cluster, submission_id)
-        if event["status"] == "timeout":
-            final = stopped_job(final, submission_id, self._target_cluster, "stopped: it exceeded its timeout")
-        cluster = self.hook.describe_cluster(self._target_cluster)
-        if final is not None and cluster is not None:
-            utilisation = Utilisation.from_dict(event.get("utilisation"))
-            self.recorder.job_seen(cluster, final, config=self.config, utilisation=utilisation)
-            self._persist_log(cluster, final)
-        failed = event["status"] != "success"
-        self._cleanup_cluster(failed=failed)
-        if failed:
-            state = event.get("state", event["status"].upper())
-            raise AirflowException(f"Ray job {submission_id!r} {state}: {event.get('message') or 'no message'}")
-        self.log.info("Ray job %r succeeded", submission_id)
-        return submission_id
+    def _finish(self, event: JobEvent) -> str:
+        run = self._run
+        assert run is not None
+        if self.get_logs and event.status in (WaitStatus.SUCCESS, WaitStatus.FAILED):
+            log_job_output(self.log, event.submission_id, run.new_output())  # what came after the last check
+        run.finish(event)
+        self._cleanup_cluster(failed=not event.succeeded)
+        if not event.succeeded:
+            raise AirflowException(event.failure)
+        self.log.info("Ray job %r succeeded", event.submission_id)
+        return event.submission_id
 
     def _cleanup_cluster(self, *, failed: bool) -> None:
-        if not self._ephemeral or self._target_cluster is None:
+        run = self._run
+        if run is None or not run.ephemeral_cluster:
             return
         if failed and self.config.lifecycle.keep_cluster_on_failure:
             self.log.warning(
                 "Keeping ephemeral Ray cluster %r for debugging (keep_cluster_on_failure); the "
                 "cleanup DAG removes it after its idle_timeout",
-                self._target_cluster,
+                run.cluster_name,
             )
             return
-        info = self.hook.describe_cluster(self._target_cluster)
-        if self.hook.delete_cluster(self._target_cluster) and info is not None:
-            self.recorder.cluster_deleted(info, "ephemeral cluster: its job ended")
-        self.log.info("Deleted ephemeral Ray cluster %r", self._target_cluster)
+        run.delete_cluster("ephemeral cluster: its job ended")
+        self.log.info("Deleted ephemeral Ray cluster %r", run.cluster_name)
 
     def on_kill(self) -> None:
         """Stop the running job, and remove this task's ephemeral cluster."""
-        if self._target_cluster is None:
+        run = self._run
+        if run is None:
             return
-        if self._submission_id is not None:
-            self.log.info("Stopping Ray job %r", self._submission_id)
-            stop_job_and_record(
-                self.hook,
-                self.recorder,
-                self._target_cluster,
-                self._submission_id,
-                "stopped: the task was killed",
-                self.config,
-            )
-        if self._ephemeral:
-            self.hook.delete_cluster(self._target_cluster)
+        if run.submission_id is not None:
+            self.log.info("Stopping Ray job %r", run.submission_id)
+            run.stop_and_record()
+        if run.ephemeral_cluster:
+            run.delete_cluster("ephemeral cluster: its task was killed")

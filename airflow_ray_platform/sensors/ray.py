@@ -10,8 +10,9 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 from airflow.sdk import BaseSensorOperator, Context
 
-from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.events import JobEvent
 from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_run import RayJobRun
 from airflow_ray_platform.triggers.ray import RayJobTrigger
 
 
@@ -22,6 +23,9 @@ class RayJobSensor(BaseSensorOperator):
 
     :param submission_id: the job (templated, e.g. ``{{ ti.xcom_pull('train', key='submission_id') }}``).
     :param cluster_name: the cluster it runs on (templated).
+    :param ray_conn_id: the ``ray`` connection naming the backend (templated).
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``); the trigger
+        polls every ``poke_interval`` and ends at the sensor's ``timeout``.
     """
 
     template_fields: Sequence[str] = ("submission_id", "cluster_name", "ray_conn_id")
@@ -42,13 +46,18 @@ class RayJobSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def poke(self, context: Context) -> bool:
-        info = RayHook(self.ray_conn_id).get_job_info(self.cluster_name, self.submission_id)
-        if info is None:
-            raise AirflowException(f"Ray cluster {self.cluster_name!r} has no job {self.submission_id!r}")
-        self.log.info("Ray job %r: %s", self.submission_id, info.state)
-        if info.state in (JobState.FAILED, JobState.STOPPED):
-            raise AirflowException(f"Ray job {self.submission_id!r} {info.state}: {info.message}")
-        return info.state == JobState.SUCCEEDED
+        run = RayJobRun(RayHook(self.ray_conn_id).backend, self.cluster_name, self.submission_id, log=self.log)
+        event, _ = run.check(stream_logs=False)
+        if event is None:
+            self.log.info("Ray job %r is still running", self.submission_id)
+            return False
+        return self._outcome(event)
+
+    def _outcome(self, event: JobEvent) -> bool:
+        if not event.succeeded:
+            raise AirflowException(event.failure)
+        self.log.info("Ray job %r succeeded", event.submission_id)
+        return True
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -73,8 +82,4 @@ class RayJobSensor(BaseSensorOperator):
         return None
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> None:
-        if event["status"] != "success":
-            raise AirflowException(
-                f"Ray job {event['submission_id']!r} {event.get('state', event['status'])}: {event['message']}"
-            )
-        self.log.info("Ray job %r succeeded", event["submission_id"])
+        self._outcome(JobEvent.from_dict(event))

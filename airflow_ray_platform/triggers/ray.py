@@ -19,9 +19,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, JobState, WatchingBackend
-from airflow_ray_platform.hooks.ray import RayHook, cluster_wait_outcome
-from airflow_ray_platform.lifecycle import LifecycleRecorder, stop_job_and_record
+from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, RayBackend, WatchingBackend
+from airflow_ray_platform.events import ClusterEvent, WaitStatus
+from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_run import RayJobRun, cluster_outcome, log_job_output
+from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.utilisation import Utilisation
 
 #: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
@@ -31,18 +33,6 @@ MAX_CONSECUTIVE_ERRORS = 5
 LOG_STREAM_WINDOW = 10.0
 MAX_WATCH_WINDOW = 300.0
 CLUSTER_WATCH_WINDOW = 30.0
-
-
-def job_event(info: JobInfo, log_offset: int) -> dict[str, Any]:
-    """The event payload both the trigger and the blocking path hand to the operator's completion."""
-    return {
-        "status": "success" if info.state == "SUCCEEDED" else "failed",
-        "state": str(info.state),
-        "submission_id": info.submission_id,
-        "cluster_name": info.cluster_name,
-        "message": info.message,
-        "log_offset": log_offset,
-    }
 
 
 class _RayTrigger(BaseTrigger):
@@ -58,13 +48,8 @@ class _RayTrigger(BaseTrigger):
         """Built without I/O; its backend (which reads the connection) is first touched in a thread."""
         return RayHook(self.ray_conn_id)
 
-    async def _call(self, method: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(self.hook, method), *args)
-
-    async def _watching_backend(self) -> WatchingBackend | None:
-        """The backend, if it can wait server-side (a Kubernetes watch) instead of being polled."""
-        backend = await asyncio.to_thread(lambda: self.hook.backend)  # reads the connection: not on the loop
-        return backend if isinstance(backend, WatchingBackend) else None
+    async def _backend(self) -> RayBackend:
+        return await asyncio.to_thread(lambda: self.hook.backend)  # reads the connection: not on the loop
 
     def _window(self, longest: float, timeout_at: float | None) -> float:
         """How long one server-side wait may last: up to ``longest``, never past the deadline."""
@@ -104,43 +89,41 @@ class RayClusterTrigger(_RayTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        watching = await self._watching_backend()
+        backend = await self._backend()
+        watching = backend if isinstance(backend, WatchingBackend) else None
         while True:
             try:
                 if watching is None:
-                    info = await self._call("describe_cluster", self.cluster_name)
+                    info = await asyncio.to_thread(backend.describe_cluster, self.cluster_name)
                 else:
                     window = self._window(CLUSTER_WATCH_WINDOW, self.timeout_at)
                     info = await watching.await_cluster(self.cluster_name, window)
-                    if info is not None and info.state == ClusterState.PROVISIONING:
-                        info = await self._call("describe_cluster", self.cluster_name)  # the pods say why
-                outcome = cluster_wait_outcome(
+                    if info is not None and info.state == ClusterState.PROVISIONING:  # the pods say why
+                        info = await asyncio.to_thread(backend.describe_cluster, self.cluster_name)
+                ready = cluster_outcome(
                     self.cluster_name,
                     info,
                     timed_out=time.time() >= self.timeout_at,
                     timeout=self.startup_timeout,
                 )
             except BackendError as error:
-                yield TriggerEvent(self._event("error", message=str(error)))
+                yield TriggerEvent(self._event(WaitStatus.ERROR, message=str(error)).to_dict())
                 return
-            if outcome is not None:
-                yield TriggerEvent(self._event("success", dashboard_url=outcome.dashboard_url))
+            if ready is not None:
+                yield TriggerEvent(self._event(WaitStatus.SUCCESS, dashboard_url=ready.dashboard_url).to_dict())
                 return
             if watching is None:
                 await asyncio.sleep(self.poll_interval)
 
-    def _event(self, status: str, **fields: Any) -> dict[str, Any]:
-        return {
-            "status": status,
-            "cluster_name": self.cluster_name,
-            "ephemeral_cluster": self.ephemeral_cluster,
-            **fields,
-        }
+    def _event(self, status: WaitStatus, **fields: Any) -> ClusterEvent:
+        return ClusterEvent(status, self.cluster_name, ephemeral_cluster=self.ephemeral_cluster, **fields)
 
     async def on_kill(self) -> None:
         """A user killed the task while its ephemeral cluster was starting: remove that cluster."""
         if self.ephemeral_cluster:
-            await self._call("delete_cluster", self.cluster_name)
+            backend = await self._backend()
+            run = RayJobRun(backend, self.cluster_name, recorder=LifecycleRecorder(None), log=self.log)
+            await asyncio.to_thread(run.delete_cluster, "ephemeral cluster: its task was killed")
 
 
 class RayJobTrigger(_RayTrigger):
@@ -190,28 +173,35 @@ class RayJobTrigger(_RayTrigger):
             },
         )
 
-    async def _stream_logs(self) -> None:
-        text, self.log_offset = await self._call(
-            "tail_job_logs", self.cluster_name, self.submission_id, self.log_offset
+    def _run(self, backend: RayBackend, recorder: LifecycleRecorder | None = None) -> RayJobRun:
+        """The job run this trigger waits on, with the progress its state carries."""
+        return RayJobRun(
+            backend,
+            self.cluster_name,
+            self.submission_id,
+            timeout_at=self.timeout_at,
+            log_offset=self.log_offset,
+            utilisation=self.utilisation,
+            ephemeral_cluster=self.ephemeral_cluster,
+            recorder=recorder,
+            log=self.log,
         )
-        for line in text.splitlines():
-            self.log.info("[ray job %s] %s", self.submission_id, line)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        watching = await self._watching_backend()
+        backend = await self._backend()
+        watching = backend if isinstance(backend, WatchingBackend) else None
+        run = self._run(backend)
         errors = 0
         while True:
             try:
-                info: JobInfo | None
                 if watching is None:
-                    info = await self._call("get_job_info", self.cluster_name, self.submission_id)
+                    event, text = await asyncio.to_thread(run.check, stream_logs=self.stream_logs)
                 else:
                     window = self._window(LOG_STREAM_WINDOW if self.stream_logs else MAX_WATCH_WINDOW, self.timeout_at)
-                    info = await watching.await_job(self.cluster_name, self.submission_id, window)
-                if self.stream_logs and info is not None:
-                    await self._stream_logs()
-                if info is not None and info.state == JobState.RUNNING:
-                    self.utilisation.add(await self._call("sample_utilisation", self.cluster_name))
+                    info: JobInfo | None = await watching.await_job(self.cluster_name, self.submission_id, window)
+                    event, text = await asyncio.to_thread(run.observe, info, stream_logs=self.stream_logs)
+                self.log_offset = run.log_offset  # what serialize() carries from now on
+                log_job_output(self.log, self.submission_id, text)
                 errors = 0
             except BackendError as error:
                 errors += 1
@@ -219,51 +209,19 @@ class RayJobTrigger(_RayTrigger):
                     self.log.warning("Ray status call failed (%d/%d): %s", errors, MAX_CONSECUTIVE_ERRORS, error)
                     await asyncio.sleep(self.poll_interval)
                     continue
-                yield TriggerEvent(self._event("error", str(error)))
+                yield TriggerEvent(run.error(str(error)).to_dict())
                 return
-            if info is None:
-                yield TriggerEvent(
-                    self._event("error", f"cluster {self.cluster_name!r} has no job {self.submission_id!r}")
-                )
-                return
-            if info.state.is_terminal:
-                yield TriggerEvent(
-                    {
-                        **job_event(info, self.log_offset),
-                        "ephemeral_cluster": self.ephemeral_cluster,
-                        "utilisation": self.utilisation.to_dict(),
-                    }
-                )
-                return
-            if self.timeout_at is not None and time.time() >= self.timeout_at:
-                yield TriggerEvent(self._event("timeout", f"job {self.submission_id!r} exceeded its timeout"))
+            if event is not None:
+                yield TriggerEvent(event.to_dict())
                 return
             if watching is None:
                 await asyncio.sleep(self.poll_interval)
 
-    def _event(self, status: str, message: str) -> dict[str, Any]:
-        return {
-            "status": status,
-            "submission_id": self.submission_id,
-            "cluster_name": self.cluster_name,
-            "message": message,
-            "log_offset": self.log_offset,
-            "ephemeral_cluster": self.ephemeral_cluster,
-            "utilisation": self.utilisation.to_dict(),
-        }
-
     async def on_kill(self) -> None:
         """A user killed the deferred task: stop the job (recording it STOPPED), and remove the task's
         ephemeral cluster."""
+        run = self._run(await self._backend(), LifecycleRecorder(self.state_store_conn_id, None))
         if self.stop_on_kill:
-            recorder = LifecycleRecorder(self.state_store_conn_id, None)
-            await asyncio.to_thread(
-                stop_job_and_record,
-                self.hook,
-                recorder,
-                self.cluster_name,
-                self.submission_id,
-                "stopped: the task was killed",
-            )
+            await asyncio.to_thread(run.stop_and_record)
         if self.ephemeral_cluster:
-            await self._call("delete_cluster", self.cluster_name)
+            await asyncio.to_thread(run.delete_cluster, "ephemeral cluster: its task was killed")

@@ -11,9 +11,10 @@ from kubernetes import client, config
 from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, ClusterState, JobState
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
 from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
-from airflow_ray_platform.backends.kuberay.status import CLUSTER_LABEL, job_state
+from airflow_ray_platform.backends.kuberay.status import job_state
 from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.hooks.ray import cluster_wait_outcome
+from airflow_ray_platform.job_run import cluster_outcome
+from airflow_ray_platform.naming import CLUSTER_LABEL
 
 from ..conftest import SHARED_CLUSTER
 from ..kube_emulator.api_server import KubernetesApiEmulator
@@ -83,7 +84,7 @@ def test_unschedulable_cluster_reports_why_then_times_out_and_is_compare_and_del
     info = wait_for(lambda: (i := backend.describe_cluster("too-big")) and "Unschedulable" in (i.message or "") and i)
     assert "Insufficient cpu" in info.message
     with pytest.raises(BackendError, match=r"not ready within 1s .*Unschedulable: 0/1 nodes are available"):
-        cluster_wait_outcome("too-big", info, timed_out=True, timeout=1)
+        cluster_outcome("too-big", info, timed_out=True, timeout=1)
     assert [c.name for c in backend.list_clusters({"airflow-ray-platform.io/team": "platform"})] == ["too-big"]
     # Compare-and-delete: a mark older than the last activity refuses; a current one deletes.
     with pytest.raises(ClusterBusyError, match="was active at"):

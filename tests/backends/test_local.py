@@ -13,6 +13,7 @@ import psutil
 from airflow_ray_platform.backends.base import ClusterState, JobState
 from airflow_ray_platform.backends.local import LocalBackend
 from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.job_run import wait_for_cluster
 
 from ..conftest import SHARED_CLUSTER
 
@@ -117,11 +118,7 @@ def test_delete_stops_every_process_it_started_and_nothing_else(tmp_path):
     )
     try:
         backend.create_or_get_cluster("two-nodes", spec, {})
-        from airflow_ray_platform.hooks.ray import RayHook
-
-        hook = RayHook()
-        hook.__dict__["backend"] = backend
-        info = hook.wait_for_cluster("two-nodes", timeout=180, poll_interval=0.5)
+        info = wait_for_cluster(backend, "two-nodes", timeout=180, poll_interval=0.5)
         assert info.resources["CPU"] == 2
         job = JobSpec(entrypoint="python -c \"import ray; ray.init(); print('nodes', len(ray.nodes()))\"")
         backend.submit_job("two-nodes", "count-nodes", job, {})

@@ -51,8 +51,8 @@ def test_dashboard_connection_uses_the_token_from_the_password(monkeypatch, back
         password=token,
         extra={"cluster_name": "existing"},
     )
-    hook = RayHook("ray_existing")
-    assert isinstance(hook.backend, DashboardBackend)
+    hook = RayHook("ray_existing").backend
+    assert isinstance(hook, DashboardBackend)
     info = hook.submit_job("existing", "hook-dashboard-1", JobSpec(entrypoint="echo via-dashboard"), {})
     assert info.submission_id == "hook-dashboard-1"
     assert "hook-dashboard-1" in [job.submission_id for job in hook.list_jobs("existing")]
@@ -74,18 +74,6 @@ def test_wrong_token_is_a_clear_error_that_does_not_echo_it(monkeypatch, shared_
         extra={"cluster_name": "existing"},
     )
     with pytest.raises(BackendError) as raised:
-        RayHook("ray_wrong").list_jobs("existing")
+        RayHook("ray_wrong").backend.list_jobs("existing")
     assert "Invalid authentication token" in str(raised.value)
     assert "wrong-secret-token" not in str(raised.value)
-
-
-def test_tail_job_logs_returns_only_new_text(backend, shared_cluster):
-    hook = RayHook()
-    hook.submit_job(SHARED_CLUSTER, "hook-tail-1", JobSpec(entrypoint="echo first-line"), {})
-    import time
-
-    while not hook.get_job_status(SHARED_CLUSTER, "hook-tail-1").is_terminal:
-        time.sleep(0.2)
-    text, offset = hook.tail_job_logs(SHARED_CLUSTER, "hook-tail-1")
-    assert "first-line" in text and offset == len(text)
-    assert hook.tail_job_logs(SHARED_CLUSTER, "hook-tail-1", offset) == ("", offset)

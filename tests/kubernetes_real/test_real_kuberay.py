@@ -22,6 +22,7 @@ from airflow_ray_platform.backends.base import ClusterState, JobState
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
 from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_run import wait_for_cluster
 from airflow_ray_platform.naming import cluster_labels
 from airflow_ray_platform.triggers.ray import RayJobTrigger
 
@@ -66,7 +67,7 @@ def test_cluster_job_logs_stop_and_delete(cluster_name):
     backend = KubeRayBackend("kubernetes_real")
     labels = cluster_labels(owner="tests", team="platform", idle_timeout_seconds=600, max_lifetime_seconds=3600)
     backend.create_or_get_cluster(cluster_name, SMALL, labels)
-    ready = RayHook().wait_for_cluster(cluster_name, timeout=STARTUP_TIMEOUT, poll_interval=5)
+    ready = wait_for_cluster(RayHook().backend, cluster_name, timeout=STARTUP_TIMEOUT, poll_interval=5)
     assert ready.state == ClusterState.READY
     job = JobSpec(entrypoint="python -c \"import ray; ray.init(); print('CPUs', ray.cluster_resources()['CPU'])\"")
     backend.submit_job(cluster_name, f"{cluster_name}-ok", job, {"team": "platform"})

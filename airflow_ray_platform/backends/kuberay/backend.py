@@ -31,7 +31,7 @@ import base64
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -50,47 +50,29 @@ from airflow_ray_platform.backends.base import (
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.backends.kuberay.manifests import (
-    ANNOTATION_PREFIX,
     render_ray_cluster,
     render_ray_job,
+    validate_configuration_manifests,
 )
 from airflow_ray_platform.backends.kuberay.schema import validate_manifest
-from airflow_ray_platform.backends.kuberay.status import (
+from airflow_ray_platform.backends.kuberay.status import cluster_info, job_info
+from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
+from airflow_ray_platform.naming import (
     CLUSTER_LABEL,
     LAST_ACTIVE_ANNOTATION,
-    cluster_info,
-    job_info,
-)
-from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.log_storage import CHUNK_BYTES
-from airflow_ray_platform.naming import (
-    DAG_ID_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
-    OWNER_LABEL,
-    RUN_ID_LABEL,
-    TASK_ID_LABEL,
-    TEAM_LABEL,
-    label_safe,
+    job_annotations,
+    job_labels,
 )
+from airflow_ray_platform.object_storage import CHUNK_BYTES
+from airflow_ray_platform.timestamps import to_text
 
 GROUP, VERSION = "ray.io", "v1"
 #: Label the Kubernetes Job controller puts on its pods: finds a RayJob's submitter pod.
 SUBMITTER_POD_LABEL = "job-name"
 SUBMITTER_CONTAINER = "ray-job-submitter"
-#: Ray job metadata keys the operator sets -> label of the RayJob carrying them (label-safe).
-_METADATA_LABELS = {
-    "owner": OWNER_LABEL,
-    "team": TEAM_LABEL,
-    "airflow_dag_id": DAG_ID_LABEL,
-    "airflow_task_id": TASK_ID_LABEL,
-    "airflow_run_id": RUN_ID_LABEL,
-}
 T = TypeVar("T")
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def api_error_reason(error: ApiException) -> str:
@@ -270,6 +252,11 @@ class KubeRayBackend:
         return json.loads(response.data)["items"]
 
     # ----------------------------------------------------------------- clusters
+    def validate_configuration(self, config: JobConfiguration) -> None:
+        """Render what ``config`` creates here and check it strictly against KubeRay's CRDs."""
+        if self.validate_manifests:
+            validate_configuration_manifests(config)
+
     def _cluster_info(self, obj: dict[str, Any], *, with_pods: bool = True) -> ClusterInfo:
         info = cluster_info(obj, self.name, self._dashboard_url(obj["metadata"]["name"]))
         if with_pods and info.state == ClusterState.PROVISIONING:
@@ -279,7 +266,7 @@ class KubeRayBackend:
         return info
 
     def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
-        annotations = {LAST_ACTIVE_ANNOTATION: _now()}
+        annotations = {LAST_ACTIVE_ANNOTATION: to_text()}
         manifest = render_ray_cluster(name, self.namespace, spec, labels, annotations)
         return self._cluster_info(self._create("rayclusters", manifest))
 
@@ -327,7 +314,7 @@ class KubeRayBackend:
             obj = self._get("rayclusters", cluster_name)
             if obj is None:
                 raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.namespace!r}")
-            obj["metadata"].setdefault("annotations", {})[LAST_ACTIVE_ANNOTATION] = _now()
+            obj["metadata"].setdefault("annotations", {})[LAST_ACTIVE_ANNOTATION] = to_text()
             try:
                 return self._call(
                     f"marking RayCluster {cluster_name!r} active",
@@ -351,11 +338,9 @@ class KubeRayBackend:
         if existing is not None:
             return job_info(existing)
         self._touch(cluster_name)
-        labels = {label: label_safe(metadata[key]) for key, label in _METADATA_LABELS.items() if key in metadata}
-        labels.update({MANAGED_BY_LABEL: MANAGED_BY_VALUE, CLUSTER_LABEL: cluster_name})
-        annotations = {ANNOTATION_PREFIX + key.replace("_", "-"): value for key, value in metadata.items()}
+        labels = {**job_labels(metadata), MANAGED_BY_LABEL: MANAGED_BY_VALUE, CLUSTER_LABEL: cluster_name}
         manifest = render_ray_job(
-            submission_id, self.namespace, job, metadata, labels, annotations, cluster_name=cluster_name
+            submission_id, self.namespace, job, metadata, labels, job_annotations(metadata), cluster_name=cluster_name
         )
         return job_info(self._create("rayjobs", manifest))
 

@@ -19,11 +19,11 @@ from typing import Any
 import yaml
 
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec, NodeResources, quantity_value
+from airflow_ray_platform.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 API_VERSION = "ray.io/v1"
 #: Ports of the head container, by KubeRay's names.
 HEAD_PORTS = [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)]
-ANNOTATION_PREFIX = "airflow-ray-platform.io/"
 
 
 def default_image(ray_version: str) -> str:
@@ -138,22 +138,22 @@ def render_ray_job(
     """A RayJob on ``cluster_name`` (existing) or on its own cluster from ``cluster_spec`` (ephemeral)."""
     if (cluster_name is None) == (cluster_spec is None):
         raise ValueError("a RayJob runs either on a named cluster or on its own cluster spec, not both")
+    submission = job.submission(metadata)  # the Jobs API's fields, under KubeRay's names
     body: dict[str, Any] = {
-        "entrypoint": job.entrypoint,
+        "entrypoint": submission["entrypoint"],
         "jobId": name,
         "submissionMode": "K8sJobMode",
         "backoffLimit": 0,
-        "metadata": {**job.metadata, **metadata},
+        "metadata": submission["metadata"],
     }
-    runtime_env = job.runtime_env.to_ray()
-    if runtime_env:
-        body["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
-    if job.entrypoint_num_cpus is not None:
-        body["entrypointNumCpus"] = job.entrypoint_num_cpus
-    if job.entrypoint_num_gpus is not None:
-        body["entrypointNumGpus"] = job.entrypoint_num_gpus
-    if job.entrypoint_resources:
-        body["entrypointResources"] = json.dumps(job.entrypoint_resources, sort_keys=True)
+    if "runtime_env" in submission:
+        body["runtimeEnvYAML"] = yaml.safe_dump(submission["runtime_env"], sort_keys=True)
+    if "entrypoint_num_cpus" in submission:
+        body["entrypointNumCpus"] = submission["entrypoint_num_cpus"]
+    if "entrypoint_num_gpus" in submission:
+        body["entrypointNumGpus"] = submission["entrypoint_num_gpus"]
+    if "entrypoint_resources" in submission:
+        body["entrypointResources"] = json.dumps(submission["entrypoint_resources"], sort_keys=True)
     if job.timeout is not None:
         # KubeRay refuses a deadline below 1 s: round a sub-second timeout up, never down to 0.
         body["activeDeadlineSeconds"] = max(1, math.ceil(job.timeout.total_seconds()))
@@ -180,7 +180,7 @@ def validate_configuration_manifests(config: JobConfiguration) -> None:
     """
     from airflow_ray_platform.backends.kuberay.schema import validate_manifest
 
-    labels = {"app.kubernetes.io/managed-by": "airflow-ray-platform"}
+    labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
     if not config.cluster.reuses_existing:
         validate_manifest(render_ray_cluster(config.cluster_name, "default", config.cluster, labels, {}))
     if config.job is not None:

@@ -9,30 +9,18 @@ error text.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
-from decimal import Decimal
-from functools import cache
 from typing import Any
 
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
-from airflow_ray_platform.config import quantity_value
-from airflow_ray_platform.naming import LABEL_PREFIX
+from airflow_ray_platform.config import requested_resources
+from airflow_ray_platform.naming import CLUSTER_LABEL, LAST_ACTIVE_ANNOTATION
+from airflow_ray_platform.timestamps import parse as parse_time
 
-#: Annotation the backend moves forward on every submission: the compare-and-delete's activity mark.
-LAST_ACTIVE_ANNOTATION = LABEL_PREFIX + "last-active-at"
-#: Label tying a RayJob to the RayCluster it runs on (``clusterSelector`` is not selectable).
-CLUSTER_LABEL = LABEL_PREFIX + "cluster"
 #: Container states after which a pod will not start without someone changing the manifest.
 FATAL_WAITING_REASONS = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
 #: Container states worth showing while the cluster is still provisioning.
 REPORTED_WAITING_REASONS = FATAL_WAITING_REASONS | {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff"}
 _RAY_JOB_STATES = {state.value for state in JobState}
-#: Quantities repeat across thousands of objects (a garbage-collection sweep reads them all): parse once.
-_quantity = cache(quantity_value)
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -47,24 +35,21 @@ def _describe_condition(condition: Mapping[str, Any]) -> str:
     return ": ".join(part for part in (condition.get("reason"), condition.get("message")) if part)
 
 
-def requested_resources(spec: Mapping[str, Any]) -> dict[str, float]:
-    """CPU, GPU and memory requested by a RayCluster spec (head plus every worker replica)."""
-    totals = {"CPU": Decimal(0), "GPU": Decimal(0), "memory": Decimal(0)}
+def _requested(spec: Mapping[str, Any]) -> dict[str, float]:
+    """What a RayCluster spec requests (head plus every worker replica), by the configuration's rule."""
 
-    def add(template: Mapping[str, Any], replicas: int) -> None:
-        for container in template.get("spec", {}).get("containers", [])[:1]:
-            resources = container.get("resources", {})
-            requests, limits = resources.get("requests", {}), resources.get("limits", {})
-            for key, field in (("CPU", "cpu"), ("memory", "memory")):
-                if field in requests or field in limits:
-                    totals[key] += _quantity(str(requests.get(field, limits.get(field)))) * replicas
-            if "nvidia.com/gpu" in limits:
-                totals["GPU"] += _quantity(str(limits["nvidia.com/gpu"])) * replicas
+    def node(template: Mapping[str, Any], count: int) -> tuple[str, str, str, int]:
+        container = (template.get("spec", {}).get("containers") or [{}])[0]
+        resources = container.get("resources", {})
+        requests, limits = resources.get("requests", {}), resources.get("limits", {})
+        cpu, memory = (str(requests.get(key, limits.get(key, 0))) for key in ("cpu", "memory"))
+        return cpu, memory, str(limits.get("nvidia.com/gpu", 0)), count
 
-    add(spec.get("headGroupSpec", {}).get("template", {}), 1)
-    for group in spec.get("workerGroupSpecs") or []:
-        add(group.get("template", {}), int(group.get("replicas") or group.get("minReplicas") or 0))
-    return {key: float(value) for key, value in totals.items()}
+    groups = [
+        node(group.get("template", {}), int(group.get("replicas") or group.get("minReplicas") or 0))
+        for group in spec.get("workerGroupSpecs") or []
+    ]
+    return requested_resources([node(spec.get("headGroupSpec", {}).get("template", {}), 1), *groups])
 
 
 def pod_problems(pods: Iterable[Mapping[str, Any]]) -> tuple[bool, list[str]]:
@@ -120,7 +105,7 @@ def cluster_info(
         state=state,
         dashboard_url=dashboard_url,
         labels=dict(metadata.get("labels") or {}),
-        resources=requested_resources(obj.get("spec") or {}),
+        resources=_requested(obj.get("spec") or {}),
         created_at=created,
         last_active_at=parse_time(annotations.get(LAST_ACTIVE_ANNOTATION)) or created,
         message=message,

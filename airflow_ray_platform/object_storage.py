@@ -1,12 +1,11 @@
-"""Job driver logs persisted to object storage, readable after their cluster is gone.
-
-(The same storage also carries the usage export's Parquet files to ``s3://``.)
+"""Object storage below a base URI, ``file://`` or ``s3://``: persisted job logs and usage Parquet files.
 
 When a job reaches a terminal state its full driver log is written under a predictable key,
 ``<backend>/<cluster>/<cluster created-at>/<submission_id>.log``, below a base URI: ``file:///dir``
 (the embedded default, under the local backend's root) or ``s3://bucket/prefix`` (boto3; endpoint
-and credentials from the environment or the ``s3_options``). Logs stream in chunks: S3 gets a
-multipart upload fed from the stream, never the whole log in memory.
+and credentials from the environment or the ``s3_options``). Objects stream in chunks: S3 gets a
+multipart upload fed from the stream, never a whole log in memory. The usage export writes its
+Parquet files through the same class.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 CHUNK_BYTES = 8 * 1024 * 1024
 
 
-class LogStorageError(RuntimeError):
+class ObjectStorageError(RuntimeError):
     """An object could not be written or read; the message carries the storage's reason."""
 
 
@@ -52,13 +51,13 @@ class _ChunkReader(io.RawIOBase):
         return size
 
 
-class LogStorage:
-    """Write and read persisted job logs below ``base_uri``."""
+class ObjectStorage:
+    """Write and read objects (persisted job logs, Parquet files) below ``base_uri``."""
 
     def __init__(self, base_uri: str, **s3_options: Any) -> None:
         parts = urlsplit(base_uri)
         if parts.scheme not in ("file", "s3"):
-            raise LogStorageError(f"log storage URI must be file:// or s3:// (got {base_uri!r})")
+            raise ObjectStorageError(f"object storage URI must be file:// or s3:// (got {base_uri!r})")
         self.base_uri = base_uri.rstrip("/")
         self.scheme = parts.scheme
         self._bucket = parts.netloc
@@ -74,7 +73,7 @@ class LogStorage:
         return f"{self.base_uri}/{key}"
 
     def write(self, key: str, chunks: Iterable[bytes]) -> str:
-        """Stream ``chunks`` to ``key``; returns the log's URI."""
+        """Stream ``chunks`` to ``key``; returns the object's URI."""
         try:
             if self.scheme == "file":
                 path = Path(urlsplit(self.base_uri).path) / key
@@ -87,16 +86,16 @@ class LogStorage:
                 object_key = f"{self._prefix}/{key}" if self._prefix else key
                 config = TransferConfig(multipart_threshold=CHUNK_BYTES, multipart_chunksize=CHUNK_BYTES)
                 self._s3().upload_fileobj(_ChunkReader(chunks), self._bucket, object_key, Config=config)
-        except LogStorageError:
+        except ObjectStorageError:
             raise
         except Exception as error:
-            raise LogStorageError(f"writing {key!r} to {self.base_uri}: {error}") from None
+            raise ObjectStorageError(f"writing {key!r} to {self.base_uri}: {error}") from None
         return self.uri(key)
 
     def read(self, uri: str) -> Iterator[bytes]:
-        """The persisted log at ``uri``, in chunks."""
+        """The object at ``uri``, in chunks."""
         if not uri.startswith(self.base_uri + "/"):
-            raise LogStorageError(f"{uri!r} is not below this storage's {self.base_uri!r}")
+            raise ObjectStorageError(f"{uri!r} is not below this storage's {self.base_uri!r}")
         key = uri[len(self.base_uri) + 1 :]
         try:
             if self.scheme == "file":
@@ -108,4 +107,4 @@ class LogStorage:
                 body = self._s3().get_object(Bucket=self._bucket, Key=object_key)["Body"]
                 yield from body.iter_chunks(CHUNK_BYTES)
         except Exception as error:
-            raise LogStorageError(f"reading {uri!r}: {error}") from None
+            raise ObjectStorageError(f"reading {uri!r}: {error}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_ray_platform.log_storage import CHUNK_BYTES, LogStorage, LogStorageError, log_key
+from airflow_ray_platform.object_storage import CHUNK_BYTES, ObjectStorage, ObjectStorageError, log_key
 
 from .conftest import S3_ACCESS_KEY as ACCESS_KEY
 from .conftest import S3_SECRET_KEY as SECRET_KEY
@@ -25,7 +25,7 @@ def test_key_is_predictable():
 
 
 def test_file_storage_streams_large_logs(tmp_path):
-    storage = LogStorage(f"file://{tmp_path}/logs")
+    storage = ObjectStorage(f"file://{tmp_path}/logs")
     uri = storage.write("local/c/t/s1.log", _big_log(20))
     assert uri == f"file://{tmp_path}/logs/local/c/t/s1.log"
     chunks = list(storage.read(uri))
@@ -34,15 +34,15 @@ def test_file_storage_streams_large_logs(tmp_path):
 
 
 def test_bad_uris_are_clear_errors(tmp_path):
-    with pytest.raises(LogStorageError, match="must be file:// or s3://"):
-        LogStorage("gs://bucket")
-    storage = LogStorage(f"file://{tmp_path}")
-    with pytest.raises(LogStorageError, match="reading 'file://"):
+    with pytest.raises(ObjectStorageError, match="must be file:// or s3://"):
+        ObjectStorage("gs://bucket")
+    storage = ObjectStorage(f"file://{tmp_path}")
+    with pytest.raises(ObjectStorageError, match="reading 'file://"):
         list(storage.read(f"file://{tmp_path}/missing.log"))
 
 
 def test_s3_storage_streams_multipart_and_reads_back(s3_server):
-    storage = LogStorage(
+    storage = ObjectStorage(
         "s3://ray-logs/prod",
         endpoint_url=s3_server,
         aws_access_key_id=ACCESS_KEY,
@@ -55,14 +55,14 @@ def test_s3_storage_streams_multipart_and_reads_back(s3_server):
 
 
 def test_s3_wrong_credentials_are_a_clear_error(s3_server):
-    storage = LogStorage(
+    storage = ObjectStorage(
         "s3://ray-logs",
         endpoint_url=s3_server,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key="wrong",
         region_name="us-east-1",
     )
-    with pytest.raises(LogStorageError, match=r"writing 'k.log' to s3://ray-logs: .*(SignatureDoesNotMatch|Access)"):
+    with pytest.raises(ObjectStorageError, match=r"writing 'k.log' to s3://ray-logs: .*(SignatureDoesNotMatch|Access)"):
         storage.write("k.log", [b"line\n"])
 
 
