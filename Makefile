@@ -20,6 +20,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check airflow_ray_platform dags tests bench
+	$(BIN)/lint-imports
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -p no:cacheprovider tests
 
 bench: install

@@ -512,3 +512,7 @@ def load_job_configuration(value: JobConfiguration | Mapping[str, Any] | str | P
         return JobConfiguration.model_validate(dict(value))
     except ValidationError as error:
         raise JobConfigurationError(_format_errors(error)) from None
+
+
+if __name__ == "__main__":  # python -m airflow_ray_platform.config: the README's reference table
+    print(reference_markdown())

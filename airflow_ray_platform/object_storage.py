@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+#: Multipart part size on S3, and the copy buffer of ``file://``.
 CHUNK_BYTES = 8 * 1024 * 1024
 
 

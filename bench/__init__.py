@@ -32,6 +32,8 @@ os.environ.update(
     OPENBLAS_NUM_THREADS="1",
     MKL_NUM_THREADS="1",
 )
-for variable in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+from airflow_ray_platform.backends.local import INHERITED_RAY_VARIABLES  # noqa: E402 (after HOME is set)
+
+for variable in INHERITED_RAY_VARIABLES:
     os.environ.pop(variable, None)
 (WORK / "home").mkdir(exist_ok=True)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 BENCHMARKS = [
+    "bench.import_cost",
     "bench.cold_start",
     "bench.control_plane",
     "bench.fan_out",

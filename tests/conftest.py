@@ -44,7 +44,7 @@ from airflow_ray_platform.config import ClusterSpec  # noqa: E402
 from airflow_ray_platform.job_run import wait_for_cluster  # noqa: E402
 
 from .kube_emulator.api_server import KubernetesApiEmulator  # noqa: E402
-from .kube_emulator.kuberay_controller import SimulatedKubeRay  # noqa: E402
+from .kube_emulator.kuberay_controller import SimulatedKubeRay, wait_for  # noqa: E402
 
 SHARED_CLUSTER = "shared"
 SHARED_SPEC = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"})
@@ -114,6 +114,23 @@ def kuberay(local_backend: LocalBackend, shared_cluster) -> KubeRayEnvironment:
     controller.stop()
     emulator.stop()
     assert controller.errors == [], controller.errors
+
+
+@pytest.fixture(params=["local", "kuberay"])
+def each_backend(request, local_backend, shared_cluster, monkeypatch):
+    """The same test once per backend: the local one as it is, and KubeRay through the emulated API
+    (the operators reach it through ``ray_default``). Returns the backend to check results on."""
+    if request.param == "local":
+        yield local_backend
+        return
+    kuberay = request.getfixturevalue("kuberay")
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", kuberay.ray_connection())
+    yield kuberay.backend
+    # The simulated controller stops a deleted RayCluster's local processes a moment later: wait for it,
+    # so that the next test (perhaps a local one) starts from the same clusters on both sides.
+    wait_for(
+        lambda: {c.name for c in local_backend.list_clusters()} <= {c.name for c in kuberay.backend.list_clusters()}
+    )
 
 
 def pytest_sessionfinish(session, exitstatus):

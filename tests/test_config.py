@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -173,3 +173,72 @@ def test_mutations_fail_only_with_named_field_errors(path, junk, drop):
             assert rule, line
             head = location.split(".")[0].split("[")[0]
             assert head in {"name", "owner", "team", "cluster", "job", "lifecycle"}, line
+
+
+# ------------------------------------------------------------------- quantities and resources
+_QUANTITY_TEXT = st.text(alphabet="0123456789.eE+-_ nmuKkMGTPEi", max_size=7)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.one_of(_QUANTITY_TEXT, st.sampled_from(["500m", "4Gi", "1ki", "1_000", "2 ", "1e3Mi", "Ki", ""])))
+def test_quantities_parse_as_the_kubernetes_client_parses_them(text):
+    """The project's parser (no Kubernetes import) and the Kubernetes client's agree on every input."""
+    from kubernetes.utils.quantity import parse_quantity as kubernetes_parse
+
+    from airflow_ray_platform.config import parse_quantity
+
+    try:
+        expected = ("value", kubernetes_parse(text))
+    except ValueError:
+        expected = ("error", None)
+    try:
+        got = ("value", parse_quantity(text))
+    except ValueError:
+        got = ("error", None)
+    if expected[0] == got[0] == "value" and expected[1].is_nan():
+        assert got[1].is_nan()
+    else:
+        assert got == expected
+
+
+def test_requested_resources_agree_wherever_they_are_read(shared_cluster, tmp_path, monkeypatch):
+    """One rule for what a cluster requests: the configuration, the local backend's record, a RayCluster
+    read back from Kubernetes, the job's row (cost export) and the GC report say the same."""
+    from airflow_ray_platform.backends.base import ClusterState, JobInfo, JobState
+    from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
+    from airflow_ray_platform.backends.kuberay.status import cluster_info
+    from airflow_ray_platform.garbage_collection import Decision, Outcome, report
+    from airflow_ray_platform.lifecycle import LifecycleRecorder
+    from airflow_ray_platform.state_store import StateStore, cluster_uid
+
+    from .conftest import SHARED_SPEC
+
+    config = load_job_configuration(VALID)
+    assert config.requested_resources == {"CPU": 3.0, "GPU": 0.0, "memory": 8 * 1024**3}  # head 2 + 2 workers of 0.5
+    manifest = render_ray_cluster("c", "default", config.cluster, {}, {})
+    assert cluster_info(manifest, "kuberay", None).resources == config.requested_resources
+    assert dict(shared_cluster.resources) == SHARED_SPEC.requested_resources  # the local record
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ARP_RESOURCES", json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": url}})
+    )
+    info = cluster_info(manifest, "kuberay", None)
+    LifecycleRecorder("arp_resources").job_seen(info, JobInfo("s", "c", JobState.SUCCEEDED), config=config)
+    row = StateStore(url).job(cluster_uid("kuberay", "c", datetime.fromtimestamp(0, UTC)), "s")
+    assert (row["requested_cpu"], row["requested_gpu"], row["requested_memory_bytes"]) == (3.0, 0.0, 8 * 1024**3)
+
+    deleted = Outcome(Decision(info, True, "idle"), "deleted", "idle")
+    assert info.state == ClusterState.PROVISIONING
+    assert "freed 3 CPU, 8.0 GiB memory, 0 GPU" in report([deleted])
+
+
+def test_the_readme_reference_is_the_models_own():
+    """The README's job_configuration reference is generated from the fields' descriptions."""
+    from pathlib import Path
+
+    from airflow_ray_platform.config import reference_markdown, reference_rows
+
+    assert all(description for _, _, description in reference_rows()), "a field lacks its description"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert reference_markdown() in readme, "regenerate it: python -m airflow_ray_platform.config"

@@ -92,3 +92,18 @@ def test_a_sub_second_timeout_renders_a_deadline_of_one_second():
 
     manifest = render_ray_job("j", "default", JobSpec(entrypoint="x", timeout=0.5), {}, {}, {}, cluster_name="c")
     assert manifest["spec"]["activeDeadlineSeconds"] == 1
+
+
+def test_importing_the_operators_sensor_and_triggers_does_not_import_kubernetes():
+    """The triggerer imports a trigger class on its event loop, and every DAG parse imports the
+    operators: neither may pay for the Kubernetes client (seconds) nor for Ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, airflow_ray_platform.operators.ray, airflow_ray_platform.sensors.ray, "
+        "airflow_ray_platform.triggers.ray; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'kubernetes_asyncio', 'ray'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded

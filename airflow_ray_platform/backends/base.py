@@ -19,6 +19,9 @@ from typing import Protocol, runtime_checkable
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
 from airflow_ray_platform.naming import OWNER_LABEL, TEAM_LABEL
 
+#: The size of the chunks a backend streams a finished job's driver log in (never the whole log at once).
+LOG_CHUNK_BYTES = 8 * 1024 * 1024
+
 
 class ClusterState(enum.StrEnum):
     PROVISIONING = "PROVISIONING"

@@ -38,6 +38,7 @@ import psutil
 from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
 
 from airflow_ray_platform.backends.base import (
+    LOG_CHUNK_BYTES,
     BackendError,
     ClusterBusyError,
     ClusterInfo,
@@ -47,7 +48,6 @@ from airflow_ray_platform.backends.base import (
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec, NodeResources, quantity_value
-from airflow_ray_platform.object_storage import CHUNK_BYTES
 from airflow_ray_platform.paths import default_root
 from airflow_ray_platform.timestamps import to_text
 
@@ -521,7 +521,7 @@ class LocalBackend:
             yield from self._jobs(cluster_name).log_chunks(submission_id)
             return
         with open(path, "rb") as log:
-            while chunk := log.read(CHUNK_BYTES):
+            while chunk := log.read(LOG_CHUNK_BYTES):
                 yield chunk
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:

@@ -51,13 +51,26 @@ class _RayTrigger(BaseTrigger):
     async def _backend(self) -> RayBackend:
         return await asyncio.to_thread(lambda: self.hook.backend)  # reads the connection: not on the loop
 
+    def _serialized(self, **state: Any) -> tuple[str, dict[str, Any]]:
+        """(classpath, kwargs) with the state every Ray trigger has, plus ``state``."""
+        kwargs = {"ray_conn_id": self.ray_conn_id, "poll_interval": self.poll_interval, **state}
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
+
     def _window(self, longest: float, timeout_at: float | None) -> float:
         """How long one server-side wait may last: up to ``longest``, never past the deadline."""
         return longest if timeout_at is None else max(0.0, min(longest, timeout_at - time.time()))
 
 
 class RayClusterTrigger(_RayTrigger):
-    """Fires when the cluster is READY, or with the backend's reason when it fails or times out."""
+    """Fires when the cluster is READY, or with the backend's reason when it fails or times out.
+
+    :param ray_conn_id: the ``ray`` connection naming the backend.
+    :param cluster_name: the cluster to wait for.
+    :param timeout_at: epoch seconds after which the wait fails (the startup deadline).
+    :param startup_timeout: the startup timeout in seconds, for the error text.
+    :param poll_interval: seconds between checks of a backend that cannot be watched.
+    :param ephemeral_cluster: the cluster is the task's own: ``on_kill`` deletes it.
+    """
 
     def __init__(
         self,
@@ -76,16 +89,11 @@ class RayClusterTrigger(_RayTrigger):
         self.ephemeral_cluster = ephemeral_cluster
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "ray_conn_id": self.ray_conn_id,
-                "cluster_name": self.cluster_name,
-                "timeout_at": self.timeout_at,
-                "startup_timeout": self.startup_timeout,
-                "poll_interval": self.poll_interval,
-                "ephemeral_cluster": self.ephemeral_cluster,
-            },
+        return self._serialized(
+            cluster_name=self.cluster_name,
+            timeout_at=self.timeout_at,
+            startup_timeout=self.startup_timeout,
+            ephemeral_cluster=self.ephemeral_cluster,
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -127,7 +135,20 @@ class RayClusterTrigger(_RayTrigger):
 
 
 class RayJobTrigger(_RayTrigger):
-    """Fires when the job is terminal (or its timeout passes), streaming its log into the task log."""
+    """Fires when the job is terminal (or its timeout passes), streaming its log into the task log.
+
+    :param ray_conn_id: the ``ray`` connection naming the backend.
+    :param cluster_name: the cluster the job runs on.
+    :param submission_id: the job.
+    :param poll_interval: seconds between checks of a backend that cannot be watched.
+    :param timeout_at: epoch seconds after which the wait ends ``timeout`` (None: never).
+    :param stream_logs: copy the job's driver log into the task log as it grows.
+    :param log_offset: how much of the driver log the task log already holds.
+    :param stop_on_kill: ``on_kill`` stops the job (False for a sensor, which only watches).
+    :param ephemeral_cluster: the cluster is the task's own: ``on_kill`` deletes it.
+    :param utilisation: the cluster utilisation sampled so far (``Utilisation.to_dict()``).
+    :param state_store_conn_id: where ``on_kill`` records the stopped job (None: the embedded store).
+    """
 
     def __init__(
         self,
@@ -156,21 +177,16 @@ class RayJobTrigger(_RayTrigger):
         self.ephemeral_cluster = ephemeral_cluster
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "ray_conn_id": self.ray_conn_id,
-                "cluster_name": self.cluster_name,
-                "submission_id": self.submission_id,
-                "poll_interval": self.poll_interval,
-                "timeout_at": self.timeout_at,
-                "stream_logs": self.stream_logs,
-                "log_offset": self.log_offset,
-                "stop_on_kill": self.stop_on_kill,
-                "ephemeral_cluster": self.ephemeral_cluster,
-                "utilisation": self.utilisation.to_dict(),
-                "state_store_conn_id": self.state_store_conn_id,
-            },
+        return self._serialized(
+            cluster_name=self.cluster_name,
+            submission_id=self.submission_id,
+            timeout_at=self.timeout_at,
+            stream_logs=self.stream_logs,
+            log_offset=self.log_offset,
+            stop_on_kill=self.stop_on_kill,
+            ephemeral_cluster=self.ephemeral_cluster,
+            utilisation=self.utilisation.to_dict(),
+            state_store_conn_id=self.state_store_conn_id,
         )
 
     def _run(self, backend: RayBackend, recorder: LifecycleRecorder | None = None) -> RayJobRun:

@@ -23,16 +23,11 @@ def test_shipped_dags_parse_without_errors():
 
 
 @pytest.mark.usefixtures("airflow_db")
-@pytest.mark.parametrize("via", ["local", "kuberay"])
-def test_example_trains_every_zone_and_deletes_its_cluster(via, tmp_path, local_backend, request, monkeypatch):
+def test_example_trains_every_zone_and_deletes_its_cluster(each_backend, tmp_path, local_backend):
     """The same DAG, unchanged, on the local backend and on (emulated) Kubernetes with KubeRay."""
     from ..test_dags.shipped_dags import example_zone_training
 
-    backend = local_backend
-    if via == "kuberay":
-        kuberay = request.getfixturevalue("kuberay")
-        monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", kuberay.ray_connection())
-        backend = kuberay.backend
+    backend = each_backend
     run = example_zone_training.test(run_conf={"zones": 24, "output_dir": str(tmp_path)})
     assert run.state == DagRunState.SUCCESS
     (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]

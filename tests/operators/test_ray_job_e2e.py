@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -16,29 +14,21 @@ from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_ray_platform.backends.base import JobState
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.naming import TASK_KEY_METADATA, TaskIdentity
+from airflow_ray_platform.naming import TaskIdentity
 from airflow_ray_platform.state_store import StateStore, clusters, jobs
 
-from ..conftest import SHARED_CLUSTER, TEST_DAGS
+from ..conftest import SHARED_CLUSTER
+from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, task_state, wait_for_running_job
 from ..test_dags import ray_e2e_dags as dags
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster")
-
-
-def _state(run, task_id="job"):
-    return run.get_task_instance(task_id).state
-
-
-def _jobs_of(backend, run, dag_id, task_id="job", cluster=SHARED_CLUSTER):
-    key = TaskIdentity(dag_id, task_id, run.run_id).key
-    return [j for j in backend.list_jobs(cluster) if j.metadata.get(TASK_KEY_METADATA) == key]
 
 
 @pytest.mark.parametrize("dag", [dags.ray_job_blocking, dags.ray_job_deferrable], ids=["blocking", "deferrable"])
 def test_job_succeeds_and_streams_logs(dag, backend, capfd):
     run = dag.test(run_conf={"entrypoint": "python -c \"print('hello from', 'ray')\""})
     assert run.state == DagRunState.SUCCESS
-    (job,) = _jobs_of(backend, run, dag.dag_id)
+    (job,) = jobs_of(backend, run, dag.dag_id)
     assert job.state == JobState.SUCCEEDED
     assert job.metadata["owner"] == "tests" and job.metadata["team"] == "platform"
     ti = run.get_task_instance("job")
@@ -48,18 +38,18 @@ def test_job_succeeds_and_streams_logs(dag, backend, capfd):
 
 
 @pytest.mark.parametrize("dag", [dags.ray_job_blocking, dags.ray_job_deferrable], ids=["blocking", "deferrable"])
-def test_failing_job_fails_the_task_with_the_jobs_error(dag, backend, capfd):
+def test_failing_job_fails_the_task_with_the_jobs_error(dag, each_backend, capfd):
     run = dag.test(run_conf={"entrypoint": "python -c \"raise SystemExit('zone 17 diverged')\""})
     assert run.state == DagRunState.FAILED
-    assert _state(run) == TaskInstanceState.FAILED
-    (job,) = _jobs_of(backend, run, dag.dag_id)
+    assert task_state(run) == TaskInstanceState.FAILED
+    (job,) = jobs_of(each_backend, run, dag.dag_id)
     assert job.state == JobState.FAILED
     out = capfd.readouterr().out
     assert f"Ray job '{job.submission_id}' FAILED" in out
     assert "zone 17 diverged" in out
 
 
-def test_real_retry_of_a_failed_job_submits_a_new_recorded_id(backend, tmp_path):
+def test_real_retry_of_a_failed_job_submits_a_new_recorded_id(each_backend, tmp_path):
     marker = tmp_path / "first-try-done"
     entrypoint = (
         f'python -c "import os,sys; p={str(marker)!r}; done=os.path.exists(p); '
@@ -67,7 +57,7 @@ def test_real_retry_of_a_failed_job_submits_a_new_recorded_id(backend, tmp_path)
     )
     run = dags.ray_job_retry.test(run_conf={"entrypoint": entrypoint})
     assert run.state == DagRunState.SUCCESS
-    jobs = sorted(_jobs_of(backend, run, "ray_job_retry"), key=lambda j: j.metadata["airflow_try_number"])
+    jobs = sorted(jobs_of(each_backend, run, "ray_job_retry"), key=lambda j: j.metadata["airflow_try_number"])
     assert [(j.state, j.metadata["airflow_try_number"]) for j in jobs] == [
         (JobState.FAILED, "1"),
         (JobState.SUCCEEDED, "2"),
@@ -76,53 +66,18 @@ def test_real_retry_of_a_failed_job_submits_a_new_recorded_id(backend, tmp_path)
     assert [j.submission_id for j in jobs] == [identity.submission_id(), identity.submission_id(2)]
 
 
-def _dag_test_in_subprocess(dag_name: str, logical_date: datetime, entrypoint: str, log_path) -> subprocess.Popen:
-    code = (
-        "import sys, datetime; sys.path.insert(0, sys.argv[1]); import ray_e2e_dags as d; "
-        "when = datetime.datetime.fromisoformat(sys.argv[2]); "
-        f"getattr(d, {dag_name!r}).test(logical_date=when, run_after=when, run_conf={{'entrypoint': sys.argv[3]}})"
-    )
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _recorded_job(submission_id: str) -> dict:
-    """The job's row in the (embedded) state store, which every test process shares."""
-    store = StateStore.from_airflow_connection(None)
-    with store.engine.connect() as connection:
-        (row,) = connection.execute(sa.select(jobs).where(jobs.c.submission_id == submission_id)).mappings()
-    return dict(row)
-
-
-def _wait_for_running_job(backend, dag_id, run_id, log_path, timeout=90):
-    key = TaskIdentity(dag_id, "job", run_id).key
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [j for j in backend.list_jobs(SHARED_CLUSTER) if j.metadata.get(TASK_KEY_METADATA) == key]
-        if jobs and jobs[0].state == JobState.RUNNING:
-            return jobs[0]
-        time.sleep(0.3)
-    raise AssertionError("the job never started running:\n" + log_path.read_text()[-3000:])
-
-
-@pytest.fixture
-def logical_date() -> datetime:
-    """The run's date: its run_id, hence its submission_id (another backend's module picks another)."""
-    return datetime(2026, 2, 1, tzinfo=UTC)
-
-
-def test_worker_death_then_retry_reattaches_to_the_same_job(backend, tmp_path, logical_date):
+def test_worker_death_then_retry_reattaches_to_the_same_job(each_backend, tmp_path):
     """The worker dies mid-run (SIGKILL); the next try attaches to the running job: one job in all."""
+    # The run's date makes its run_id, hence its submission_id: one per backend, since both backends'
+    # jobs land on the same local Ray cluster here.
+    logical_date = datetime(2026, 2 if each_backend.name == "local" else 3, 1, tzinfo=UTC)
+    backend = each_backend
     run_id = f"manual__{logical_date.isoformat()}"
     entrypoint = "python -c \"import time; time.sleep(8); print('finished once')\""
     log_path = tmp_path / "worker.log"
-    worker = _dag_test_in_subprocess("ray_job_blocking", logical_date, entrypoint, log_path)
+    worker = dag_test_in_subprocess("ray_job_blocking", logical_date, entrypoint, log_path)
     try:
-        running = _wait_for_running_job(backend, "ray_job_blocking", run_id, log_path)
+        running = wait_for_running_job(backend, "ray_job_blocking", run_id, log_path)
     finally:
         worker.kill()
         worker.wait()
@@ -131,7 +86,7 @@ def test_worker_death_then_retry_reattaches_to_the_same_job(backend, tmp_path, l
     )
     assert run.run_id == run_id
     assert run.state == DagRunState.SUCCESS
-    jobs = _jobs_of(backend, run, "ray_job_blocking")
+    jobs = jobs_of(backend, run, "ray_job_blocking")
     assert [j.submission_id for j in jobs] == [running.submission_id]
     assert jobs[0].state == JobState.SUCCEEDED
 
@@ -142,9 +97,9 @@ def test_on_kill_stops_the_running_job(backend, tmp_path):
     run_id = f"manual__{logical_date.isoformat()}"
     log_path = tmp_path / "worker.log"
     entrypoint = "python -c 'import time; time.sleep(300)'"
-    worker = _dag_test_in_subprocess("ray_job_blocking", logical_date, entrypoint, log_path)
+    worker = dag_test_in_subprocess("ray_job_blocking", logical_date, entrypoint, log_path)
     try:
-        running = _wait_for_running_job(backend, "ray_job_blocking", run_id, log_path)
+        running = wait_for_running_job(backend, "ray_job_blocking", run_id, log_path)
         os.kill(worker.pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
         while backend.describe_job(SHARED_CLUSTER, running.submission_id).state != JobState.STOPPED:
@@ -153,14 +108,14 @@ def test_on_kill_stops_the_running_job(backend, tmp_path):
         worker.wait(timeout=60)
     finally:
         worker.kill()
-    row = _recorded_job(running.submission_id)
+    row = recorded_job(running.submission_id)
     assert row["state"] == "STOPPED" and row["ended_at"] is not None and row["submitted_at"] is not None
 
 
 def test_timeout_stops_the_job_and_fails(backend, capfd):
     run = dags.ray_job_timeout.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(300)'"})
     assert run.state == DagRunState.FAILED
-    (job,) = _jobs_of(backend, run, "ray_job_timeout")
+    (job,) = jobs_of(backend, run, "ray_job_timeout")
     deadline = time.monotonic() + 30
     while (job := backend.describe_job(SHARED_CLUSTER, job.submission_id)).state != JobState.STOPPED:
         assert time.monotonic() < deadline, job
@@ -168,7 +123,7 @@ def test_timeout_stops_the_job_and_fails(backend, capfd):
     assert "exceeded its timeout" in capfd.readouterr().out
 
 
-def test_ephemeral_cluster_runs_the_job_and_is_torn_down(backend):
+def test_ephemeral_cluster_runs_the_job_and_is_torn_down(each_backend):
     run = dags.ray_job_ephemeral.test(
         run_conf={
             "entrypoint": "python -c \"import ray; ray.init(); print('CPU count', ray.cluster_resources()['CPU'])\""
@@ -178,8 +133,8 @@ def test_ephemeral_cluster_runs_the_job_and_is_torn_down(backend):
     name = TaskIdentity("ray_job_ephemeral", "job", run.run_id).ephemeral_cluster_name("e2e-ephemeral")
     ti = run.get_task_instance("job")
     assert ti.xcom_pull(task_ids="job", key="cluster_name") == name
-    assert backend.describe_cluster(name) is None
-    assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
+    assert each_backend.describe_cluster(name) is None
+    assert [c.name for c in each_backend.list_clusters()] == [SHARED_CLUSTER]
     # The lifecycle outlives the cluster in the (embedded) state store.
     store = StateStore.from_airflow_connection(None)
     with store.engine.connect() as connection:
@@ -213,25 +168,8 @@ def test_named_cluster_is_reused_by_a_later_task(backend, shared_cluster):
     assert run.state == DagRunState.SUCCESS
     ti = run.get_task_instance("cluster")
     assert ti.xcom_pull(task_ids="cluster", key="dashboard_url") == shared_cluster.dashboard_url
-    assert len(_jobs_of(backend, run, "ray_cluster_reuse")) == 1
+    assert len(jobs_of(backend, run, "ray_cluster_reuse")) == 1
     assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
-
-
-@pytest.mark.parametrize("dag", [dags.ray_job_sensor, dags.ray_job_sensor_poke], ids=["deferrable", "poke"])
-def test_sensor_waits_for_the_job(dag, backend):
-    run = dag.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(2)'"})
-    assert run.state == DagRunState.SUCCESS
-    assert _state(run, "wait") == TaskInstanceState.SUCCESS
-    (job,) = _jobs_of(backend, run, dag.dag_id)
-    assert job.state == JobState.SUCCEEDED
-
-
-@pytest.mark.parametrize("dag", [dags.ray_job_sensor, dags.ray_job_sensor_poke], ids=["deferrable", "poke"])
-def test_sensor_fails_with_the_jobs_error(dag, capfd):
-    run = dag.test(run_conf={"entrypoint": "python -c \"raise SystemExit('bad zone')\""})
-    assert run.state == DagRunState.FAILED
-    assert _state(run, "wait") == TaskInstanceState.FAILED
-    assert "bad zone" in capfd.readouterr().out
 
 
 def test_bad_templated_configuration_fails_before_anything_is_created(backend, capfd):

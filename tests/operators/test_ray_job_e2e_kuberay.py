@@ -1,6 +1,7 @@
-"""The end-to-end DAG tests again, through the kuberay backend: same DAGs, same operators, only the
-``ray_default`` connection changes. Kubernetes is the emulated API server; KubeRay is the simulated
-controller, which runs every RayJob on a real local Ray cluster."""
+"""What is KubeRay's own, end to end: same DAGs, same operators, only the ``ray_default`` connection
+changes (the tests shared by every backend run through ``each_backend`` in test_ray_job_e2e.py).
+Kubernetes is the emulated API server; KubeRay is the simulated controller, which runs every RayJob on
+a real local Ray cluster."""
 
 from __future__ import annotations
 
@@ -16,38 +17,11 @@ from airflow_ray_platform.backends.base import JobState
 from airflow_ray_platform.state_store import StateStore, jobs
 
 from ..conftest import SHARED_CLUSTER
+from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, wait_for_running_job
 from ..kube_emulator.kuberay_controller import wait_for
 from ..test_dags import ray_e2e_dags as dags
-from .test_ray_job_e2e import (
-    _dag_test_in_subprocess,
-    _jobs_of,
-    _recorded_job,
-    _wait_for_running_job,
-    test_ephemeral_cluster_runs_the_job_and_is_torn_down,
-    test_failing_job_fails_the_task_with_the_jobs_error,
-    test_real_retry_of_a_failed_job_submits_a_new_recorded_id,
-    test_worker_death_then_retry_reattaches_to_the_same_job,
-)
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster", "via_kuberay")
-
-__all__ = [
-    "test_ephemeral_cluster_runs_the_job_and_is_torn_down",
-    "test_failing_job_fails_the_task_with_the_jobs_error",
-    "test_real_retry_of_a_failed_job_submits_a_new_recorded_id",
-    "test_worker_death_then_retry_reattaches_to_the_same_job",
-]
-
-
-@pytest.fixture
-def logical_date() -> datetime:
-    """Not the local module's date: both backends' jobs land on the same local Ray cluster here."""
-    return datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def backend(kuberay):
-    return kuberay.backend
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +35,7 @@ def via_kuberay(kuberay):
 def test_job_succeeds_as_a_rayjob_and_streams_the_submitter_log(dag, kuberay, capfd):
     run = dag.test(run_conf={"entrypoint": "python -c \"print('hello from', 'kuberay')\""})
     assert run.state == DagRunState.SUCCESS
-    (job,) = _jobs_of(kuberay.backend, run, dag.dag_id)
+    (job,) = jobs_of(kuberay.backend, run, dag.dag_id)
     assert job.state == JobState.SUCCEEDED
     ti = run.get_task_instance("job")
     assert ti.xcom_pull(task_ids="job", key="submission_id") == job.submission_id
@@ -80,11 +54,11 @@ def test_job_succeeds_as_a_rayjob_and_streams_the_submitter_log(dag, kuberay, ca
 def test_on_kill_deletes_the_rayjob_and_kuberay_stops_the_ray_job(kuberay, local_backend, tmp_path):
     logical_date = datetime(2026, 3, 2, tzinfo=UTC)
     log_path = tmp_path / "worker.log"
-    worker = _dag_test_in_subprocess(
+    worker = dag_test_in_subprocess(
         "ray_job_blocking", logical_date, "python -c 'import time; time.sleep(300)'", log_path
     )
     try:
-        running = _wait_for_running_job(
+        running = wait_for_running_job(
             kuberay.backend, "ray_job_blocking", f"manual__{logical_date.isoformat()}", log_path
         )
         os.kill(worker.pid, signal.SIGTERM)
@@ -95,7 +69,7 @@ def test_on_kill_deletes_the_rayjob_and_kuberay_stops_the_ray_job(kuberay, local
     finally:
         worker.kill()
     # The RayJob is gone; the record is what is left, and it says STOPPED (not RUNNING forever).
-    row = _recorded_job(running.submission_id)
+    row = recorded_job(running.submission_id)
     assert row["state"] == "STOPPED" and row["message"] == "stopped: the task was killed"
 
 
@@ -106,5 +80,5 @@ def test_timeout_stops_the_job_and_fails(kuberay, local_backend, capfd):
     assert kuberay.backend.describe_job(SHARED_CLUSTER, submission_id) is None
     wait_for(lambda: local_backend.describe_job(SHARED_CLUSTER, submission_id).state == JobState.STOPPED)
     assert "exceeded its timeout" in capfd.readouterr().out
-    row = _recorded_job(submission_id)
+    row = recorded_job(submission_id)
     assert row["state"] == "STOPPED" and row["message"] == "stopped: it exceeded its timeout"

@@ -41,6 +41,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from airflow_ray_platform.backends.base import (
+    LOG_CHUNK_BYTES,
     BackendError,
     ClusterBusyError,
     ClusterInfo,
@@ -65,7 +66,6 @@ from airflow_ray_platform.naming import (
     job_annotations,
     job_labels,
 )
-from airflow_ray_platform.object_storage import CHUNK_BYTES
 from airflow_ray_platform.timestamps import to_text
 
 GROUP, VERSION = "ray.io", "v1"
@@ -415,7 +415,7 @@ class KubeRayBackend:
         response = self._submitter_log(submission_id)
         if response is not None:
             try:
-                yield from response.stream(CHUNK_BYTES, decode_content=True)
+                yield from response.stream(LOG_CHUNK_BYTES, decode_content=True)
             finally:
                 response.release_conn()
 

@@ -1,0 +1,58 @@
+"""Helpers the end-to-end tests share: finding a task's jobs, running a DAG in a process of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.naming import TASK_KEY_METADATA, TaskIdentity
+from airflow_ray_platform.state_store import StateStore, jobs
+
+from .conftest import SHARED_CLUSTER, TEST_DAGS
+
+
+def task_state(run, task_id="job"):
+    return run.get_task_instance(task_id).state
+
+
+def jobs_of(backend, run, dag_id, task_id="job", cluster=SHARED_CLUSTER):
+    key = TaskIdentity(dag_id, task_id, run.run_id).key
+    return [j for j in backend.list_jobs(cluster) if j.metadata.get(TASK_KEY_METADATA) == key]
+
+
+def dag_test_in_subprocess(dag_name: str, logical_date: datetime, entrypoint: str, log_path) -> subprocess.Popen:
+    code = (
+        "import sys, datetime; sys.path.insert(0, sys.argv[1]); import ray_e2e_dags as d; "
+        "when = datetime.datetime.fromisoformat(sys.argv[2]); "
+        f"getattr(d, {dag_name!r}).test(logical_date=when, run_after=when, run_conf={{'entrypoint': sys.argv[3]}})"
+    )
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def recorded_job(submission_id: str) -> dict:
+    """The job's row in the (embedded) state store, which every test process shares."""
+    store = StateStore.from_airflow_connection(None)
+    with store.engine.connect() as connection:
+        (row,) = connection.execute(sa.select(jobs).where(jobs.c.submission_id == submission_id)).mappings()
+    return dict(row)
+
+
+def wait_for_running_job(backend, dag_id, run_id, log_path, timeout=90):
+    key = TaskIdentity(dag_id, "job", run_id).key
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [j for j in backend.list_jobs(SHARED_CLUSTER) if j.metadata.get(TASK_KEY_METADATA) == key]
+        if found and found[0].state == JobState.RUNNING:
+            return found[0]
+        time.sleep(0.3)
+    raise AssertionError("the job never started running:\n" + log_path.read_text()[-3000:])
