@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -329,6 +330,11 @@ class JobSpec(_Strict):
     """The Ray job, with the Ray Jobs API's names."""
 
     entrypoint: str = Field(min_length=1, description="The shell command Ray runs as the job's driver.")
+    args: list[str] = Field(
+        default_factory=list,
+        description="Arguments appended to `entrypoint`, each quoted for the shell: put params here, never "
+        "into `entrypoint`, so a value never runs as a command.",
+    )
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv, description="Ray's `runtime_env` of the job.")
     entrypoint_num_cpus: float | None = Field(None, ge=0, description="CPUs reserved for the driver.")
     entrypoint_num_gpus: float | None = Field(None, ge=0, description="GPUs reserved for the driver.")
@@ -353,12 +359,17 @@ class JobSpec(_Strict):
             raise ValueError("must be a positive duration")
         return value
 
+    @property
+    def command(self) -> str:
+        """The shell command Ray runs: ``entrypoint``, then each of ``args`` quoted (``shlex.quote``)."""
+        return " ".join([self.entrypoint, *(shlex.quote(arg) for arg in self.args)])
+
     def submission(self, metadata: Mapping[str, str]) -> dict[str, Any]:
         """The job as Ray's Jobs API submits it (``JobSubmissionClient.submit_job``'s arguments, unset
         ones left out), with the provider's ``metadata`` over the user's. The one rendering of a job:
         the KubeRay backend maps these same fields onto a RayJob."""
         fields: dict[str, Any] = {
-            "entrypoint": self.entrypoint,
+            "entrypoint": self.command,
             "metadata": {**self.metadata, **metadata},
             "runtime_env": self.runtime_env.to_ray() or None,
             "entrypoint_num_cpus": self.entrypoint_num_cpus,

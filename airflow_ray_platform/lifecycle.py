@@ -1,8 +1,9 @@
 """Recording lifecycle transitions from the Airflow side, without ever failing a job over bookkeeping.
 
-The operators and trigger completions call a :class:`LifecycleRecorder`; it turns backend infos into
-state-store rows and events. If the store cannot be reached, each call logs a warning and returns:
-the Ray job's outcome never depends on the bookkeeping.
+The job run (behind the operators, the triggers and the sensor) and garbage collection call a
+:class:`LifecycleRecorder`; it turns backend infos into state-store rows and events. If the store
+cannot be reached, each call logs a warning and returns: the Ray job's outcome never depends on the
+bookkeeping.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Per-zone training backfill on Ray: the main job of airflow-ray-platform.
 
-create the cluster -> one Ray job trains one ridge model per zone (one Ray task each) -> delete the
-cluster (also when training fails). Outputs: ``<output_dir>/<run>/zones/zone-NNNNN/{model.npz,
-metrics.json}`` and ``summary.json``. Runs as is on the embedded local backend (``ray_default``
-absent); point the ``ray_default`` connection at KubeRay to run the same DAG on Kubernetes.
+create the cluster (setup) -> one Ray job trains one ridge model per zone (one Ray task each) -> delete
+the cluster (teardown: also when training fails, and the run then fails). Outputs:
+``<output_dir>/<run>/zones/zone-NNNNN/{model.npz, metrics.json}`` and ``summary.json``. Runs as is on
+the embedded local backend (``ray_default`` absent); point the ``ray_default`` connection at KubeRay to
+run the same DAG on Kubernetes.
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ JOB_CONFIGURATION = {
         "max_lifetime": 6 * 3600,
     },
     "job": {
-        "entrypoint": (
-            "python train_zones.py --zones {{ params.zones }} --cpus-per-zone {{ params.cpus_per_zone }} "
-            "--output-dir {{ params.output_dir }}/{{ run_id | replace(':', '-') | replace('+', '-') }}"
-        ),
+        # Params reach the job as arguments the provider quotes for the shell, never as command text.
+        "entrypoint": "python train_zones.py",
+        "args": [
+            "--zones",
+            "{{ params.zones }}",
+            "--cpus-per-zone",
+            "{{ params.cpus_per_zone }}",
+            "--output-dir",
+            "{{ params.output_dir }}/{{ run_id | replace(':', '-') | replace('+', '-') }}",
+        ],
         "runtime_env": {
             "working_dir": str(TRAINING_CODE),
             "env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
@@ -48,6 +55,9 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    # Every run uses, then deletes, the one cluster "zone-training": two runs at once would delete it
+    # under each other's job. One at a time until clusters carry leases.
+    max_active_runs=1,
     tags=["ray", "example"],
     params={
         "zones": Param(200, type="integer", minimum=1),
@@ -64,9 +74,10 @@ with DAG(
     delete = RayClusterDeleteOperator(
         task_id="delete_cluster",
         cluster_name="{{ ti.xcom_pull(task_ids='create_cluster', key='cluster_name') }}",
-        trigger_rule="all_done",
     )
-    cluster >> train >> delete
+    # Setup and teardown: the cluster is deleted whatever training did, and the run's state is
+    # training's (a teardown never decides it), so a failed training fails the run.
+    cluster >> train >> delete.as_teardown(setups=cluster)
 
 if __name__ == "__main__":
     dag.test()

@@ -242,3 +242,11 @@ def test_the_readme_reference_is_the_models_own():
     assert all(description for _, _, description in reference_rows()), "a field lacks its description"
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert reference_markdown() in readme, "regenerate it: python -m airflow_ray_platform.config"
+
+
+def test_args_are_quoted_into_the_command_ray_runs():
+    job = load_job_configuration(
+        {**VALID, "job": {"entrypoint": "python t.py", "args": ["--out", "/o; id #", "a b"]}}
+    ).job
+    assert job.command == "python t.py --out '/o; id #' 'a b'"
+    assert job.submission({})["entrypoint"] == job.command

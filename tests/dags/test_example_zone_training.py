@@ -43,3 +43,27 @@ def test_example_trains_every_zone_and_deletes_its_cluster(each_backend, tmp_pat
     assert backend.describe_cluster("zone-training") is None
     # (through KubeRay, the controller stops the processes once it sees the RayCluster gone)
     wait_for(lambda: local_backend.describe_cluster("zone-training") is None)
+
+
+@pytest.mark.usefixtures("airflow_db", "shared_cluster")
+def test_params_never_run_as_commands_and_a_failed_training_fails_the_run(tmp_path, local_backend):
+    """A hostile ``output_dir`` is a directory name, not a second command; a training that fails fails
+    the run (the cluster's deletion is a teardown, which never decides the run's state) and the
+    teardown still deletes the cluster."""
+    from airflow.utils.state import TaskInstanceState
+
+    from ..test_dags.shipped_dags import example_zone_training
+
+    marker = tmp_path / "pwned"
+    hostile = f"{tmp_path}/o; touch {marker} #"
+    run = example_zone_training.test(run_conf={"zones": 3, "output_dir": hostile})
+    assert run.state == DagRunState.SUCCESS
+    assert not marker.exists(), "a param ran as a shell command"
+    (out,) = Path(hostile).iterdir()
+    assert json.loads((out / "summary.json").read_text())["zones"] == 3
+
+    failed = example_zone_training.test(run_conf={"zones": 3, "output_dir": "/proc/arp-cannot-write-here"})
+    assert failed.get_task_instance("train_zones").state == TaskInstanceState.FAILED
+    assert failed.get_task_instance("delete_cluster").state == TaskInstanceState.SUCCESS
+    assert failed.state == DagRunState.FAILED
+    assert local_backend.describe_cluster("zone-training") is None
