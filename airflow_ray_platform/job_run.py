@@ -247,7 +247,7 @@ class RayJobRun:
         """Describe the job, then :meth:`observe` it: one poll."""
         return self.observe(self.describe(), stream_logs=stream_logs)
 
-    def wait(self, info: JobInfo, *, poll_interval: float, stream_logs: bool) -> JobEvent:
+    def wait(self, info: JobInfo | None, *, poll_interval: float, stream_logs: bool) -> JobEvent:
         """Block until the wait ends (the operator's non-deferrable path), logging the job's output."""
         while True:
             event, text = self.observe(info, stream_logs=stream_logs)
@@ -255,12 +255,7 @@ class RayJobRun:
             if event is not None:
                 return event
             time.sleep(poll_interval)
-            latest = self.describe()
-            if latest is None:
-                event, _ = self.observe(None, stream_logs=False)
-                assert event is not None
-                return event
-            info = latest
+            info = self.describe()
 
     # ---------------------------------------------------------------- finish
     def finish(self, event: JobEvent) -> JobInfo | None:

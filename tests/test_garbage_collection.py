@@ -168,7 +168,7 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
     from airflow_ray_platform.garbage_collection import sweep
     from airflow_ray_platform.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
-    from .operators.test_ray_job_e2e import _dag_test_in_subprocess
+    from .helpers import dag_test_in_subprocess
 
     seed = int(os.environ.get("ARP_CHAOS_SEED") or time.time())
     rng = random.Random(seed)
@@ -178,7 +178,7 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
     for run in range(CHAOS_RUNS):
         when = datetime(2026, 5, 1 + run, tzinfo=UTC)
         seconds = rng.choice([1, 1, 90])  # most jobs end on their own; some are still running at the sweep
-        worker = _dag_test_in_subprocess(
+        worker = dag_test_in_subprocess(
             "ray_job_chaos", when, f"python -c 'import time; time.sleep({seconds})'", tmp_path / f"run{run}.log"
         )
         time.sleep(rng.uniform(0, 28))

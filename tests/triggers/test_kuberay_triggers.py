@@ -80,9 +80,9 @@ def test_deleted_rayjob_ends_the_wait_with_an_error(kuberay):
     event = asyncio.run(wait_then_delete())
     assert event["status"] == "error" and "has no job 'kuberay-trigger-gone'" in event["message"]
     # The RayJob is gone; the trigger's on_kill left the job's record saying so.
-    from ..operators.test_ray_job_e2e import _recorded_job
+    from ..helpers import recorded_job
 
-    row = _recorded_job("kuberay-trigger-gone")
+    row = recorded_job("kuberay-trigger-gone")
     assert row["state"] == "STOPPED" and row["message"] == "stopped: the task was killed"
 
 
