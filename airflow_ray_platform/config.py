@@ -234,6 +234,21 @@ class WorkerGroupSpec(NodeResources):
         return self
 
 
+def _differences(existing: Any, requested: Any, path: str) -> list[str]:
+    if isinstance(existing, Mapping) and isinstance(requested, Mapping):
+        keys = sorted(set(existing) | set(requested))
+        return [diff for key in keys for diff in _differences(existing.get(key), requested.get(key), f"{path}.{key}")]
+    if isinstance(existing, list) and isinstance(requested, list) and len(existing) == len(requested):
+        return [
+            diff
+            for index, (old, new) in enumerate(zip(existing, requested, strict=True))
+            for diff in _differences(old, new, f"{path}[{index}]")
+        ]
+    if existing == requested:
+        return []
+    return [f"{path}: existing {json.dumps(existing)}, requested {json.dumps(requested)}"]
+
+
 class ClusterSpec(_Strict):
     """Which cluster a job runs on.
 
@@ -277,6 +292,19 @@ class ClusterSpec(_Strict):
         """What the cluster requests in all: the head and every worker replica."""
         groups = [(group.cpu, group.memory, group.gpu, group.replicas) for group in self.worker_groups]
         return requested_resources([(self.head.cpu, self.head.memory, self.head.gpu, 1), *groups])
+
+    def recorded(self) -> dict[str, Any]:
+        """The spec as a backend keeps it beside the cluster (JSON, without the name), so that a later
+        request for the same name can be compared with what was created."""
+        return self.model_dump(mode="json", exclude={"name"})
+
+    def differences_from(self, recorded: Mapping[str, Any]) -> list[str]:
+        """``field: existing …, requested …`` for each field where a recorded spec differs from this one."""
+        try:  # through the model, so that defaults added since it was recorded compare equal
+            existing = ClusterSpec.model_validate(recorded).recorded()
+        except ValidationError:
+            existing = dict(recorded)
+        return _differences(existing, self.recorded(), "cluster")
 
     @field_validator("idle_timeout", "max_lifetime")
     @classmethod

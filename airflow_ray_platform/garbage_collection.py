@@ -1,17 +1,19 @@
 """Garbage collection of idle Ray clusters: decide, then compare-and-delete, recording every decision.
 
 A managed cluster is deleted when it is past its ``max_lifetime``, when it has had no pending or running
-job for longer than its ``idle_timeout``, or when it was a task's ephemeral cluster and its jobs have all
-ended. It is never deleted while a job is active, when labelled keep, or when this provider does not
-manage it. The decision is a pure function of what the backend reports (fast over many thousands of
-clusters); the delete is a compare-and-delete on the cluster's last-activity mark, checked atomically by
-the backend, so a job submitted between the decision and the delete keeps its cluster.
+job and no live lease for longer than its ``idle_timeout``, or when it was a task's ephemeral cluster and
+its jobs have all ended. It is never deleted while a job is active, when labelled keep, or when this
+provider does not manage it. A lease is live while its DAG run runs (``lease_is_live``: the cleanup DAG
+asks Airflow); leases of finished runs are ignored, and released when their cluster is kept. The
+decision is a pure function of what the backend reports (fast over many thousands of clusters); the
+delete is a compare-and-delete on the cluster's last-activity mark and leases, checked atomically by the
+backend, so a job submitted or a lease taken between the decision and the delete keeps its cluster.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from airflow_ray_platform.backends.base import (
@@ -20,9 +22,12 @@ from airflow_ray_platform.backends.base import (
     ClusterBusyError,
     ClusterInfo,
     ClusterState,
+    DeleteCondition,
     JobInfo,
+    Lease,
     RayBackend,
 )
+from airflow_ray_platform.leases import LeaseLiveness, every_lease_live
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.naming import (
     EPHEMERAL_LABEL,
@@ -40,6 +45,8 @@ class Decision:
     cluster: ClusterInfo
     delete: bool
     reason: str
+    #: Leases of finished runs: ignored by the decision and the delete, released if the cluster stays.
+    expired_leases: tuple[Lease, ...] = field(default=())
 
     @property
     def managed(self) -> bool:
@@ -58,8 +65,20 @@ def _seconds_label(cluster: ClusterInfo, label: str) -> timedelta | None:
     return timedelta(seconds=int(value)) if value.isdigit() and int(value) > 0 else None
 
 
-def decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime) -> Decision:
+def decide(
+    cluster: ClusterInfo,
+    jobs: Sequence[JobInfo] | None,
+    now: datetime,
+    lease_is_live: LeaseLiveness = every_lease_live,
+) -> Decision:
     """Whether to delete ``cluster``; ``jobs`` None means they could not be listed (keep, to be safe)."""
+    live = [lease for lease in cluster.leases if lease_is_live(lease)]
+    expired = tuple(lease for lease in cluster.leases if lease not in live)
+    decision = _decide(cluster, jobs, now, live)
+    return Decision(decision.cluster, decision.delete, decision.reason, expired)
+
+
+def _decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime, live: Sequence[Lease]) -> Decision:
     if cluster.labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE:
         return Decision(cluster, False, "not managed by airflow-ray-platform")
     if cluster.labels.get(KEEP_LABEL) == "true":
@@ -69,6 +88,8 @@ def decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime) 
     active = [job.submission_id for job in jobs if not job.state.is_terminal]
     if active:
         return Decision(cluster, False, f"{len(active)} active job(s)")
+    if live:
+        return Decision(cluster, False, f"leased by {'; '.join(str(lease) for lease in live)}")
     created = cluster.created_at or now
     age = now - created
     max_lifetime = _seconds_label(cluster, MAX_LIFETIME_LABEL)
@@ -91,7 +112,9 @@ def _short(delta: timedelta) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def plan(backend: RayBackend, now: datetime | None = None) -> list[Decision]:
+def plan(
+    backend: RayBackend, now: datetime | None = None, lease_is_live: LeaseLiveness = every_lease_live
+) -> list[Decision]:
     """Decide for every cluster of ``backend``."""
     now = now or utc_now()
     clusters = backend.list_clusters()
@@ -106,7 +129,7 @@ def plan(backend: RayBackend, now: datetime | None = None) -> list[Decision]:
                 jobs = backend.list_jobs(cluster.name)
             except BackendError:
                 jobs = None
-        decisions.append(decide(cluster, jobs, now))
+        decisions.append(decide(cluster, jobs, now, lease_is_live))
     return decisions
 
 
@@ -127,13 +150,19 @@ def apply(
         elif dry_run:
             outcome = Outcome(decision, "would delete", decision.reason)
         else:
+            condition = DeleteCondition(
+                inactive_since=cluster.last_active_at or cluster.created_at,
+                expired_leases=frozenset(lease.key for lease in decision.expired_leases),
+            )
             try:
-                backend.delete_cluster(cluster.name, if_inactive_since=cluster.last_active_at or cluster.created_at)
+                backend.delete_cluster(cluster.name, condition)
                 outcome = Outcome(decision, "deleted", decision.reason)
             except ClusterBusyError as busy:
                 outcome = Outcome(decision, "refused", f"busy at delete time: {busy}")
             except BackendError as error:
                 outcome = Outcome(decision, "error", str(error))
+        if outcome.action != "deleted" and decision.expired_leases and not dry_run:
+            outcome = _release_expired(backend, outcome)
         if recorder is not None and decision.managed:
             if outcome.action == "deleted":
                 recorder.cluster_deleted(cluster, outcome.detail, by="gc")
@@ -143,10 +172,26 @@ def apply(
     return outcomes
 
 
+def _release_expired(backend: RayBackend, outcome: Outcome) -> Outcome:
+    """Release the expired leases of a cluster that stays (so they never pile up on a long-lived one)."""
+    expired = outcome.decision.expired_leases
+    try:
+        backend.release_leases(outcome.decision.cluster.name, [lease.key for lease in expired])
+    except BackendError as error:
+        return Outcome(outcome.decision, outcome.action, f"{outcome.detail}; expired leases kept: {error}")
+    return Outcome(outcome.decision, outcome.action, f"{outcome.detail}; released {len(expired)} expired lease(s)")
+
+
 def sweep(
-    backend: RayBackend, recorder: LifecycleRecorder | None, *, dry_run: bool = False, sweep_id: str = ""
+    backend: RayBackend,
+    recorder: LifecycleRecorder | None,
+    *,
+    dry_run: bool = False,
+    sweep_id: str = "",
+    lease_is_live: LeaseLiveness = every_lease_live,
 ) -> list[Outcome]:
-    return apply(backend, recorder, plan(backend), dry_run=dry_run, sweep_id=sweep_id or to_text())
+    decisions = plan(backend, lease_is_live=lease_is_live)
+    return apply(backend, recorder, decisions, dry_run=dry_run, sweep_id=sweep_id or to_text())
 
 
 def report(outcomes: Sequence[Outcome]) -> str:

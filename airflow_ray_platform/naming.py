@@ -36,6 +36,9 @@ CLUSTER_LABEL = LABEL_PREFIX + "cluster"
 ANNOTATION_PREFIX = LABEL_PREFIX
 #: Moved forward on every submission: the activity mark garbage collection's compare-and-delete checks.
 LAST_ACTIVE_ANNOTATION = ANNOTATION_PREFIX + "last-active-at"
+#: Where a KubeRay cluster keeps its leases (JSON ``{key: lease}``) and the spec it was created from.
+LEASES_ANNOTATION = ANNOTATION_PREFIX + "leases"
+CLUSTER_SPEC_ANNOTATION = ANNOTATION_PREFIX + "cluster-spec"
 
 #: Ray job metadata keys (metadata is free-form text, so the full identifiers fit). The reattach
 #: decision reads the first two; the KubeRay backend copies the others onto the RayJob's labels.

@@ -1,7 +1,8 @@
 """Per-zone training backfill on Ray: the main job of airflow-ray-platform.
 
-create the cluster (setup) -> one Ray job trains one ridge model per zone (one Ray task each) -> delete
-the cluster (teardown: also when training fails, and the run then fails). Outputs:
+create or lease the shared cluster (setup) -> one Ray job trains one ridge model per zone (one Ray task
+each) -> release the cluster, deleting it if no other run holds it (teardown: also when training fails,
+and the run then fails). Safe to backfill: concurrent runs share one cluster. Outputs:
 ``<output_dir>/<run>/zones/zone-NNNNN/{model.npz, metrics.json}`` and ``summary.json``. Runs as is on
 the embedded local backend (``ray_default`` absent); point the ``ray_default`` connection at KubeRay to
 run the same DAG on Kubernetes.
@@ -55,9 +56,10 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    # Every run uses, then deletes, the one cluster "zone-training": two runs at once would delete it
-    # under each other's job. One at a time until clusters carry leases.
-    max_active_runs=1,
+    # Runs share the cluster "zone-training": each run leases it (create_cluster), and each run's
+    # delete_cluster releases that lease and deletes the cluster only once no other running run holds
+    # one, so a backfill starts it once and the last run (or the cleanup DAG) deletes it.
+    max_active_runs=4,
     tags=["ray", "example"],
     params={
         "zones": Param(200, type="integer", minimum=1),

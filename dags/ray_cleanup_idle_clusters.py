@@ -2,7 +2,8 @@
 
 Every 10 minutes, each backend's managed clusters are swept: deleted when idle past their
 ``idle_timeout``, past their ``max_lifetime``, or ephemeral with their job ended; never with an active
-job, labelled keep, or unmanaged. The delete is a compare-and-delete (a job that arrives meanwhile keeps
+job, a lease of a running DAG run, labelled keep, or unmanaged. Leases of runs that have ended are
+ignored and released. The delete is a compare-and-delete (a job that arrives meanwhile keeps
 its cluster). Every decision goes to the lifecycle state store; the task log ends with a table of the
 decisions and the resources freed. ``dry_run`` decides and records without deleting.
 """
@@ -33,9 +34,10 @@ with DAG(
         return list(params["ray_conn_ids"])
 
     @task
-    def sweep_backend(ray_conn_id: str, params=None, run_id=None) -> dict:
+    def sweep_backend(ray_conn_id: str, params=None, run_id=None, ti=None) -> dict:
         from airflow_ray_platform.garbage_collection import report, sweep
         from airflow_ray_platform.hooks.ray import RayHook
+        from airflow_ray_platform.leases import DagRunLiveness
         from airflow_ray_platform.lifecycle import LifecycleRecorder
 
         outcomes = sweep(
@@ -43,6 +45,7 @@ with DAG(
             LifecycleRecorder(params["state_store_conn_id"]),
             dry_run=bool(params["dry_run"]),
             sweep_id=f"{run_id}/{ray_conn_id}",
+            lease_is_live=DagRunLiveness.from_task_instance(ti),
         )
         print(report(outcomes))
         return {outcome.decision.cluster.name: outcome.action for outcome in outcomes}

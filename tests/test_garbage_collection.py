@@ -10,14 +10,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from airflow.utils.state import DagRunState
 
-from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState, Lease
 from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.garbage_collection import Decision, Outcome, apply, decide, plan, report
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.job_run import wait_for_cluster
 from airflow_ray_platform.lifecycle import LifecycleRecorder
-from airflow_ray_platform.naming import KEEP_LABEL, cluster_labels
+from airflow_ray_platform.naming import KEEP_LABEL, TaskIdentity, cluster_labels
 from airflow_ray_platform.state_store import StateStore, cluster_uid
+from airflow_ray_platform.timestamps import utc_now
 
 from .conftest import SHARED_CLUSTER
 
@@ -118,6 +119,9 @@ def test_sweeps_keep_busy_and_raced_clusters_and_delete_the_idle_one(backend, sh
     # The shipped cleanup DAG deletes the idle cluster, leaves the unmanaged one, and reports it.
     from .test_dags.shipped_dags import ray_cleanup_idle_clusters
 
+    # A lease whose DAG run Airflow does not count as running (ended, deleted) holds nothing.
+    backend.acquire_lease(name, Lease(TaskIdentity("ended_dag", "create_cluster", "ended_run"), utc_now()))
+    time.sleep(1.5)
     head_pid = backend.registry.load(name).nodes[0].pid
     run = ray_cleanup_idle_clusters.test()
     assert run.state == DagRunState.SUCCESS

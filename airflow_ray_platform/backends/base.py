@@ -11,13 +11,15 @@ blocks.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
-from airflow_ray_platform.naming import OWNER_LABEL, TEAM_LABEL
+from airflow_ray_platform.naming import OWNER_LABEL, TEAM_LABEL, TaskIdentity
+from airflow_ray_platform.timestamps import parse as parse_time
+from airflow_ray_platform.timestamps import to_text
 
 #: The size of the chunks a backend streams a finished job's driver log in (never the whole log at once).
 LOG_CHUNK_BYTES = 8 * 1024 * 1024
@@ -59,6 +61,107 @@ class ClusterFailedError(BackendError):
     """The cluster will not become ready (a process died, a pod is unschedulable, a deadline passed)."""
 
 
+class ClusterSpecMismatchError(BackendError):
+    """A cluster of that name exists with another spec; nothing was created or leased."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A task's claim on a shared cluster, held for its DAG run.
+
+    While a lease's DAG run is running, neither another run's ``RayClusterDeleteOperator`` nor garbage
+    collection deletes the cluster. A lease outlives its task on purpose (``RayClusterOperator``'s task
+    ends long before the run's jobs do); it is released by its run's delete task, or expires with its
+    run (a run that ends without releasing: killed, teardown skipped).
+    """
+
+    holder: TaskIdentity
+    acquired_at: datetime
+
+    @property
+    def key(self) -> str:
+        return self.holder.key
+
+    def held_by_run(self, dag_id: str, run_id: str) -> bool:
+        return (self.holder.dag_id, self.holder.run_id) == (dag_id, run_id)
+
+    def __str__(self) -> str:
+        holder = self.holder
+        return f"{holder.dag_id} run {holder.run_id} (task {holder.task_id}, since {to_text(self.acquired_at)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        holder = self.holder
+        return {
+            "dag_id": holder.dag_id,
+            "task_id": holder.task_id,
+            "run_id": holder.run_id,
+            "map_index": holder.map_index,
+            "acquired_at": to_text(self.acquired_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Lease:
+        holder = TaskIdentity(data["dag_id"], data["task_id"], data["run_id"], int(data.get("map_index", -1)))
+        acquired = parse_time(data["acquired_at"])
+        assert acquired is not None
+        return cls(holder, acquired)
+
+
+def leases_from_mapping(data: Mapping[str, Mapping[str, Any]] | None) -> tuple[Lease, ...]:
+    """Leases as a backend stores them (``{key: lease}``), oldest first."""
+    leases = [Lease.from_dict(value) for value in (data or {}).values()]
+    return tuple(sorted(leases, key=lambda lease: lease.acquired_at))
+
+
+def leases_to_mapping(leases: Collection[Lease]) -> dict[str, dict[str, Any]]:
+    return {lease.key: lease.to_dict() for lease in leases}
+
+
+def with_lease(leases: Collection[Lease], lease: Lease) -> tuple[Lease, ...]:
+    """``leases`` plus ``lease`` (a task's retry keeps its first lease's time)."""
+    if any(held.key == lease.key for held in leases):
+        return tuple(leases)
+    return (*leases, lease)
+
+
+def check_same_spec(name: str, recorded: Mapping[str, Any] | None, requested: ClusterSpec) -> None:
+    """Refuse to hand a cluster created from one spec to a request for another (a silent mismatch
+    would run a 64-CPU job on a 1-CPU cluster). Clusters recorded without a spec are not compared."""
+    if recorded is None:
+        return
+    differences = requested.differences_from(recorded)
+    if differences:
+        raise ClusterSpecMismatchError(
+            f"job_configuration.cluster: Ray cluster {name!r} already exists with a different spec "
+            f"({'; '.join(differences)}); request the same spec, or another cluster name"
+        )
+
+
+@dataclass(frozen=True)
+class DeleteCondition:
+    """What a compare-and-delete checks atomically with the delete (failing: :class:`ClusterBusyError`).
+
+    :param inactive_since: no activity may have been marked after this moment (garbage collection's
+        idle decision still holds).
+    :param expired_leases: keys of the only leases that may remain (their runs are over); any other
+        lease keeps the cluster.
+    """
+
+    inactive_since: datetime | None = None
+    expired_leases: frozenset[str] = frozenset()
+
+    def check(
+        self, name: str, last_active_at: datetime | None, leases: Collection[Lease], active_jobs: Collection[str]
+    ) -> None:
+        if self.inactive_since is not None and last_active_at is not None and last_active_at > self.inactive_since:
+            raise ClusterBusyError(f"cluster {name!r} was active at {last_active_at}, after {self.inactive_since}")
+        held = [str(lease) for lease in leases if lease.key not in self.expired_leases]
+        if held:
+            raise ClusterBusyError(f"cluster {name!r} is leased by {'; '.join(held)}")
+        if active_jobs:
+            raise ClusterBusyError(f"cluster {name!r} has active jobs {sorted(active_jobs)}")
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     """What a backend knows of one cluster. Never holds a credential."""
@@ -72,6 +175,9 @@ class ClusterInfo:
     created_at: datetime | None = None
     last_active_at: datetime | None = None
     message: str | None = None
+    leases: tuple[Lease, ...] = ()
+    #: The spec it was created from (``ClusterSpec.recorded()``), if the backend recorded one.
+    spec: Mapping[str, Any] | None = None
 
     @property
     def owner(self) -> str | None:
@@ -107,8 +213,21 @@ class RayBackend(Protocol):
         """Raise (naming the field and the rule) if this backend cannot run ``config``; called before
         anything is created."""
 
-    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
-        """Create the cluster, or return the existing one of that name; never two."""
+    def create_or_get_cluster(
+        self, name: str, spec: ClusterSpec, labels: Mapping[str, str], lease: Lease | None = None
+    ) -> ClusterInfo:
+        """Create the cluster, or return the existing one of that name; never two.
+
+        With ``lease``, the lease is taken atomically with the create or get (no delete can fall
+        between them); an existing cluster of another recorded spec raises
+        :class:`ClusterSpecMismatchError` and is not leased.
+        """
+
+    def acquire_lease(self, name: str, lease: Lease) -> ClusterInfo:
+        """Take (or keep) ``lease`` on an existing cluster and mark it active; ClusterNotFoundError if none."""
+
+    def release_leases(self, name: str, keys: Collection[str]) -> ClusterInfo | None:
+        """Drop the leases of these keys (those absent are ignored); None when the cluster is gone."""
 
     def describe_cluster(self, name: str) -> ClusterInfo | None:
         """Current state, or None when no such cluster exists."""
@@ -116,12 +235,12 @@ class RayBackend(Protocol):
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
         """Clusters of this backend whose labels include ``labels``."""
 
-    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
+    def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
         """Delete the cluster; False when it did not exist.
 
-        With ``if_inactive_since`` (a compare-and-delete, for garbage collection) raise
-        :class:`ClusterBusyError` instead if the cluster saw activity after that mark or has a
-        pending or running job, checked atomically with the delete.
+        With ``condition`` (a compare-and-delete: garbage collection, a shared cluster's teardown) raise
+        :class:`ClusterBusyError` instead if the cluster is still leased, has a pending or running job,
+        or saw activity after the condition's mark, checked atomically with the delete.
         """
 
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:

@@ -2,20 +2,22 @@
 
 For pipelines that already have a Ray cluster: the ``ray`` connection's host and port name its
 dashboard and its password holds the cluster's token. Jobs work as on any backend; the cluster's
-lifecycle is someone else's, so creating or deleting clusters is refused with a clear error.
+lifecycle is someone else's, so creating or deleting clusters is refused with a clear error, and leases
+(which only guard deletes) are not recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from datetime import datetime
+from collections.abc import Collection, Iterator, Mapping
 
 from airflow_ray_platform.backends.base import (
     BackendError,
     ClusterInfo,
     ClusterNotFoundError,
     ClusterState,
+    DeleteCondition,
     JobInfo,
+    Lease,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
@@ -48,7 +50,9 @@ class DashboardBackend:
     def validate_configuration(self, config: JobConfiguration) -> None:
         """Only jobs run here: a configuration that creates a cluster is refused at creation, by name."""
 
-    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
+    def create_or_get_cluster(
+        self, name: str, spec: ClusterSpec, labels: Mapping[str, str], lease: Lease | None = None
+    ) -> ClusterInfo:
         if name == self.cluster_name and spec.reuses_existing:
             return self._info()
         raise BackendError(
@@ -70,7 +74,14 @@ class DashboardBackend:
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
         return [] if labels else [self._info()]
 
-    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
+    def acquire_lease(self, name: str, lease: Lease) -> ClusterInfo:
+        self._jobs(name)  # any other name: ClusterNotFoundError, saying which cluster this connection reaches
+        return self._info()
+
+    def release_leases(self, name: str, keys: Collection[str]) -> ClusterInfo | None:
+        return self.describe_cluster(name)
+
+    def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
         raise BackendError(f"the dashboard backend does not delete clusters ({name!r} is managed elsewhere)")
 
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:

@@ -28,11 +28,12 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import psutil
 from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
@@ -40,11 +41,16 @@ from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
 from airflow_ray_platform.backends.base import (
     LOG_CHUNK_BYTES,
     BackendError,
-    ClusterBusyError,
     ClusterInfo,
     ClusterNotFoundError,
     ClusterState,
+    DeleteCondition,
     JobInfo,
+    Lease,
+    check_same_spec,
+    leases_from_mapping,
+    leases_to_mapping,
+    with_lease,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec, NodeResources, quantity_value
@@ -119,6 +125,10 @@ class LocalClusterRecord:
     temp_dir: str
     resources: dict[str, float]
     nodes: list[NodeProcess] = field(default_factory=list)
+    #: ``ClusterSpec.recorded()`` of the spec it was started from.
+    spec: dict[str, Any] | None = None
+    #: Leases by key (``Lease.to_dict()``).
+    leases: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def dashboard_url(self) -> str:
@@ -217,16 +227,46 @@ class LocalBackend:
     def validate_configuration(self, config: JobConfiguration) -> None:
         """Nothing beyond the model's rules: any valid configuration starts locally."""
 
-    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
+    def create_or_get_cluster(
+        self, name: str, spec: ClusterSpec, labels: Mapping[str, str], lease: Lease | None = None
+    ) -> ClusterInfo:
         with self.registry.lock(name):
             record = self.registry.load(name)
             if record is not None:
                 if record.nodes and record.nodes[0].process() is not None:
+                    check_same_spec(name, record.spec, spec)
+                    if lease is not None:
+                        self._lease(record, lease)
                     return self._describe(record)
                 # The head is gone (a reboot, a kill): clear what is left, then start afresh.
                 self._stop_processes(record)
                 self.registry.remove(name)
-            return self._describe(self._start(name, spec, dict(labels)))
+            return self._describe(self._start(name, spec, dict(labels), lease))
+
+    def _lease(self, record: LocalClusterRecord, lease: Lease) -> None:
+        """Record ``lease`` and mark activity (under the cluster's lock, held by the caller)."""
+        record.leases = leases_to_mapping(with_lease(leases_from_mapping(record.leases), lease))
+        record.last_active_at = to_text()
+        self.registry.save(record)
+
+    def acquire_lease(self, name: str, lease: Lease) -> ClusterInfo:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is None:
+                raise ClusterNotFoundError(f"no local Ray cluster named {name!r}")
+            self._lease(record, lease)
+            return self._describe(record)
+
+    def release_leases(self, name: str, keys: Collection[str]) -> ClusterInfo | None:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is None:
+                return None
+            kept = {key: value for key, value in record.leases.items() if key not in set(keys)}
+            if kept != record.leases:
+                record.leases = kept
+                self.registry.save(record)
+            return self._describe(record)
 
     def _ray_environment(self, name: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in INHERITED_RAY_VARIABLES}
@@ -239,7 +279,7 @@ class LocalBackend:
         )
         return env
 
-    def _start(self, name: str, spec: ClusterSpec, labels: dict[str, str]) -> LocalClusterRecord:
+    def _start(self, name: str, spec: ClusterSpec, labels: dict[str, str], lease: Lease | None) -> LocalClusterRecord:
         cluster_dir = self.registry.cluster_dir(name)
         cluster_dir.mkdir(mode=0o700, exist_ok=True)
         self.registry.write_token(name, secrets.token_urlsafe(32))
@@ -266,6 +306,8 @@ class LocalBackend:
             temp_dir=str(temp_dir),
             resources=spec.requested_resources,
             nodes=[],
+            spec=spec.recorded(),
+            leases=leases_to_mapping([lease] if lease is not None else []),
         )
         self.registry.save(record)
 
@@ -379,6 +421,8 @@ class LocalBackend:
             created_at=datetime.fromisoformat(record.created_at),
             last_active_at=datetime.fromisoformat(record.last_active_at),
             message=message,
+            leases=leases_from_mapping(record.leases),
+            spec=record.spec,
         )
 
     def _ray_healthy(self, record: LocalClusterRecord) -> bool:
@@ -401,37 +445,40 @@ class LocalBackend:
                 found.append(self._describe(record))
         return found
 
-    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
+    def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
         with self.registry.lock(name):
             record = self.registry.load(name)
             if record is None:
                 return False
-            if if_inactive_since is not None:
-                self._check_still_inactive(record, if_inactive_since)
+            if condition is not None:
+                self._check_condition(record, condition)
             self._stop_processes(record)
             shutil.rmtree(record.temp_dir, ignore_errors=True)
             self.registry.remove(name)
             self._clients = {key: client for key, client in self._clients.items() if key[0] != name}
             return True
 
-    def _check_still_inactive(self, record: LocalClusterRecord, mark: datetime) -> None:
-        """Compare-and-delete: refuse if anything touched the cluster after ``mark`` or a job is active.
+    def _check_condition(self, record: LocalClusterRecord, condition: DeleteCondition) -> None:
+        """Compare-and-delete: refuse if the cluster is leased, was touched after the condition's mark,
+        or has an active job.
 
-        Runs under the cluster's lock, which a submitter must take to mark activity before it submits,
-        so a job cannot slip in between this check and the delete.
+        Runs under the cluster's lock, which a submitter must take to mark activity before it submits
+        (and a task to take a lease), so neither can slip in between this check and the delete.
         """
-        if datetime.fromisoformat(record.last_active_at) > mark:
-            raise ClusterBusyError(f"cluster {record.name!r} was active at {record.last_active_at}, after {mark}")
+        jobs: list[JobInfo] = []
         if record.nodes and record.nodes[0].process() is not None:
             try:
                 jobs = self._jobs(record.name).list()
             except BackendError:
                 if self._describe(record).state == ClusterState.READY:
                     raise  # a ready cluster whose jobs cannot be listed is kept
-                jobs = []  # never became ready (its creator died while it started): nothing ran on it
-            active = [job.submission_id for job in jobs if not job.state.is_terminal]
-            if active:
-                raise ClusterBusyError(f"cluster {record.name!r} has active jobs {active}")
+                # Never became ready (its creator died while it started): nothing ran on it.
+        condition.check(
+            record.name,
+            datetime.fromisoformat(record.last_active_at),
+            leases_from_mapping(record.leases),
+            [job.submission_id for job in jobs if not job.state.is_terminal],
+        )
 
     @staticmethod
     def _stop_processes(record: LocalClusterRecord) -> None:

@@ -25,11 +25,12 @@ from airflow.exceptions import AirflowException
 from airflow.sdk import BaseOperator, Context
 
 from airflow_ray_platform.backends import validate_configuration_offline
-from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, RayBackend
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterNotFoundError, ClusterState, Lease, RayBackend
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration
 from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.job_run import RayJobRun, log_job_output, wait_for_cluster
+from airflow_ray_platform.leases import DagRunLiveness, release_and_delete
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.links import RayDashboardLink
 from airflow_ray_platform.naming import (
@@ -41,6 +42,7 @@ from airflow_ray_platform.naming import (
     TaskIdentity,
     cluster_labels,
 )
+from airflow_ray_platform.timestamps import utc_now
 from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
 
 JobConfigurationArg = JobConfiguration | Mapping[str, Any] | str | Path
@@ -75,6 +77,11 @@ def _seconds(value: timedelta | float | None) -> float | None:
 def _platform_option(key: str) -> str | None:
     """``[ray_platform] <key>`` from Airflow's configuration; unset means the embedded default."""
     return conf.get("ray_platform", key, fallback=None) or None
+
+
+def _lease(context: Context) -> Lease:
+    """This task's lease on a shared cluster, held for its DAG run."""
+    return Lease(TaskIdentity.from_context(context), utc_now())
 
 
 class _RecordingOperator(BaseOperator):
@@ -159,21 +166,29 @@ class _RayOperator(_RecordingOperator):
         return self.config.lifecycle.startup_timeout.total_seconds()
 
     def _create_or_get(self, name: str, context: Context, *, ephemeral: bool) -> ClusterInfo:
-        """The cluster the configuration describes, created if missing (checked by the backend first)."""
+        """The cluster the configuration describes, created if missing (checked by the backend first).
+
+        A shared (named) cluster is leased for this task's DAG run in the same step; an existing one
+        created from another spec is an error naming the difference. A task's ephemeral cluster is
+        its own: no lease.
+        """
         self.backend.validate_configuration(self.config)
-        info = self.backend.create_or_get_cluster(name, self.config.cluster, self._labels(context, ephemeral=ephemeral))
+        labels = self._labels(context, ephemeral=ephemeral)
+        lease = None if ephemeral else _lease(context)
+        info = self.backend.create_or_get_cluster(name, self.config.cluster, labels, lease)
         self.recorder.cluster_seen(info, requested=True)
         return info
 
-    def _existing(self, name: str, field: str) -> ClusterInfo:
-        """The existing cluster ``field`` names; an error naming that field if there is none."""
-        info = self.backend.describe_cluster(name)
-        if info is None:
+    def _existing(self, name: str, field: str, context: Context) -> ClusterInfo:
+        """The existing cluster ``field`` names, leased for this DAG run; an error naming that field if
+        there is none."""
+        try:
+            return self.backend.acquire_lease(name, _lease(context))
+        except ClusterNotFoundError:
             why = " (a configuration with only a name reuses, never creates)" if "." in field else ""
             raise AirflowException(
                 f"{field}: Ray cluster {name!r} does not exist on backend {self.backend.name!r}{why}"
-            )
-        return info
+            ) from None
 
 
 class RayClusterOperator(_RayOperator):
@@ -199,7 +214,7 @@ class RayClusterOperator(_RayOperator):
         config = self.config
         name = config.cluster_name
         if config.cluster.reuses_existing:
-            info = self._existing(name, "job_configuration.cluster.name")
+            info = self._existing(name, "job_configuration.cluster.name", context)
         else:
             info = self._create_or_get(name, context, ephemeral=False)
         self.log.info("Ray cluster %r on backend %r: %s", name, info.backend, info.state)
@@ -237,26 +252,46 @@ class RayClusterOperator(_RayOperator):
 
 
 class RayClusterDeleteOperator(_RecordingOperator):
-    """Delete a Ray cluster by name (explicit teardown). A cluster already gone is not an error.
+    """Release this DAG run's lease on a shared Ray cluster, and delete it if nobody else needs it.
 
-    :param cluster_name: the cluster to delete (templated).
+    The cluster is deleted only when this run held a lease on it and no other running DAG run holds
+    one and no job is pending or running, checked atomically with the delete (the cleanup DAG's
+    compare-and-delete). Otherwise the task logs who still holds it and leaves it to the last holder's
+    teardown or the cleanup DAG's idle timeout; that is not a failure. Meant as a teardown task
+    (``.as_teardown()``). A cluster already gone is not an error. Returns whether it deleted.
+
+    :param cluster_name: the cluster to release and delete (templated).
     :param ray_conn_id: the ``ray`` connection naming the backend (templated).
+    :param force: delete unconditionally, whoever holds it and whatever runs on it (logged as such).
     :param state_store_conn_id: the state store's connection (default: ``[ray_platform]``, else SQLite).
     :param log_storage_uri: unused here; accepted like every operator of this provider.
     """
 
     template_fields: Sequence[str] = ("cluster_name", "ray_conn_id")
 
-    def __init__(self, *, cluster_name: str, ray_conn_id: str = RayHook.default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self, *, cluster_name: str, ray_conn_id: str = RayHook.default_conn_name, force: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.cluster_name = cluster_name
         self.ray_conn_id = ray_conn_id
+        self.force = force
 
     def execute(self, context: Context) -> bool:
-        run = RayJobRun(RayHook(self.ray_conn_id).backend, self.cluster_name, recorder=self.recorder, log=self.log)
-        deleted = run.delete_cluster(f"{self.task_id} (RayClusterDeleteOperator)")
-        self.log.info("Ray cluster %r %s", self.cluster_name, "deleted" if deleted else "did not exist")
-        return deleted
+        ti = context["ti"]
+        teardown = release_and_delete(
+            RayHook(self.ray_conn_id).backend,
+            self.cluster_name,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            lease_is_live=DagRunLiveness.from_task_instance(ti),
+            force=self.force,
+            recorder=self.recorder,
+            deleted_by=f"{self.task_id} (RayClusterDeleteOperator)",
+        )
+        log = self.log.warning if self.force and teardown.deleted else self.log.info
+        log("Ray cluster %r: %s", self.cluster_name, teardown.reason)
+        return teardown.deleted
 
 
 class RayJobOperator(_RayOperator):
@@ -318,9 +353,9 @@ class RayJobOperator(_RayOperator):
         """(cluster, ephemeral) for this job; creates the cluster when the configuration asks for one."""
         config = self.config
         if self.cluster_name:
-            return self._existing(self.cluster_name, "cluster_name"), False
+            return self._existing(self.cluster_name, "cluster_name", context), False
         if config.cluster.reuses_existing:
-            return self._existing(config.cluster_name, "job_configuration.cluster.name"), False
+            return self._existing(config.cluster_name, "job_configuration.cluster.name", context), False
         ephemeral = config.lifecycle.shutdown_after_job
         name = TaskIdentity.from_context(context).ephemeral_cluster_name(config.name) if ephemeral else None
         return self._create_or_get(name or config.cluster_name, context, ephemeral=ephemeral), ephemeral

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kubernetes import client, config
 
-from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, ClusterState, JobState
+from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, ClusterState, DeleteCondition, JobState
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
 from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
 from airflow_ray_platform.backends.kuberay.status import job_state
@@ -88,8 +88,8 @@ def test_unschedulable_cluster_reports_why_then_times_out_and_is_compare_and_del
     assert [c.name for c in backend.list_clusters({"airflow-ray-platform.io/team": "platform"})] == ["too-big"]
     # Compare-and-delete: a mark older than the last activity refuses; a current one deletes.
     with pytest.raises(ClusterBusyError, match="was active at"):
-        backend.delete_cluster("too-big", if_inactive_since=info.last_active_at - timedelta(seconds=1))
-    assert backend.delete_cluster("too-big", if_inactive_since=datetime.now(UTC) + timedelta(seconds=1))
+        backend.delete_cluster("too-big", DeleteCondition(inactive_since=info.last_active_at - timedelta(seconds=1)))
+    assert backend.delete_cluster("too-big", DeleteCondition(inactive_since=datetime.now(UTC) + timedelta(seconds=1)))
     assert backend.describe_cluster("too-big") is None
     assert backend.delete_cluster("too-big") is False
 
@@ -170,7 +170,7 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
     asyncio.run(backend.await_job("rbac-check", "rbac-check-job", 1))
     asyncio.run(backend.await_cluster("rbac-check", 1))
     backend.stop_job("rbac-check", "rbac-check-job")
-    backend.delete_cluster("rbac-check", if_inactive_since=datetime.now(UTC) + timedelta(seconds=1))
+    backend.delete_cluster("rbac-check", DeleteCondition(inactive_since=datetime.now(UTC) + timedelta(seconds=1)))
     verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "WATCH": "watch"}
     used = set()
     for key, count in kuberay.emulator.requests.items():

@@ -10,7 +10,7 @@ import urllib.request
 
 import psutil
 
-from airflow_ray_platform.backends.base import ClusterState, JobState
+from airflow_ray_platform.backends.base import ClusterState, DeleteCondition, JobState
 from airflow_ray_platform.backends.local import LocalBackend
 from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.job_run import wait_for_cluster
@@ -169,5 +169,5 @@ def test_a_cluster_still_starting_is_compare_and_deleted(tmp_path):
     info = backend.create_or_get_cluster("starting", spec, {})
     assert info.state == ClusterState.PROVISIONING
     record = backend.registry.load("starting")
-    assert backend.delete_cluster("starting", if_inactive_since=datetime.now(UTC) + timedelta(seconds=1))
+    assert backend.delete_cluster("starting", DeleteCondition(inactive_since=datetime.now(UTC) + timedelta(seconds=1)))
     assert [p for p in psutil.process_iter() if _sid(p.pid) in {node.pid for node in record.nodes}] == []

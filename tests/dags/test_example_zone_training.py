@@ -45,14 +45,46 @@ def test_example_trains_every_zone_and_deletes_its_cluster(each_backend, tmp_pat
     wait_for(lambda: local_backend.describe_cluster("zone-training") is None)
 
 
+def _other_running_run(run_id: str):
+    """A DAG run of the example that Airflow's metadata DB says is running (as in a backfill)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunType
+
+    with create_session() as session:
+        session.add(
+            DagRun("example_zone_training", run_id, run_type=DagRunType.BACKFILL_JOB, state=DagRunState.RUNNING)
+        )
+
+
+def _finish_run(run_id: str) -> None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(DagRun).filter(DagRun.run_id == run_id).update({"state": DagRunState.SUCCESS})
+
+
 @pytest.mark.usefixtures("airflow_db", "shared_cluster")
-def test_params_never_run_as_commands_and_a_failed_training_fails_the_run(tmp_path, local_backend):
+def test_params_never_run_as_commands_and_a_failed_training_fails_the_run(tmp_path, local_backend, capfd):
     """A hostile ``output_dir`` is a directory name, not a second command; a training that fails fails
-    the run (the cluster's deletion is a teardown, which never decides the run's state) and the
-    teardown still deletes the cluster."""
+    the run (the cluster's release is a teardown, which never decides the run's state). Another run
+    of the DAG that still runs keeps the shared cluster alive through the first run's teardown; once it
+    has ended, the next teardown deletes the cluster."""
     from airflow.utils.state import TaskInstanceState
 
+    from airflow_ray_platform.backends.base import Lease
+    from airflow_ray_platform.config import load_job_configuration
+    from airflow_ray_platform.naming import TaskIdentity
+    from airflow_ray_platform.timestamps import utc_now
+
     from ..test_dags.shipped_dags import example_zone_training
+
+    other = "backfill__2026-01-02T00:00:00+00:00"
+    _other_running_run(other)
+    spec = load_job_configuration(example_zone_training.get_task("create_cluster").job_configuration).cluster
+    holder = TaskIdentity("example_zone_training", "create_cluster", other)
+    local_backend.create_or_get_cluster("zone-training", spec, {}, Lease(holder, utc_now()))
 
     marker = tmp_path / "pwned"
     hostile = f"{tmp_path}/o; touch {marker} #"
@@ -61,7 +93,12 @@ def test_params_never_run_as_commands_and_a_failed_training_fails_the_run(tmp_pa
     assert not marker.exists(), "a param ran as a shell command"
     (out,) = Path(hostile).iterdir()
     assert json.loads((out / "summary.json").read_text())["zones"] == 3
+    kept = local_backend.describe_cluster("zone-training")
+    assert kept is not None, "a run's teardown deleted the cluster another running run holds"
+    assert [lease.holder.run_id for lease in kept.leases] == [other]
+    assert f"kept: still leased by example_zone_training run {other}" in "".join(capfd.readouterr())
 
+    _finish_run(other)  # it ended without releasing its lease: the lease expires with it
     failed = example_zone_training.test(run_conf={"zones": 3, "output_dir": "/proc/arp-cannot-write-here"})
     assert failed.get_task_instance("train_zones").state == TaskInstanceState.FAILED
     assert failed.get_task_instance("delete_cluster").state == TaskInstanceState.SUCCESS

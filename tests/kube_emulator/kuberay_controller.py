@@ -213,7 +213,7 @@ class SimulatedKubeRay:
             self._pod(namespace, head_pod, labels, {"phase": "Pending"})
             self._write_status("rayclusters", obj, not_ready)
             thread = threading.Thread(
-                target=self.local.create_or_get_cluster,
+                target=self._start_local,
                 args=(name, local_cluster_spec(spec), obj["metadata"].get("labels") or {}),
                 daemon=True,
             )
@@ -268,6 +268,12 @@ class SimulatedKubeRay:
                 "readyWorkerReplicas": sum(g.get("replicas", 0) for g in spec.get("workerGroupSpecs") or []),
             },
         )
+
+    def _start_local(self, name: str, spec: ClusterSpec, labels: dict[str, str]) -> None:
+        """Start the local cluster behind a RayCluster (the RayCluster ``shared`` finds the session's
+        shared local cluster running, started from its own spec)."""
+        if self.local.describe_cluster(name) is None:
+            self.local.create_or_get_cluster(name, spec, labels)
 
     def _delete_cluster(self, key: tuple[str, str]) -> None:
         namespace, name = key

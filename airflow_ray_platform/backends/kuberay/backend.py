@@ -20,8 +20,10 @@ Choices:
 * Stopping a job deletes its RayJob (KubeRay's finalizer stops the Ray job); suspending is not
   allowed for RayJobs on a selected cluster.
 * Each submission first moves the cluster's ``last-active-at`` annotation (a write, so a new
-  ``resourceVersion``); garbage collection deletes with a ``resourceVersion`` precondition, so a
-  job submitted between its check and its delete keeps the cluster.
+  ``resourceVersion``); a compare-and-delete (garbage collection, a shared cluster's teardown)
+  deletes with a ``resourceVersion`` precondition, so a job submitted or a lease taken between its
+  check and its delete keeps the cluster. Leases and the spec a cluster was created from are
+  annotations of the RayCluster, written with the same optimistic concurrency.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterator, Mapping
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -47,7 +48,13 @@ from airflow_ray_platform.backends.base import (
     ClusterInfo,
     ClusterNotFoundError,
     ClusterState,
+    DeleteCondition,
     JobInfo,
+    Lease,
+    check_same_spec,
+    leases_from_mapping,
+    leases_to_mapping,
+    with_lease,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.backends.kuberay.manifests import (
@@ -60,7 +67,9 @@ from airflow_ray_platform.backends.kuberay.status import cluster_info, job_info
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
 from airflow_ray_platform.naming import (
     CLUSTER_LABEL,
+    CLUSTER_SPEC_ANNOTATION,
     LAST_ACTIVE_ANNOTATION,
+    LEASES_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     job_annotations,
@@ -265,10 +274,45 @@ class KubeRayBackend:
             info = cluster_info(obj, self.name, info.dashboard_url, pods)
         return info
 
-    def create_or_get_cluster(self, name: str, spec: ClusterSpec, labels: Mapping[str, str]) -> ClusterInfo:
-        annotations = {LAST_ACTIVE_ANNOTATION: to_text()}
+    def create_or_get_cluster(
+        self, name: str, spec: ClusterSpec, labels: Mapping[str, str], lease: Lease | None = None
+    ) -> ClusterInfo:
+        annotations = {
+            LAST_ACTIVE_ANNOTATION: to_text(),
+            CLUSTER_SPEC_ANNOTATION: json.dumps(spec.recorded(), sort_keys=True),
+            LEASES_ANNOTATION: json.dumps(leases_to_mapping([lease] if lease is not None else [])),
+        }
         manifest = render_ray_cluster(name, self.namespace, spec, labels, annotations)
-        return self._cluster_info(self._create("rayclusters", manifest))
+        for _ in range(5):
+            obj = self._create("rayclusters", manifest)
+            info = cluster_info(obj, self.name, None)
+            check_same_spec(name, info.spec, spec)
+            if lease is None or any(held.key == lease.key for held in info.leases):
+                return self._cluster_info(obj)
+            with contextlib.suppress(ClusterNotFoundError):  # deleted since it was read: create it again
+                return self.acquire_lease(name, lease)
+        raise BackendError(f"RayCluster {name!r} kept being deleted while it was being leased")
+
+    def acquire_lease(self, name: str, lease: Lease) -> ClusterInfo:
+        def take(annotations: dict[str, str]) -> None:
+            held = leases_from_mapping(json.loads(annotations.get(LEASES_ANNOTATION) or "{}"))
+            annotations[LEASES_ANNOTATION] = json.dumps(leases_to_mapping(with_lease(held, lease)))
+            annotations[LAST_ACTIVE_ANNOTATION] = to_text()
+
+        return self._cluster_info(self._update_annotations(name, f"leasing RayCluster {name!r}", take))
+
+    def release_leases(self, name: str, keys: Collection[str]) -> ClusterInfo | None:
+        def release(annotations: dict[str, str]) -> None:
+            held = leases_from_mapping(json.loads(annotations.get(LEASES_ANNOTATION) or "{}"))
+            annotations[LEASES_ANNOTATION] = json.dumps(
+                leases_to_mapping([lease for lease in held if lease.key not in set(keys)])
+            )
+
+        try:
+            obj = self._update_annotations(name, f"releasing leases of RayCluster {name!r}", release)
+        except ClusterNotFoundError:
+            return None
+        return self._cluster_info(obj)
 
     def describe_cluster(self, name: str) -> ClusterInfo | None:
         obj = self._get("rayclusters", name)
@@ -286,21 +330,26 @@ class KubeRayBackend:
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
         return [self._cluster_info(obj, with_pods=False) for obj in self._list("rayclusters", labels or {})]
 
-    def delete_cluster(self, name: str, if_inactive_since: datetime | None = None) -> bool:
-        obj = self._get("rayclusters", name)
-        if obj is None:
-            return False
-        jobs = self.jobs_by_cluster().get(name, [])
-        if if_inactive_since is not None:
+    def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
+        for _ in range(5):
+            obj = self._get("rayclusters", name)
+            if obj is None:
+                return False
+            if condition is None:
+                deleted = self._delete("rayclusters", name)
+                break
             info = cluster_info(obj, self.name, None)
-            if info.last_active_at is not None and info.last_active_at > if_inactive_since:
-                raise ClusterBusyError(
-                    f"cluster {name!r} was active at {info.last_active_at}, after {if_inactive_since}"
-                )
-            active = [job.submission_id for job in jobs if not job.state.is_terminal]
-            if active:
-                raise ClusterBusyError(f"cluster {name!r} has active jobs {active}")
-        deleted = self._delete("rayclusters", name, obj["metadata"]["resourceVersion"] if if_inactive_since else None)
+            jobs = self.jobs_by_cluster().get(name, [])
+            condition.check(
+                name, info.last_active_at, info.leases, [j.submission_id for j in jobs if not j.state.is_terminal]
+            )
+            try:
+                deleted = self._delete("rayclusters", name, obj["metadata"]["resourceVersion"])
+                break
+            except ClusterBusyError:
+                continue  # written meanwhile (KubeRay's status, a lease, a job): check the new version
+        else:
+            raise ClusterBusyError(f"RayCluster {name!r} kept changing while being checked for deletion")
         # This provider's RayJobs of the cluster go with it: their records live on in the state store.
         for job in self._list("rayjobs", {CLUSTER_LABEL: name}):
             self._delete("rayjobs", job["metadata"]["name"])
@@ -308,16 +357,19 @@ class KubeRayBackend:
         return deleted
 
     # --------------------------------------------------------------------- jobs
-    def _touch(self, cluster_name: str) -> dict[str, Any]:
-        """Move the cluster's activity mark forward (optimistically: retried on a concurrent write)."""
+    def _update_annotations(
+        self, cluster_name: str, doing: str, change: Callable[[dict[str, str]], None]
+    ) -> dict[str, Any]:
+        """Apply ``change`` to the RayCluster's annotations (optimistically: the write carries the
+        ``resourceVersion`` read, and is retried on a concurrent write)."""
         for _ in range(5):
             obj = self._get("rayclusters", cluster_name)
             if obj is None:
                 raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.namespace!r}")
-            obj["metadata"].setdefault("annotations", {})[LAST_ACTIVE_ANNOTATION] = to_text()
+            change(obj["metadata"].setdefault("annotations", {}))
             try:
                 return self._call(
-                    f"marking RayCluster {cluster_name!r} active",
+                    doing,
                     self.custom.replace_namespaced_custom_object,
                     GROUP,
                     VERSION,
@@ -327,11 +379,19 @@ class KubeRayBackend:
                     obj,
                 )
             except ApiException as error:
+                if error.status == 404:
+                    raise ClusterNotFoundError(f"{doing}: it was deleted meanwhile") from None
                 if error.status != 409:
-                    raise BackendError(
-                        f"marking RayCluster {cluster_name!r} active: {api_error_reason(error)}"
-                    ) from None
-        raise BackendError(f"RayCluster {cluster_name!r} kept changing while being marked active")
+                    raise BackendError(f"{doing}: {api_error_reason(error)}") from None
+        raise BackendError(f"{doing}: it kept changing (5 concurrent writes in a row)")
+
+    def _touch(self, cluster_name: str) -> dict[str, Any]:
+        """Move the cluster's activity mark forward."""
+
+        def mark(annotations: dict[str, str]) -> None:
+            annotations[LAST_ACTIVE_ANNOTATION] = to_text()
+
+        return self._update_annotations(cluster_name, f"marking RayCluster {cluster_name!r} active", mark)
 
     def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         existing = self._get("rayjobs", submission_id)

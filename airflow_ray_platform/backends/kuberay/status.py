@@ -8,12 +8,18 @@ error text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState, leases_from_mapping
 from airflow_ray_platform.config import requested_resources
-from airflow_ray_platform.naming import CLUSTER_LABEL, LAST_ACTIVE_ANNOTATION
+from airflow_ray_platform.naming import (
+    CLUSTER_LABEL,
+    CLUSTER_SPEC_ANNOTATION,
+    LAST_ACTIVE_ANNOTATION,
+    LEASES_ANNOTATION,
+)
 from airflow_ray_platform.timestamps import parse as parse_time
 
 #: Container states after which a pod will not start without someone changing the manifest.
@@ -109,6 +115,8 @@ def cluster_info(
         created_at=created,
         last_active_at=parse_time(annotations.get(LAST_ACTIVE_ANNOTATION)) or created,
         message=message,
+        leases=leases_from_mapping(json.loads(annotations.get(LEASES_ANNOTATION) or "{}")),
+        spec=json.loads(annotations[CLUSTER_SPEC_ANNOTATION]) if CLUSTER_SPEC_ANNOTATION in annotations else None,
     )
 
 
