@@ -11,50 +11,28 @@ run the same DAG on Kubernetes.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Param
+import yaml
+from airflow.sdk import DAG, CronTriggerTimetable, Param
 
 from airflow_ray_platform.operators.ray import RayClusterDeleteOperator, RayClusterOperator, RayJobOperator
 
 TRAINING_CODE = Path(__file__).parent / "zone_training"
 DEFAULT_OUTPUT = os.environ.get("ZONE_TRAINING_OUTPUT", str(Path.cwd() / "demo-output" / "zone_training"))
 
-JOB_CONFIGURATION = {
-    "name": "zone-training",
-    "owner": "data-science",
-    "team": "forecasting",
-    "cluster": {
-        "head": {"cpu": "2", "memory": "3Gi", "object_store_memory": "300Mi"},
-        "idle_timeout": 1800,
-        "max_lifetime": 6 * 3600,
-    },
-    "job": {
-        # Params reach the job as arguments the provider quotes for the shell, never as command text.
-        "entrypoint": "python train_zones.py",
-        "args": [
-            "--zones",
-            "{{ params.zones }}",
-            "--cpus-per-zone",
-            "{{ params.cpus_per_zone }}",
-            "--output-dir",
-            "{{ params.output_dir }}/{{ run_id | replace(':', '-') | replace('+', '-') }}",
-        ],
-        "runtime_env": {
-            "working_dir": str(TRAINING_CODE),
-            "env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-        },
-        "metadata": {"purpose": "zone-training-backfill"},
-        "timeout": 3600,
-    },
-}
+# Declarative, in YAML beside the job's code; only the code's location is filled in here.
+JOB_CONFIGURATION = yaml.safe_load((TRAINING_CODE / "job_configuration.yaml").read_text())
+JOB_CONFIGURATION["job"]["runtime_env"]["working_dir"] = str(TRAINING_CODE)
 
 with DAG(
     dag_id="example_zone_training",
     description="Train one small model per geographic zone, one Ray task each",
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
+    # Daily at 02:00 UTC; a backfill fills past days. No start_date, and run_immediately=timedelta(0):
+    # unpausing waits for the next 02:00 instead of running the latest past one at once (Airflow 3.3
+    # treats run_immediately=False like None: it runs the past one if within 10 % of the interval).
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=timedelta(0)),
     catchup=False,
     # Runs share the cluster "zone-training": each run leases it (create_cluster), and each run's
     # delete_cluster releases that lease and deletes the cluster only once no other running run holds
