@@ -1,0 +1,62 @@
+"""docker-compose.yaml is a valid Compose file and runs what the deployment tests run.
+
+No container engine runs on this project's machines, so the file is checked, not started: against the
+Compose specification's JSON schema, and for sharing its settings and commands with tests/deployment.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from .harness import AIRFLOW_SERVICES, COMPOSE_FILE, REPO, SHARED_SETTINGS, compose_commands, shared_settings
+
+SCHEMA = Path(__file__).parent / "compose_spec" / "compose-spec.json"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft201909Validator:
+    return jsonschema.Draft201909Validator(json.loads(SCHEMA.read_text()))
+
+
+def test_the_compose_file_validates_against_the_compose_specification(compose, validator):
+    errors = [f"{list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(compose)]
+    assert errors == []
+    misspelt = copy.deepcopy(compose)
+    misspelt["services"]["airflow-scheduler"]["enviroment"] = {}
+    assert any("enviroment" in error.message for error in validator.iter_errors(misspelt))
+
+
+def test_every_airflow_service_runs_the_shared_settings_and_the_tested_commands(compose):
+    services = compose["services"]
+    assert compose_commands() == {
+        "airflow-apiserver": ["api-server"],
+        "airflow-dag-processor": ["dag-processor"],
+        "airflow-scheduler": ["scheduler"],
+        "airflow-triggerer": ["triggerer"],
+    }
+    for name in (*AIRFLOW_SERVICES, "airflow-init"):
+        assert services[name]["env_file"] == [str(SHARED_SETTINGS.relative_to(REPO))], name
+        # Machine-specific values only: nothing the shared file sets is set again here.
+        assert not set(services[name]["environment"]) & set(shared_settings()), name
+    settings = shared_settings()
+    assert settings["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True"
+    assert settings["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert settings["AIRFLOW__RAY_PLATFORM__STATE_STORE_CONN_ID"] == "ray_state_store"
+    environment = services["airflow-scheduler"]["environment"]
+    assert environment["AIRFLOW__RAY_PLATFORM__LOG_STORAGE_URI"].startswith("s3://")
+    assert json.loads(environment["AIRFLOW_CONN_RAY_STATE_STORE"])["extra"]["sqlalchemy_url"].startswith("postgresql")
+    assert {"postgres", "seaweedfs"} <= set(services)
+    assert "./dags:/opt/airflow/dags" in services["airflow-scheduler"]["volumes"]
+    dockerfile = (REPO / services["airflow-scheduler"]["build"] / "Dockerfile").read_text()
+    assert dockerfile.startswith("# ") and "FROM apache/airflow:" in dockerfile
