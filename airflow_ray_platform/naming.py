@@ -122,6 +122,19 @@ class TaskIdentity:
         """The cluster a job creates for itself: the same on every try, so a retry finds it."""
         return f"{config_name}-{self.digest[:8]}"
 
+    @classmethod
+    def from_job_metadata(cls, metadata: Mapping[str, str]) -> TaskIdentity | None:
+        """The task a job's metadata names (None for a job this provider did not submit)."""
+        if not all(key in metadata for key in (TASK_KEY_METADATA, DAG_ID_METADATA, TASK_ID_METADATA, RUN_ID_METADATA)):
+            return None
+        map_index = metadata[TASK_KEY_METADATA].rsplit("/", 1)[-1]
+        return cls(
+            metadata[DAG_ID_METADATA],
+            metadata[TASK_ID_METADATA],
+            metadata[RUN_ID_METADATA],
+            int(map_index) if map_index.lstrip("-").isdigit() else -1,
+        )
+
     def job_metadata(self, try_number: int, owner: str, team: str) -> dict[str, str]:
         """The metadata every Ray job of this task carries: what reattach and cost attribution read."""
         return {

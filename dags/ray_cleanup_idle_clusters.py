@@ -5,7 +5,9 @@ Every 10 minutes, each backend's managed clusters are swept: deleted when idle p
 job, a lease of a running DAG run, labelled keep, or unmanaged. Leases of runs that have ended are
 ignored and released. The delete is a compare-and-delete (a job that arrives meanwhile keeps
 its cluster). Every decision goes to the lifecycle state store; the task log ends with a table of the
-decisions and the resources freed. ``dry_run`` decides and records without deleting.
+decisions and the resources freed. First, each sweep stops (and records STOPPED) any active Ray job whose
+task instance has ended without it (marked failed before a triggerer ran its trigger). ``dry_run``
+decides and records without deleting or stopping.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ with DAG(
     params={
         "ray_conn_ids": Param(["ray_default"], type="array", items={"type": "string"}),
         "dry_run": Param(False, type="boolean"),
+        # None: [ray_platform] state_store_conn_id, else the embedded SQLite file (as the operators).
         "state_store_conn_id": Param(None, type=["null", "string"]),
     },
 ) as dag:
@@ -37,12 +40,19 @@ with DAG(
     def sweep_backend(ray_conn_id: str, params=None, run_id=None, ti=None) -> dict:
         from airflow_ray_platform.garbage_collection import report, sweep
         from airflow_ray_platform.hooks.ray import RayHook
+        from airflow_ray_platform.job_run import stop_abandoned_jobs, task_state_lookup
         from airflow_ray_platform.leases import DagRunLiveness
         from airflow_ray_platform.lifecycle import LifecycleRecorder
 
+        backend = RayHook(ray_conn_id).backend
+        from airflow.configuration import conf
+
+        store = params["state_store_conn_id"] or conf.get("ray_platform", "state_store_conn_id", fallback=None)
+        recorder = LifecycleRecorder(store or None)
+        stop_abandoned_jobs(backend, recorder, task_state_lookup(ti), dry_run=bool(params["dry_run"]))
         outcomes = sweep(
-            RayHook(ray_conn_id).backend,
-            LifecycleRecorder(params["state_store_conn_id"]),
+            backend,
+            recorder,
             dry_run=bool(params["dry_run"]),
             sweep_id=f"{run_id}/{ray_conn_id}",
             lease_is_live=DagRunLiveness.from_task_instance(ti),

@@ -182,3 +182,11 @@ def test_new_output_returns_only_the_text_written_since_the_last_call(backend, s
     text = run.new_output()
     assert "first-line" in text and run.log_offset == len(text)
     assert run.new_output() == "" and run.log_offset == len(text)
+
+
+def test_a_job_names_its_task_through_its_metadata():
+    identity = TaskIdentity("dag", "task", "manual__2026-01-01T00:00:00+00:00", 7)
+    assert TaskIdentity.from_job_metadata(identity.job_metadata(2, "owner", "team")) == identity
+    unmapped = TaskIdentity("dag", "task", "run/with/slashes")
+    assert TaskIdentity.from_job_metadata(unmapped.job_metadata(1, "o", "t")) == unmapped
+    assert TaskIdentity.from_job_metadata({"purpose": "someone else's job"}) is None

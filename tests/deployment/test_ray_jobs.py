@@ -1,0 +1,117 @@
+"""What only a real deployment shows: a deferred task's trigger runs in the triggerer process, its
+resumption in a new task process; users act through the REST API; processes die."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.config import ClusterSpec
+from airflow_ray_platform.job_run import wait_for_cluster
+from airflow_ray_platform.naming import RUN_ID_METADATA
+
+from .harness import Deployment
+
+CLUSTER = "deploy-shared"
+SLEEP = "python -c 'import time; print(\"started\", flush=True); time.sleep({seconds})'"
+
+
+@pytest.fixture(scope="module")
+def cluster(deployment: Deployment) -> str:
+    backend = deployment.backend
+    backend.create_or_get_cluster(
+        CLUSTER, ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}), {}
+    )
+    wait_for_cluster(backend, CLUSTER, timeout=180, poll_interval=0.5)
+    for dag_id in ("ray_job_deferred", "ray_job_blocking"):
+        deployment.api.unpause(dag_id)
+    yield CLUSTER
+    backend.delete_cluster(CLUSTER)
+
+
+def _jobs_of(deployment: Deployment, run_id: str):
+    return [job for job in deployment.backend.list_jobs(CLUSTER) if job.metadata.get(RUN_ID_METADATA) == run_id]
+
+
+def _ti(deployment: Deployment, dag_id: str, run_id: str) -> dict:
+    return deployment.api.task_instances(dag_id, run_id).get("job", {})
+
+
+def _run_state(deployment: Deployment, dag_id: str, run_id: str) -> str | None:
+    state = deployment.api.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+    return state if state in ("success", "failed") else None
+
+
+def _mark_failed_once_deferred(deployment: Deployment, run: str, *, after_trigger_started: bool):
+    api = deployment.api
+    api.wait("the task to defer", lambda: _ti(deployment, "ray_job_deferred", run).get("state") == "deferred", 180)
+    (job,) = api.wait("its Ray job to run", lambda: _jobs_of(deployment, run), 60)
+    if after_trigger_started:  # the triggerer writes the trigger's log once it runs it
+        logs = Path(deployment.env["AIRFLOW_HOME"]) / "logs" / "dag_id=ray_job_deferred" / f"run_id={run}"
+        api.wait("the triggerer to run the trigger", lambda: list(logs.rglob("*.log.trigger.*.log")), 60, 0.5)
+    api._ok(api.client.patch(f"/dags/ray_job_deferred/dagRuns/{run}/taskInstances/job", json={"new_state": "failed"}))
+    return job
+
+
+def _recorded_state(deployment: Deployment, submission_id: str) -> str | None:
+    with deployment.state_store().connect() as connection:
+        query = sa.text("SELECT state FROM arp_jobs WHERE submission_id = :id")
+        return connection.execute(query, {"id": submission_id}).scalar()
+
+
+def test_a_deferred_task_marked_failed_stops_its_ray_job_and_records_it(deployment: Deployment, cluster: str):
+    """Through the trigger's on_kill when a triggerer runs the trigger; through the cleanup DAG's sweep
+    when the task was marked failed before any triggerer picked its trigger up (Airflow then calls no
+    on_kill at all, and the job would run on with no one waiting for it)."""
+    api, backend = deployment.api, deployment.backend
+    running = api.trigger("ray_job_deferred", {"entrypoint": SLEEP.format(seconds=600)})
+    job = _mark_failed_once_deferred(deployment, running, after_trigger_started=True)
+    api.wait(
+        "on_kill to stop the Ray job",
+        lambda: backend.describe_job(cluster, job.submission_id).state == JobState.STOPPED,
+        60,
+        interval=0.5,
+    )
+    api.wait("the job recorded STOPPED", lambda: _recorded_state(deployment, job.submission_id) == "STOPPED", 30)
+
+    early = api.trigger("ray_job_deferred", {"entrypoint": SLEEP.format(seconds=600)})
+    job = _mark_failed_once_deferred(deployment, early, after_trigger_started=False)
+    api.unpause("ray_cleanup_idle_clusters")
+    sweep = api.trigger("ray_cleanup_idle_clusters", {})
+    assert api.wait("the sweep", lambda: _run_state(deployment, "ray_cleanup_idle_clusters", sweep), 300) == "success"
+    assert backend.describe_job(cluster, job.submission_id).state == JobState.STOPPED
+    assert _recorded_state(deployment, job.submission_id) == "STOPPED"
+    assert backend.describe_cluster(cluster) is not None  # not managed by the provider: never swept
+
+
+def test_a_triggerer_killed_while_a_task_is_deferred_loses_nothing(deployment: Deployment, cluster: str):
+    api = deployment.api
+    run = api.trigger("ray_job_deferred", {"entrypoint": SLEEP.format(seconds=20)})
+    api.wait("the task to defer", lambda: _ti(deployment, "ray_job_deferred", run).get("state") == "deferred", 180)
+    deployment.stop("airflow-triggerer", signal.SIGKILL)
+    deployment.start("airflow-triggerer")
+    assert api.wait("the run to end", lambda: _run_state(deployment, "ray_job_deferred", run), 300) == "success"
+    (job,) = _jobs_of(deployment, run)  # exactly one Ray job: the new triggerer took the wait over
+    assert job.state == JobState.SUCCEEDED
+    links = api.get(f"/dags/ray_job_deferred/dagRuns/{run}/taskInstances/job/links")
+    assert links["extra_links"]["Ray Dashboard"] == deployment.backend.job_dashboard_url(cluster, job.submission_id)
+
+
+def test_a_task_process_killed_mid_job_reattaches_on_retry(deployment: Deployment, cluster: str):
+    api = deployment.api
+    run = api.trigger("ray_job_blocking", {"entrypoint": SLEEP.format(seconds=20)})
+    (job,) = api.wait("its Ray job to run", lambda: _jobs_of(deployment, run), 180)
+    ti = api.wait("the task's pid", lambda: (ti := _ti(deployment, "ray_job_blocking", run)).get("pid") and ti, 60)
+    assert ti["state"] == "running" and ti["try_number"] == 1
+    task_process = psutil.Process(ti["pid"])
+    scheduler = psutil.Process(deployment.processes["airflow-scheduler"].pid)
+    assert task_process in scheduler.children(recursive=True)  # a process this deployment started
+    task_process.send_signal(signal.SIGKILL)
+    assert api.wait("the run to end", lambda: _run_state(deployment, "ray_job_blocking", run), 300) == "success"
+    assert _ti(deployment, "ray_job_blocking", run)["try_number"] == 2
+    assert [j.submission_id for j in _jobs_of(deployment, run)] == [job.submission_id]  # reattached
