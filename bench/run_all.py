@@ -13,6 +13,7 @@ BENCHMARKS = [
     "bench.lifecycle_ops",
     "bench.kuberay_manifests",
     "bench.kuberay_api_calls",
+    "bench.deployment_latency",
 ]
 
 if __name__ == "__main__":
