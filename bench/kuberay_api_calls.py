@@ -21,7 +21,8 @@ from bench.common import migrate_airflow_db, record
 from bench.dags import bench_dags
 from bench.dags.bench_dags import BENCH_CLUSTER
 from tests.kube_emulator.api_server import KubernetesApiEmulator
-from tests.kube_emulator.kuberay_controller import SimulatedKubeRay, wait_for
+from tests.kube_emulator.kuberay_controller import SimulatedKubeRay
+from tests.waiting import wait_for
 
 DURATIONS = (2, 14)
 CONFIGURATIONS = ("blocking", "deferrable", "blocking_logs", "deferrable_logs")

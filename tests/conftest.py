@@ -44,7 +44,8 @@ from airflow_ray_platform.config import ClusterSpec  # noqa: E402
 from airflow_ray_platform.job_run import wait_for_cluster  # noqa: E402
 
 from .kube_emulator.api_server import KubernetesApiEmulator  # noqa: E402
-from .kube_emulator.kuberay_controller import SimulatedKubeRay, wait_for  # noqa: E402
+from .kube_emulator.kuberay_controller import SimulatedKubeRay  # noqa: E402
+from .waiting import wait_for  # noqa: E402
 
 SHARED_CLUSTER = "shared"
 SHARED_SPEC = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"})

@@ -18,7 +18,8 @@ from airflow_ray_platform.naming import CLUSTER_LABEL
 
 from ..conftest import SHARED_CLUSTER
 from ..kube_emulator.api_server import KubernetesApiEmulator
-from ..kube_emulator.kuberay_controller import UNPULLABLE_IMAGE, wait_for
+from ..kube_emulator.kuberay_controller import UNPULLABLE_IMAGE
+from ..waiting import wait_for
 
 LABELS = {"app.kubernetes.io/managed-by": "airflow-ray-platform", "airflow-ray-platform.io/team": "platform"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from airflow.utils.state import DagRunState
 
-from ..kube_emulator.kuberay_controller import wait_for
+from ..waiting import wait_for
 
 DAGS = Path(__file__).parents[2] / "dags"
 

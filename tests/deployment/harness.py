@@ -15,7 +15,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ import yaml
 from cryptography.fernet import Fernet
 
 from airflow_ray_platform.backends.local import LocalBackend, free_ports
+
+from ..waiting import wait_for
 
 REPO = Path(__file__).parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -119,13 +120,8 @@ class AirflowApi:
         return {ti["task_id"]: ti for ti in listing}
 
     def wait(self, what: str, condition: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = condition()
-            if result:
-                return result
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        """Poll Airflow (or Ray) until ``condition`` holds, at a pace that spares the API server."""
+        return wait_for(condition, timeout, interval, what=what)
 
 
 @dataclass

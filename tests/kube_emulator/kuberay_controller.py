@@ -19,7 +19,6 @@ import base64
 import contextlib
 import copy
 import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -371,14 +370,3 @@ class SimulatedKubeRay:
         with contextlib.suppress(BackendError):  # its cluster is gone too
             self.local.stop_job(cluster, name)
         self._forget("pods", namespace, f"{name}-submitter")
-
-
-def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy (for tests of eventual state)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")

@@ -18,8 +18,8 @@ from airflow_ray_platform.state_store import StateStore, jobs
 
 from ..conftest import SHARED_CLUSTER
 from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, wait_for_running_job
-from ..kube_emulator.kuberay_controller import wait_for
 from ..test_dags import ray_e2e_dags as dags
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster", "via_kuberay")
 

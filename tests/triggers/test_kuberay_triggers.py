@@ -12,7 +12,7 @@ from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
 
 from ..conftest import SHARED_CLUSTER
-from ..kube_emulator.kuberay_controller import wait_for
+from ..waiting import wait_for
 from .test_ray_triggers import _first_event, _rebuild
 
 pytestmark = pytest.mark.usefixtures("shared_cluster", "via_kuberay")
