@@ -36,7 +36,9 @@ class JobEvent:
     """A Ray job's wait ended: terminal (``success`` / ``failed``, with Ray's state), ``timeout`` or ``error``.
 
     ``log_offset`` is how much of the driver log the task log already holds; ``utilisation`` what was
-    sampled of the cluster while the job ran.
+    sampled of the cluster while the job ran. ``finished``: the final state is recorded and the log
+    persisted already (by the trigger, whose process is warm), so the resumed task has nothing left to
+    ask Ray.
     """
 
     status: WaitStatus
@@ -47,6 +49,7 @@ class JobEvent:
     log_offset: int = 0
     ephemeral_cluster: bool = False
     utilisation: Utilisation = field(default_factory=Utilisation)
+    finished: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -70,6 +73,8 @@ class JobEvent:
         }
         if self.state is not None:
             payload["state"] = str(self.state)
+        if self.finished:
+            payload["finished"] = True
         return payload
 
     @classmethod
@@ -84,6 +89,7 @@ class JobEvent:
             log_offset=int(payload.get("log_offset") or 0),
             ephemeral_cluster=bool(payload.get("ephemeral_cluster")),
             utilisation=Utilisation.from_dict(payload.get("utilisation")),
+            finished=bool(payload.get("finished")),
         )
 
 

@@ -421,6 +421,8 @@ class RayJobOperator(_RayOperator):
                     stream_logs=self.get_logs,
                     ephemeral_cluster=run.ephemeral_cluster,
                     state_store_conn_id=self.state_store_conn_id,
+                    finish_job=True,
+                    log_storage_uri=self.log_storage_uri,
                 ),
                 method_name="execute_complete",
             )
@@ -428,17 +430,21 @@ class RayJobOperator(_RayOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         job = JobEvent.from_dict(event)
-        self._job_run(
-            job.cluster_name, job.ephemeral_cluster, submission_id=job.submission_id, log_offset=job.log_offset
-        )
+        if not job.finished or job.ephemeral_cluster:  # else nothing is left to ask the backend
+            self._job_run(
+                job.cluster_name, job.ephemeral_cluster, submission_id=job.submission_id, log_offset=job.log_offset
+            )
         return self._finish(job)
 
     def _finish(self, event: JobEvent) -> str:
-        run = self._run
-        assert run is not None
-        if self.get_logs and event.status in (WaitStatus.SUCCESS, WaitStatus.FAILED):
-            log_job_output(self.log, event.submission_id, run.new_output())  # what came after the last check
-        run.finish(event)
+        """Record the end and persist the log (unless the trigger did), remove an ephemeral cluster,
+        and fail the task with the job's own error text."""
+        if not event.finished:
+            run = self._run
+            assert run is not None
+            if self.get_logs and event.status in (WaitStatus.SUCCESS, WaitStatus.FAILED):
+                log_job_output(self.log, event.submission_id, run.new_output())  # what came after the last check
+            run.finish(event)
         self._cleanup_cluster(failed=not event.succeeded)
         if not event.succeeded:
             raise AirflowException(event.failure)

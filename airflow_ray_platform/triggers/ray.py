@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, RayBackend, WatchingBackend
-from airflow_ray_platform.events import ClusterEvent, WaitStatus
+from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.job_run import RayJobRun, cluster_outcome, log_job_output
 from airflow_ray_platform.lifecycle import LifecycleRecorder
@@ -147,7 +148,11 @@ class RayJobTrigger(_RayTrigger):
     :param stop_on_kill: ``on_kill`` stops the job (False for a sensor, which only watches).
     :param ephemeral_cluster: the cluster is the task's own: ``on_kill`` deletes it.
     :param utilisation: the cluster utilisation sampled so far (``Utilisation.to_dict()``).
-    :param state_store_conn_id: where ``on_kill`` records the stopped job (None: the embedded store).
+    :param state_store_conn_id: where the job's end (and ``on_kill``'s stop) is recorded (None: the
+        embedded store).
+    :param finish_job: once the job ends, record its final state and persist its driver log here,
+        before the event (the operator's deferral; not a sensor's, which only watches).
+    :param log_storage_uri: where ``finish_job`` persists the driver log (None: the embedded default).
     """
 
     def __init__(
@@ -164,6 +169,8 @@ class RayJobTrigger(_RayTrigger):
         ephemeral_cluster: bool = False,
         utilisation: dict[str, Any] | None = None,
         state_store_conn_id: str | None = None,
+        finish_job: bool = False,
+        log_storage_uri: str | None = None,
     ) -> None:
         super().__init__(ray_conn_id, poll_interval)
         self.cluster_name = cluster_name
@@ -175,6 +182,8 @@ class RayJobTrigger(_RayTrigger):
         self.log_offset = log_offset
         self.stop_on_kill = stop_on_kill
         self.ephemeral_cluster = ephemeral_cluster
+        self.finish_job = finish_job
+        self.log_storage_uri = log_storage_uri
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return self._serialized(
@@ -187,6 +196,8 @@ class RayJobTrigger(_RayTrigger):
             ephemeral_cluster=self.ephemeral_cluster,
             utilisation=self.utilisation.to_dict(),
             state_store_conn_id=self.state_store_conn_id,
+            finish_job=self.finish_job,
+            log_storage_uri=self.log_storage_uri,
         )
 
     def _run(self, backend: RayBackend, recorder: LifecycleRecorder | None = None) -> RayJobRun:
@@ -228,10 +239,25 @@ class RayJobTrigger(_RayTrigger):
                 yield TriggerEvent(run.error(str(error)).to_dict())
                 return
             if event is not None:
+                if self.finish_job and event.status != WaitStatus.ERROR:
+                    event = await asyncio.to_thread(self._finish, backend, event)
                 yield TriggerEvent(event.to_dict())
                 return
             if watching is None:
                 await asyncio.sleep(self.poll_interval)
+
+    def _finish(self, backend: RayBackend, event: JobEvent) -> JobEvent:
+        """Record the job's end and persist its log in this (warm) process, so that the task resumed in a
+        fresh one has nothing left to ask Ray; if the backend fails here, the task does it instead."""
+        run = self._run(backend, LifecycleRecorder(self.state_store_conn_id, self.log_storage_uri))
+        try:
+            if self.stream_logs and event.status != WaitStatus.TIMEOUT:
+                log_job_output(self.log, self.submission_id, run.new_output())
+            run.finish(event)
+        except BackendError as error:
+            self.log.warning("Ray job %r: its end is left to the task to record (%s)", self.submission_id, error)
+            return event
+        return replace(event, finished=True, log_offset=run.log_offset)
 
     async def on_kill(self) -> None:
         """A user killed the deferred task: stop the job (recording it STOPPED), and remove the task's

@@ -9,13 +9,14 @@ import urllib.error
 import urllib.request
 
 import psutil
+import pytest
 
-from airflow_ray_platform.backends.base import ClusterState, DeleteCondition, JobState
+from airflow_ray_platform.backends.base import ClusterSpecMismatchError, ClusterState, DeleteCondition, JobState
 from airflow_ray_platform.backends.local import LocalBackend
 from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.job_run import wait_for_cluster
 
-from ..conftest import SHARED_CLUSTER
+from ..conftest import SHARED_CLUSTER, SHARED_SPEC
 
 
 def _status(url: str, token: str | None) -> int:
@@ -58,7 +59,9 @@ def test_registry_is_private_and_info_has_no_token(backend, shared_cluster):
 
 
 def test_create_or_get_is_idempotent_and_lists_by_label(backend, shared_cluster):
-    again = backend.create_or_get_cluster(SHARED_CLUSTER, ClusterSpec(), {"other": "labels"})
+    again = backend.create_or_get_cluster(SHARED_CLUSTER, SHARED_SPEC, {"other": "labels"})
+    with pytest.raises(ClusterSpecMismatchError, match=r'cluster.head.cpu: existing "2", requested "1"'):
+        backend.create_or_get_cluster(SHARED_CLUSTER, ClusterSpec(), {"other": "labels"})
     assert again.dashboard_url == shared_cluster.dashboard_url
     assert again.state == ClusterState.READY
     assert [c.name for c in backend.list_clusters({"purpose": "tests"})] == [SHARED_CLUSTER]

@@ -37,6 +37,8 @@ def test_serialize_carries_the_whole_state():
         log_offset=42,
         stop_on_kill=False,
         ephemeral_cluster=True,
+        finish_job=True,
+        log_storage_uri="s3://logs/prod",
     )
     assert _rebuild(job).serialize() == job.serialize()
     cluster = RayClusterTrigger(
@@ -179,3 +181,25 @@ def test_a_stuck_backend_call_never_blocks_the_event_loop(monkeypatch):
     assert accepted, "the trigger never reached the dashboard"
     assert stuck, "the backend call should still be hanging on the silent server"
     assert worst < 1.0, f"the event loop stalled for {worst:.2f}s"
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_operators_trigger_records_the_end_and_persists_the_log_before_its_event(backend, tmp_path):
+    """So that the task resumed in a fresh process has nothing left to ask Ray (the deferred path's
+    detection lag); a sensor's trigger only watches."""
+    from airflow_ray_platform.lifecycle import read_job_log
+
+    from ..helpers import recorded_job
+
+    _submit(backend, "trigger-finish", "python -c \"import time; print('trained', flush=True); time.sleep(1)\"")
+    common = {"ray_conn_id": "ray_default", "cluster_name": SHARED_CLUSTER, "submission_id": "trigger-finish"}
+    storage = f"file://{tmp_path}"
+    finishing = RayJobTrigger(**common, poll_interval=0.3, finish_job=True, log_storage_uri=storage)
+    event = asyncio.run(_first_event(_rebuild(finishing)))
+    assert event["status"] == "success" and event["finished"] is True
+    assert recorded_job("trigger-finish")["state"] == "SUCCEEDED"
+    assert b"trained" in b"".join(read_job_log("trigger-finish", None, storage))
+    assert event["log_offset"] == len(backend.job_logs(SHARED_CLUSTER, "trigger-finish"))
+
+    watching = RayJobTrigger(**common, poll_interval=0.3, stop_on_kill=False)
+    assert "finished" not in asyncio.run(_first_event(watching))
