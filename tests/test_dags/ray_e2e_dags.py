@@ -80,9 +80,11 @@ ray_job_bad_template = _job_dag(
 )
 
 with DAG("ray_cluster_reuse", schedule=None, start_date=START, params=PARAMS) as ray_cluster_reuse:
-    # Creating a cluster that already exists by name gets it; a second task runs on it by XCom.
+    # Creating a cluster that already exists by name, with the spec it was created from (the session's
+    # shared cluster: tests/conftest.py SHARED_SPEC), gets it; a second task runs on it by XCom.
+    shared_spec = {"name": SHARED, "head": {"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"}}
     get_shared = RayClusterOperator(
-        task_id="cluster", job_configuration={"name": "e2e", **OWNER, "cluster": {"name": SHARED, "head": {}}}
+        task_id="cluster", job_configuration={"name": "e2e", **OWNER, "cluster": shared_spec}
     )
     get_shared >> RayJobOperator(
         task_id="job",
