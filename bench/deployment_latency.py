@@ -24,7 +24,7 @@ from airflow_ray_platform.naming import RUN_ID_METADATA
 from bench.common import median, record
 from tests.deployment.harness import Deployment, start_deployment
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 POLL_INTERVAL = 1.0  # the deployment test DAGs' poll_interval
 CLUSTER = "deploy-shared"
 TRIVIAL = "python -c 'print(1)'"
