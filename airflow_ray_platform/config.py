@@ -37,6 +37,18 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LENGTH = 40
 MIN_TOKEN_AUTH_RAY = (2, 52)
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+#: A Kubernetes qualified name (label and node-selector keys): an optional DNS subdomain prefix and "/",
+#: then at most 63 characters of letters, digits, "-", "_" and ".", alphanumeric at both ends.
+QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+#: The text a Kubernetes quantity may be (the CRDs' ``x-kubernetes-int-or-string`` pattern): stricter
+#: than the Python client's parser, which also takes ``1_000`` or ``"2 "``, which KubeRay's CRD refuses.
+QUANTITY_TEXT = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+#: Shorter idle timeouts are a mistake, not a wish: the cleanup DAG runs every 10 minutes.
+MIN_IDLE_TIMEOUT = timedelta(minutes=1)
 
 RUNTIME_ENV_FIELDS = frozenset(
     {
@@ -121,20 +133,48 @@ def _label_value(value: str) -> str:
 
 def _quantity(value: Any) -> str:
     """Accept Kubernetes quantities ("2", "500m", "4Gi") and plain numbers; keep the text form."""
-    if isinstance(value, bool):
-        raise ValueError("must be a Kubernetes quantity such as '2', '500m' or '4Gi'")
+    rule = "must be a Kubernetes quantity such as '2', '500m' or '4Gi'"
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise ValueError(rule)
+    if isinstance(value, str) and not QUANTITY_TEXT.match(value):
+        raise ValueError(rule)
     try:
         parsed = parse_quantity(value)
     except (ValueError, TypeError) as error:
-        raise ValueError("must be a Kubernetes quantity such as '2', '500m' or '4Gi'") from error
+        raise ValueError(rule) from error
+    if not parsed.is_finite():
+        raise ValueError("must be a finite number")
     if parsed < 0:
         raise ValueError("must not be negative")
     return str(value)
 
 
+def _qualified_name(value: str) -> str:
+    if not isinstance(value, str) or len(value.rpartition("/")[2]) > 63 or not QUALIFIED_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a Kubernetes qualified name: an optional DNS prefix and '/', then at most 63 "
+            "characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def validate_cluster_name(name: object, field: str = "cluster_name") -> str:
+    """A cluster name given anywhere (an operator argument, a path of the local registry): a DNS-1123
+    label, so that it can be neither a path nor an injection. Raises JobConfigurationError naming ``field``."""
+    if not isinstance(name, str) or len(name) > 63 or not DNS1123_LABEL.match(name):
+        raise JobConfigurationError(
+            f"{field}: {name!r} is not a cluster name (a DNS-1123 label: at most 63 lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit)"
+        )
+    return name
+
+
 DnsName = Annotated[str, BeforeValidator(_dns1123_name)]
 LabelValue = Annotated[str, BeforeValidator(_label_value)]
+LabelKey = Annotated[str, BeforeValidator(_qualified_name)]
 Quantity = Annotated[str, BeforeValidator(_quantity)]
+#: A finite, non-negative amount of a resource (NaN and infinity are refused).
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 def quantity_value(quantity: str) -> Decimal:
@@ -184,7 +224,7 @@ class NodeResources(_Strict):
     object_store_memory: Quantity | None = Field(
         None, description="Ray's object store size (default: Ray's, or 30% of `memory` locally)."
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, description="Kubernetes `nodeSelector` of the node's pod (kuberay)."
     )
     tolerations: list[Toleration] = Field(
@@ -263,7 +303,9 @@ class ClusterSpec(_Strict):
         None, pattern=r"^\d+\.\d+(\.\d+)?$", description="Ray version of the cluster (default: the worker's Ray)."
     )
     image: str | None = Field(
-        None, description="Container image of every node (kuberay; default `rayproject/ray:<version>-py<python>`)."
+        None,
+        pattern=r"^\S+$",
+        description="Container image of every node (kuberay; default `rayproject/ray:<version>-py<python>`).",
     )
     head: HeadSpec = Field(default_factory=HeadSpec, description="The head node's resources.")
     worker_groups: list[WorkerGroupSpec] = Field(default_factory=list, description="Groups of worker nodes.")
@@ -275,7 +317,7 @@ class ClusterSpec(_Strict):
         timedelta(hours=24), description="The cleanup DAG deletes the cluster once it is this old and has no job."
     )
     service_account: str | None = Field(None, description="Kubernetes service account of the pods (kuberay).")
-    labels: dict[str, LabelValue] = Field(
+    labels: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, description="Extra labels on the cluster (and its pods on Kubernetes)."
     )
     auth: Literal["token", "disabled"] = Field(
@@ -309,8 +351,8 @@ class ClusterSpec(_Strict):
     @field_validator("idle_timeout", "max_lifetime")
     @classmethod
     def _positive_duration(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be a positive duration")
+        if value < MIN_IDLE_TIMEOUT:
+            raise ValueError(f"must be at least {int(MIN_IDLE_TIMEOUT.total_seconds())} seconds")
         return value
 
     @model_validator(mode="after")
@@ -364,10 +406,10 @@ class JobSpec(_Strict):
         "into `entrypoint`, so a value never runs as a command.",
     )
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv, description="Ray's `runtime_env` of the job.")
-    entrypoint_num_cpus: float | None = Field(None, ge=0, description="CPUs reserved for the driver.")
-    entrypoint_num_gpus: float | None = Field(None, ge=0, description="GPUs reserved for the driver.")
+    entrypoint_num_cpus: Amount | None = Field(None, description="CPUs reserved for the driver.")
+    entrypoint_num_gpus: Amount | None = Field(None, description="GPUs reserved for the driver.")
     entrypoint_memory: int | None = Field(None, ge=0, description="Memory in bytes reserved for the driver.")
-    entrypoint_resources: dict[str, float] = Field(
+    entrypoint_resources: dict[str, Amount] = Field(
         default_factory=dict, description="Custom Ray resources reserved for the driver."
     )
     metadata: dict[str, str] = Field(default_factory=dict, description="Ray job metadata (the provider adds its own).")
@@ -420,6 +462,13 @@ class LifecycleSpec(_Strict):
     startup_timeout: timedelta = Field(
         timedelta(minutes=10), description="Fail the task when the cluster is not ready within this long."
     )
+
+    @field_validator("startup_timeout")
+    @classmethod
+    def _positive_startup_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
 
 
 class JobConfiguration(_Strict):
@@ -540,8 +589,13 @@ def load_job_configuration(value: JobConfiguration | Mapping[str, Any] | str | P
         text = path.read_text()
         try:
             value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise JobConfigurationError(f"job_configuration file {str(path)!r} is not valid: {error}") from error
+        except json.JSONDecodeError as error:
+            where = f"line {error.lineno}, column {error.colno}"
+            raise JobConfigurationError(f"job_configuration file {str(path)!r} is not valid JSON at {where}") from None
+        except yaml.YAMLError as error:  # where, never what: the file may be anything readable
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise JobConfigurationError(f"job_configuration file {str(path)!r} is not valid YAML{where}") from None
     if not isinstance(value, Mapping):
         raise JobConfigurationError(
             f"job_configuration must be a mapping, a YAML/JSON file path or a JobConfiguration "

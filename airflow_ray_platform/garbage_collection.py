@@ -80,7 +80,8 @@ def decide(
 
 def _decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime, live: Sequence[Lease]) -> Decision:
     if cluster.labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE:
-        return Decision(cluster, False, "not managed by airflow-ray-platform")
+        broken = f" ({cluster.message})" if cluster.state == ClusterState.FAILED and cluster.message else ""
+        return Decision(cluster, False, f"not managed by airflow-ray-platform{broken}")
     if cluster.labels.get(KEEP_LABEL) == "true":
         return Decision(cluster, False, f"labelled {KEEP_LABEL}=true")
     if jobs is None:

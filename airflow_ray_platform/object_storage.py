@@ -98,6 +98,8 @@ class ObjectStorage:
         if not uri.startswith(self.base_uri + "/"):
             raise ObjectStorageError(f"{uri!r} is not below this storage's {self.base_uri!r}")
         key = uri[len(self.base_uri) + 1 :]
+        if any(part in ("", ".", "..") for part in key.split("/")):  # a stored URI never leaves the base
+            raise ObjectStorageError(f"{uri!r} is not below this storage's {self.base_uri!r} (empty, '.' or '..' part)")
         try:
             if self.scheme == "file":
                 with open(Path(urlsplit(self.base_uri).path) / key, "rb") as handle:

@@ -10,7 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_ray_platform.config import JobConfiguration, JobConfigurationError, load_job_configuration
+from airflow_ray_platform.config import (
+    JobConfiguration,
+    JobConfigurationError,
+    load_job_configuration,
+    validate_cluster_name,
+)
 
 VALID = {
     "name": "zone-training",
@@ -88,7 +93,7 @@ def test_name_only_cluster_is_a_reference():
             "cluster",
             "must be unique",
         ),
-        ({"cluster": {"idle_timeout": -5}}, "cluster.idle_timeout", "positive"),
+        ({"cluster": {"idle_timeout": -5}}, "cluster.idle_timeout", "at least 60 seconds"),
         ({"cluster": {"ray_version": "latest"}}, "cluster.ray_version", "pattern"),
         ({"job": {"entrypoint": "  "}}, "job.entrypoint", "blank"),
         (
@@ -98,6 +103,24 @@ def test_name_only_cluster_is_a_reference():
         ),
         ({"job": {"entrypoint": "x", "entrypoint_num_cpus": -1}}, "job.entrypoint_num_cpus", "greater than"),
         ({"clutser": {}}, "clutser", "not a known field"),
+        # What the tenancy review found accepted (and failing later, or meaning something else):
+        ({"cluster": {"head": {"cpu": "1_000"}}}, "cluster.head.cpu", "quantity"),  # KubeRay's CRD refuses it
+        ({"cluster": {"head": {"cpu": "2 "}}}, "cluster.head.cpu", "quantity"),
+        ({"cluster": {"head": {"cpu": float("inf")}}}, "cluster.head.cpu", "finite"),  # was an OverflowError
+        ({"cluster": {"head": {"memory": "nan"}}}, "cluster.head.memory", "quantity"),
+        ({"cluster": {"image": ""}}, "cluster.image", "pattern"),
+        ({"cluster": {"idle_timeout": 0.5}}, "cluster.idle_timeout", "at least 60 seconds"),  # meant never
+        ({"cluster": {"labels": {"team name": "x"}}}, "cluster.labels", "qualified name"),
+        ({"cluster": {"head": {"node_selector": {"-bad": "x"}}}}, "cluster.head.node_selector", "qualified name"),
+        ({"cluster": {"head": {"node_selector": {"zone": "a b"}}}}, "cluster.head.node_selector.zone", "label value"),
+        ({"lifecycle": {"startup_timeout": -1}}, "lifecycle.startup_timeout", "positive"),
+        (
+            {"job": {"entrypoint": "x", "entrypoint_resources": {"accelerator": float("nan")}}},
+            "job.entrypoint_resources.accelerator",
+            "finite number",
+        ),
+        ({"job": {"entrypoint": "x", "entrypoint_resources": {"a": -1}}}, "job.entrypoint_resources.a", "greater"),
+        ({"job": {"entrypoint": "x", "entrypoint_num_gpus": float("inf")}}, "job.entrypoint_num_gpus", "finite"),
     ],
 )
 def test_errors_name_the_field_and_the_rule(patch, field, rule):
@@ -116,6 +139,27 @@ def test_odd_keys_are_quoted_so_each_error_stays_on_one_line():
         '  cluster["\\u001e"]: is not a known field (misspelt?)',
         '  cluster["a b"]: is not a known field (misspelt?)',
     ]
+
+
+def test_an_unreadable_file_is_named_never_echoed(tmp_path):
+    """A configuration path may name any readable file: its error says where, never what it holds."""
+    secret = tmp_path / "credentials.yaml"
+    secret.write_text("aws_secret_access_key: [AKIA-SECRET-VALUE\n")
+    with pytest.raises(JobConfigurationError) as raised:
+        load_job_configuration(secret)
+    assert "is not valid YAML at line" in str(raised.value) and "AKIA-SECRET-VALUE" not in str(raised.value)
+    as_json = tmp_path / "credentials.json"
+    as_json.write_text('{"token": "AKIA-SECRET-VALUE"')
+    with pytest.raises(JobConfigurationError) as raised:
+        load_job_configuration(as_json)
+    assert "is not valid JSON at line 1" in str(raised.value) and "AKIA" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["/" + "../" * 8 + "tmp", "..", "a/b", "Shared", "", "x" * 64, 7])
+def test_cluster_names_given_anywhere_are_dns_labels(name):
+    with pytest.raises(JobConfigurationError, match=r"cluster_name: .* is not a cluster name"):
+        validate_cluster_name(name)
+    assert validate_cluster_name("zone-training-3f2a9c1b") == "zone-training-3f2a9c1b"
 
 
 def test_missing_file_and_wrong_type():

@@ -169,7 +169,6 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
     """SIGKILL the task that creates an ephemeral cluster at random moments (before the create, while
     the head starts, while the job runs, after it ended), run after run; then one sweep. Every managed
     cluster left must be one with an active job, and every job that was running keeps its cluster."""
-    from airflow_ray_platform.garbage_collection import sweep
     from airflow_ray_platform.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
     from .helpers import dag_test_in_subprocess
@@ -197,7 +196,10 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
         if not job.state.is_terminal
     }
     try:
-        outcomes = sweep(RayHook().backend, None)
+        # As the cleanup DAG would see it two minutes on: every orphan is past its (one-minute) idle_timeout.
+        gc_backend = RayHook().backend
+        decisions = plan(gc_backend, now=utc_now() + timedelta(minutes=2))
+        outcomes = apply(gc_backend, None, decisions, dry_run=False, sweep_id="chaos")
         print(report(outcomes))
         for cluster in local_backend.list_clusters(managed):
             if cluster.name in before:

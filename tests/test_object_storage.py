@@ -88,3 +88,16 @@ def test_a_deleted_clusters_job_log_is_read_back_from_s3(s3_server, backend, mon
     assert backend.describe_cluster(identity.ephemeral_cluster_name("e2e-s3-logs")) is None
     log = RayHook().read_persisted_job_log(identity.submission_id(), log_storage_uri="s3://ray-logs/e2e")
     assert "zone log line" in log
+
+
+def test_a_stored_uri_never_reads_outside_the_storage(tmp_path):
+    """Found by review: ``read`` followed ``..`` in a stored URI."""
+    (tmp_path / "secret").write_text("outside")
+    storage = ObjectStorage(f"file://{tmp_path}/logs")
+    for uri in (
+        f"file://{tmp_path}/logs/../secret",
+        f"file://{tmp_path}/logs/a/../../secret",
+        f"file://{tmp_path}/logs//x",
+    ):
+        with pytest.raises(ObjectStorageError, match="is not below this storage"):
+            b"".join(storage.read(uri))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import secrets
@@ -53,7 +54,15 @@ from airflow_ray_platform.backends.base import (
     with_lease,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
-from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec, NodeResources, quantity_value
+from airflow_ray_platform.config import (
+    ClusterSpec,
+    JobConfiguration,
+    JobConfigurationError,
+    JobSpec,
+    NodeResources,
+    quantity_value,
+    validate_cluster_name,
+)
 from airflow_ray_platform.paths import default_root
 from airflow_ray_platform.timestamps import to_text
 
@@ -62,6 +71,9 @@ READY_MARKER = "Ray runtime started"
 MIN_OBJECT_STORE_BYTES = 80 * 1024**2
 #: Environment a cluster must not inherit: it would point Ray at another cluster or another token.
 INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+
+_log = logging.getLogger(__name__)
 
 
 def free_ports(count: int) -> list[int]:
@@ -152,6 +164,11 @@ class LocalClusterRegistry:
             directory.chmod(0o700)
 
     def cluster_dir(self, name: str) -> Path:
+        """The cluster's folder; a name that is not a cluster name (a path, ``..``) is refused first."""
+        try:
+            validate_cluster_name(name)
+        except JobConfigurationError as error:
+            raise BackendError(str(error)) from None
         return self.clusters_dir / name
 
     def token_path(self, name: str) -> Path:
@@ -160,7 +177,7 @@ class LocalClusterRegistry:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Serialise create and delete of one cluster across processes."""
-        lock_path = self.clusters_dir / f".{name}.lock"
+        lock_path = self.cluster_dir(name).with_name(f".{name}.lock")
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -406,6 +423,9 @@ class LocalBackend:
             message = "; ".join(
                 f"{node.role} process {node.pid} exited: {node.log_tail() or 'no output'}" for node in dead
             )
+        elif not self.registry.token_path(record.name).is_file():
+            state = ClusterState.FAILED
+            message = "its token file is missing from the registry: nothing can authenticate to it"
         elif all(node.started() for node in record.nodes) and self._ray_healthy(record):
             state = ClusterState.READY
         else:
@@ -437,13 +457,24 @@ class LocalBackend:
         return None if record is None else self._describe(record)
 
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
+        """Every recorded cluster whose labels include ``labels``; one whose record cannot be read is
+        listed as FAILED with the reason (when no label is asked for), never failing the whole listing."""
         wanted = dict(labels or {})
         found = []
         for name in self.registry.names():
-            record = self.registry.load(name)
+            try:
+                record = self.registry.load(name)
+            except (BackendError, OSError, ValueError, TypeError, KeyError) as error:
+                if not wanted:
+                    found.append(self._broken(name, f"its registry record cannot be read: {error!r}"))
+                continue
             if record is not None and wanted.items() <= record.labels.items():
                 found.append(self._describe(record))
         return found
+
+    def _broken(self, name: str, why: str) -> ClusterInfo:
+        _log.warning("Local Ray cluster %r: %s", name, why)
+        return ClusterInfo(name=name, backend=self.name, state=ClusterState.FAILED, dashboard_url=None, message=why)
 
     def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
         with self.registry.lock(name):

@@ -26,7 +26,7 @@ from airflow.sdk import BaseOperator, Context
 
 from airflow_ray_platform.backends import validate_configuration_offline
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterNotFoundError, ClusterState, Lease, RayBackend
-from airflow_ray_platform.config import JobConfiguration, load_job_configuration
+from airflow_ray_platform.config import JobConfiguration, load_job_configuration, validate_cluster_name
 from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.job_run import RayJobRun, log_job_output, wait_for_cluster
@@ -278,6 +278,7 @@ class RayClusterDeleteOperator(_RecordingOperator):
         self.force = force
 
     def execute(self, context: Context) -> bool:
+        validate_cluster_name(self.cluster_name, "cluster_name")
         ti = context["ti"]
         teardown = release_and_delete(
             RayHook(self.ray_conn_id).backend,
@@ -353,6 +354,7 @@ class RayJobOperator(_RayOperator):
         """(cluster, ephemeral) for this job; creates the cluster when the configuration asks for one."""
         config = self.config
         if self.cluster_name:
+            validate_cluster_name(self.cluster_name, "cluster_name")
             return self._existing(self.cluster_name, "cluster_name", context), False
         if config.cluster.reuses_existing:
             return self._existing(config.cluster_name, "job_configuration.cluster.name", context), False

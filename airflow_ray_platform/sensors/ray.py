@@ -10,6 +10,7 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 from airflow.sdk import BaseSensorOperator, Context
 
+from airflow_ray_platform.config import validate_cluster_name
 from airflow_ray_platform.events import JobEvent
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.job_run import RayJobRun
@@ -46,6 +47,7 @@ class RayJobSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def poke(self, context: Context) -> bool:
+        validate_cluster_name(self.cluster_name, "cluster_name")
         run = RayJobRun(RayHook(self.ray_conn_id).backend, self.cluster_name, self.submission_id, log=self.log)
         event, _ = run.check(stream_logs=False)
         if event is None:

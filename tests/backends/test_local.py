@@ -174,3 +174,57 @@ def test_a_cluster_still_starting_is_compare_and_deleted(tmp_path):
     record = backend.registry.load("starting")
     assert backend.delete_cluster("starting", DeleteCondition(inactive_since=datetime.now(UTC) + timedelta(seconds=1)))
     assert [p for p in psutil.process_iter() if _sid(p.pid) in {node.pid for node in record.nodes}] == []
+
+
+def test_a_cluster_name_that_is_a_path_is_refused_and_nothing_is_touched(tmp_path):
+    """Found by review: ``"/" + "../"*8 + dir`` deleted any directory holding a record.json."""
+    from airflow_ray_platform.backends.base import BackendError
+
+    backend = LocalBackend(tmp_path / "root")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "record.json").write_text("{}")
+    for name in ("/" + "../" * 8 + str(victim).lstrip("/"), "../../victim", "..", "a/b"):
+        for call in (backend.delete_cluster, backend.describe_cluster):
+            with pytest.raises(BackendError, match="is not a cluster name"):
+                call(name)
+    assert (victim / "record.json").exists()
+
+
+def test_one_unreadable_record_is_listed_as_broken_and_the_sweep_goes_on(tmp_path):
+    from airflow_ray_platform.garbage_collection import apply, plan
+
+    backend = LocalBackend(tmp_path / "root")
+    corrupt = backend.registry.cluster_dir("corrupt")
+    corrupt.mkdir()
+    (corrupt / "record.json").write_text('{"name": "corrupt", "labels": ')
+    tokenless = backend.registry.cluster_dir("tokenless")
+    tokenless.mkdir()
+    record = {
+        "name": "tokenless",
+        "labels": {},
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "last_active_at": "2026-01-01T00:00:00+00:00",
+        "dashboard_port": 1,
+        "gcs_port": 2,
+        "temp_dir": str(tmp_path / "gone"),
+        "resources": {},
+        "nodes": [
+            {
+                "role": "head",
+                "pid": os.getpid(),
+                "create_time": psutil.Process().create_time(),
+                "log_path": "",
+                "agent_port": 3,
+            }
+        ],
+    }
+    (tokenless / "record.json").write_text(__import__("json").dumps(record))
+    listed = {info.name: info for info in backend.list_clusters()}
+    assert listed["corrupt"].state == ClusterState.FAILED
+    assert "registry record cannot be read" in listed["corrupt"].message
+    assert listed["tokenless"].state == ClusterState.FAILED and "token file is missing" in listed["tokenless"].message
+    outcomes = apply(backend, None, plan(backend), dry_run=True, sweep_id="t")
+    reasons = {outcome.decision.cluster.name: outcome.detail for outcome in outcomes}
+    assert "registry record cannot be read" in reasons["corrupt"]
+    assert backend.list_clusters({"purpose": "x"}) == []

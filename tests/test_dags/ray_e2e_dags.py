@@ -60,7 +60,7 @@ ray_job_chaos = _job_dag(
         **OWNER,
         "cluster": {
             "head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"},
-            "idle_timeout": 1,  # so that a sweep right after the runs finds every orphan past its limits
+            "idle_timeout": 60,  # the shortest allowed: the test's sweep looks two minutes ahead
         },
         "job": {"entrypoint": "{{ params.entrypoint }}"},
     },
