@@ -61,6 +61,10 @@ class ClusterFailedError(BackendError):
     """The cluster will not become ready (a process died, a pod is unschedulable, a deadline passed)."""
 
 
+class BackendAuthenticationError(BackendError):
+    """The cluster refused our credentials (401/403): waiting will not change that."""
+
+
 class ClusterSpecMismatchError(BackendError):
     """A cluster of that name exists with another spec; nothing was created or leased."""
 

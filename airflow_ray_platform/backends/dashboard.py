@@ -3,14 +3,20 @@
 For pipelines that already have a Ray cluster: the ``ray`` connection's host and port name its
 dashboard and its password holds the cluster's token. Jobs work as on any backend; the cluster's
 lifecycle is someone else's, so creating or deleting clusters is refused with a clear error, and leases
-(which only guard deletes) are not recorded.
+(which only guard deletes) are not recorded. The token travels in a header, so a dashboard beyond this
+machine must be reached over https (``allow_http`` says otherwise, explicitly); certificates are
+verified (``verify``: False, or a CA bundle's path). Refused credentials fail at once, never read as a
+cluster still starting.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from airflow_ray_platform.backends.base import (
+    BackendAuthenticationError,
     BackendError,
     ClusterInfo,
     ClusterNotFoundError,
@@ -23,14 +29,32 @@ from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
 
 
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and (host == "localhost" or ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        return False
+
+
 class DashboardBackend:
     """Exactly one existing cluster, named ``cluster_name``, at ``address``."""
 
     name = "dashboard"
 
     def __init__(
-        self, address: str, cluster_name: str = "default", token: str | None = None, verify: bool | str = True
+        self,
+        address: str,
+        cluster_name: str = "default",
+        token: str | None = None,
+        verify: bool | str = True,
+        allow_http: bool = False,
     ) -> None:
+        parts = urlsplit(address)
+        if parts.scheme != "https" and not allow_http and not _is_loopback(parts.hostname):
+            raise BackendError(
+                f"the ray connection's dashboard {address} is not https: its token would cross the network in "
+                "clear text; use https (schema), or set the extra allow_http: true to accept that"
+            )
         self.address = address.rstrip("/")
         self.cluster_name = cluster_name
         self._token = token
@@ -64,6 +88,8 @@ class DashboardBackend:
         try:
             self._jobs(self.cluster_name).list()
             state, message = ClusterState.READY, None
+        except BackendAuthenticationError as error:
+            state, message = ClusterState.FAILED, str(error)  # a wrong token stays wrong: fail now
         except BackendError as error:
             state, message = ClusterState.PROVISIONING, str(error)
         return ClusterInfo(self.cluster_name, self.name, state, self.address, message=message)

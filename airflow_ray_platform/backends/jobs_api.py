@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import requests
-from ray.exceptions import RayError
+from ray.exceptions import AuthenticationError, RayError
 from ray.job_submission import JobDetails, JobSubmissionClient
 
-from airflow_ray_platform.backends.base import BackendError, JobInfo, JobState
+from airflow_ray_platform.backends.base import BackendAuthenticationError, BackendError, JobInfo, JobState
 from airflow_ray_platform.config import JobSpec
 
 _NOT_FOUND = re.compile(r"status code 404")
@@ -57,6 +57,8 @@ class JobsApiClient:
     def _call(doing: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return function(*args, **kwargs)
+        except AuthenticationError as error:
+            raise BackendAuthenticationError(f"{doing}: {error}") from None
         except _CLIENT_ERRORS as error:
             raise BackendError(f"{doing}: {error}") from None
 

@@ -4,7 +4,8 @@ Connection forms:
 
 * no connection, or extras ``{"backend": "local", "root_dir": …}``: the embedded local backend;
 * host / port (and schema ``https``) of a Ray dashboard, token in the password, extras
-  ``{"cluster_name": …, "verify": true | false | "/path/ca.pem"}``: an existing cluster (jobs only);
+  ``{"cluster_name": …, "verify": true | false | "/path/ca.pem", "allow_http": false}``: an existing
+  cluster (jobs only); plain http only to this machine unless ``allow_http`` says so;
 * extras ``{"backend": "kuberay", …}``: the KubeRay backend (its own options).
 
 The hook only turns a connection into a :class:`RayBackend` (``get_conn()`` / ``backend``); every
@@ -78,7 +79,7 @@ class RayHook(BaseHook):
             scheme = conn.schema or "http"
             address = f"{scheme}://{conn.host}" + (f":{conn.port}" if conn.port else "")
             options = {"address": address, "token": conn.password or None}
-            options.update({key: extra[key] for key in ("cluster_name", "verify") if key in extra})
+            options.update({key: extra[key] for key in ("cluster_name", "verify", "allow_http") if key in extra})
             return "dashboard", options
         name = extra.pop("backend", "local")
         return name, extra

@@ -77,3 +77,27 @@ def test_wrong_token_is_a_clear_error_that_does_not_echo_it(monkeypatch, shared_
         RayHook("ray_wrong").backend.list_jobs("existing")
     assert "Invalid authentication token" in str(raised.value)
     assert "wrong-secret-token" not in str(raised.value)
+
+
+def test_a_refused_token_fails_the_cluster_at_once(monkeypatch, shared_cluster):
+    """Found by review: 401/403 read as "still provisioning", so the task waited out its startup timeout."""
+    from airflow_ray_platform.backends.base import ClusterState
+    from airflow_ray_platform.job_run import wait_for_cluster
+
+    address = urlsplit(shared_cluster.dashboard_url)
+    _connection(monkeypatch, "ray_refused", host=address.hostname, port=address.port, password="wrong-token")
+    backend = RayHook("ray_refused").backend
+    info = backend.describe_cluster("default")
+    assert info.state == ClusterState.FAILED and "wrong-token" not in (info.message or "")
+    with pytest.raises(BackendError, match="Invalid authentication token"):
+        wait_for_cluster(backend, "default", timeout=600, poll_interval=0.5)  # at once, not after 600 s
+
+
+def test_a_dashboard_beyond_this_machine_needs_https_unless_told_otherwise(monkeypatch):
+    _connection(monkeypatch, "ray_remote", host="ray.example.internal", port=8265, password="t")
+    with pytest.raises(BackendError, match="is not https"):
+        _ = RayHook("ray_remote").backend
+    _connection(monkeypatch, "ray_remote_tls", host="ray.example.internal", port=8265, schema="https", password="t")
+    assert isinstance(RayHook("ray_remote_tls").backend, DashboardBackend)
+    _connection(monkeypatch, "ray_remote_http", host="ray.example.internal", port=1, extra={"allow_http": True})
+    assert isinstance(RayHook("ray_remote_http").backend, DashboardBackend)
