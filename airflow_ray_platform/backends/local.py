@@ -70,7 +70,17 @@ READY_MARKER = "Ray runtime started"
 #: Ray refuses an object store smaller than this.
 MIN_OBJECT_STORE_BYTES = 80 * 1024**2
 #: Environment a cluster must not inherit: it would point Ray at another cluster or another token.
+#: The private folder of a local cluster's temp files: ``<tmp>/arp-<10 hex>`` (short: Ray's unix
+#: sockets live under it, at most 108 bytes of path).
+PRIVATE_DIR_PREFIX = "arp-"
 INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+#: What a local cluster's processes (and so its jobs) inherit from the worker's environment: what
+#: programs need to run, never Airflow's settings, connections, Fernet key or cloud credentials.
+#: Anything else a job needs goes in its ``runtime_env.env_vars``, or the backend's ``pass_env``.
+INHERITED_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "LD_LIBRARY_PATH"}
+)
+INHERITED_ENVIRONMENT_PREFIXES = ("LC_", "RAY_", "CUDA_", "NVIDIA_")
 
 
 _log = logging.getLogger(__name__)
@@ -134,7 +144,15 @@ class LocalClusterRecord:
     last_active_at: str
     dashboard_port: int
     gcs_port: int
+    #: Ray's ``--temp-dir`` (which Ray makes world-writable), inside a private folder of this cluster.
     temp_dir: str
+
+    @property
+    def private_dir(self) -> Path:
+        """The 0700 folder around Ray's temp dir (records from before it existed have none: the temp dir)."""
+        parent = Path(self.temp_dir).parent
+        return parent if parent.name.startswith(PRIVATE_DIR_PREFIX) else Path(self.temp_dir)
+
     resources: dict[str, float]
     nodes: list[NodeProcess] = field(default_factory=list)
     #: ``ClusterSpec.recorded()`` of the spec it was started from.
@@ -235,9 +253,12 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, root_dir: str | Path | None = None, probe_timeout: float = 2.0) -> None:
+    def __init__(
+        self, root_dir: str | Path | None = None, probe_timeout: float = 2.0, pass_env: Collection[str] = ()
+    ) -> None:
         self.registry = LocalClusterRegistry(Path(root_dir) if root_dir else default_root())
         self.probe_timeout = probe_timeout
+        self.pass_env = frozenset(pass_env)
         self._clients: dict[tuple[str, str], JobsApiClient] = {}
 
     # ----------------------------------------------------------------- clusters
@@ -286,7 +307,14 @@ class LocalBackend:
             return self._describe(record)
 
     def _ray_environment(self, name: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in INHERITED_RAY_VARIABLES}
+        """The environment of the cluster's processes and jobs: an allow-list of the worker's, plus the
+        cluster's own token path (a job needs its cluster's token, and no other secret)."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if (key in INHERITED_ENVIRONMENT or key.startswith(INHERITED_ENVIRONMENT_PREFIXES) or key in self.pass_env)
+            and key not in INHERITED_RAY_VARIABLES
+        }
         env.update(
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN_PATH=str(self.registry.token_path(name)),
@@ -302,8 +330,16 @@ class LocalBackend:
         self.registry.write_token(name, secrets.token_urlsafe(32))
         # Ray's unix sockets live under the temp dir and must stay short (108 bytes).
         key = sha256(f"{self.registry.root.resolve()}/{name}".encode()).hexdigest()[:10]
-        temp_dir = Path(tempfile.gettempdir()) / f"arp-{key}"
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        private_dir = Path(tempfile.gettempdir()) / f"{PRIVATE_DIR_PREFIX}{key}"
+        shutil.rmtree(private_dir, ignore_errors=True)
+        try:  # ours alone, created here: another local user cannot have prepared it, nor enter it
+            private_dir.mkdir(mode=0o700)
+        except FileExistsError:
+            raise BackendError(
+                f"cannot start local Ray cluster {name!r}: its temp dir {private_dir} exists and cannot be "
+                "removed (another user's?)"
+            ) from None
+        temp_dir = private_dir / "r"  # Ray makes its own temp dir world-writable: keep it inside ours
         env = self._ray_environment(name)
         ray_bin = str(Path(sys.executable).parent / "ray")
 
@@ -365,11 +401,11 @@ class LocalBackend:
             for key, value in node_spec.ray_start_params.items():
                 args += [f"--{key.replace('_', '-')}", value]
             log_path = cluster_dir / f"{role}.log"
-            with open(log_path, "wb") as log:
+            with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as log:
                 process = subprocess.Popen(
                     args,
                     env=env,
-                    cwd=cluster_dir,
+                    cwd=private_dir,  # never the registry folder, which holds the token
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -484,7 +520,7 @@ class LocalBackend:
             if condition is not None:
                 self._check_condition(record, condition)
             self._stop_processes(record)
-            shutil.rmtree(record.temp_dir, ignore_errors=True)
+            shutil.rmtree(record.private_dir, ignore_errors=True)
             self.registry.remove(name)
             self._clients = {key: client for key, client in self._clients.items() if key[0] != name}
             return True

@@ -228,3 +228,38 @@ def test_one_unreadable_record_is_listed_as_broken_and_the_sweep_goes_on(tmp_pat
     reasons = {outcome.decision.cluster.name: outcome.detail for outcome in outcomes}
     assert "registry record cannot be read" in reasons["corrupt"]
     assert backend.list_clusters({"purpose": "x"}) == []
+
+
+def test_a_probe_job_sees_none_of_the_workers_secrets(tmp_path, monkeypatch):
+    """Found by review: a job inherited the worker's whole environment (cloud keys, Airflow connections,
+    the Fernet key) and ran in the registry folder, next to every cluster's token."""
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": "probe-aws-secret",
+        "AIRFLOW_CONN_WAREHOUSE": "postgresql://user:probe-db-password@db/x",
+        "AIRFLOW__CORE__FERNET_KEY": "probe-fernet-key",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/probe/gcp.json",
+    }
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ARP_PASSED_ON_PURPOSE", "visible")
+    backend = LocalBackend(tmp_path / "root", pass_env=["ARP_PASSED_ON_PURPOSE"])
+    spec = ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"})
+    probe = "python -c \"import os, json; print(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd()}))\""
+    try:
+        backend.create_or_get_cluster("probe", spec, {})
+        wait_for_cluster(backend, "probe", timeout=180, poll_interval=0.5)
+        backend.submit_job("probe", "probe-env", JobSpec(entrypoint=probe), {})
+        assert _wait_job(backend, "probe", "probe-env").state == JobState.SUCCEEDED
+        output = backend.job_logs("probe", "probe-env")
+        seen = __import__("json").loads(output.strip().splitlines()[-1])
+        record = backend.registry.load("probe")
+        temp_mode = stat.S_IMODE(os.stat(record.private_dir).st_mode)
+        log_modes = {stat.S_IMODE(os.stat(node.log_path).st_mode) for node in record.nodes}
+    finally:
+        backend.delete_cluster("probe")
+    leaked = [key for key, value in secrets.items() if key in seen["env"] or value in output]
+    assert leaked == []
+    assert not [key for key in seen["env"] if key.startswith("AIRFLOW")]
+    assert seen["env"]["ARP_PASSED_ON_PURPOSE"] == "visible"
+    assert not seen["cwd"].startswith(str(backend.registry.root))
+    assert temp_mode == 0o700 and log_modes == {0o600}
