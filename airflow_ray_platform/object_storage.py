@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+#: Seconds an S3 call may take to connect, and to answer: a silent endpoint fails a call in seconds
+#: (then the caller's never-failing recorder warns), never holds a task for minutes.
+S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT = 5, 30
 #: Multipart part size on S3, and the copy buffer of ``file://``.
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -67,8 +70,15 @@ class ObjectStorage:
 
     def _s3(self) -> Any:
         import boto3
+        from botocore.config import Config
 
-        return boto3.client("s3", **self._s3_options)
+        options = {
+            "config": Config(
+                connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT, retries={"max_attempts": 3}
+            ),
+            **self._s3_options,
+        }
+        return boto3.client("s3", **options)
 
     def uri(self, key: str) -> str:
         return f"{self.base_uri}/{key}"

@@ -166,3 +166,66 @@ def test_concurrent_writers_lose_and_duplicate_nothing(store):
             connection.execute(sa.select(events.c.cluster_uid, sa.func.count()).group_by(events.c.cluster_uid)).all()
         )
     assert per_cluster == {**{f"c/{w}": count for w in range(workers)}, "c/shared": shared}
+
+
+def _silent_server():
+    """A TCP port that accepts connections (the kernel does) and never says a word: a blackholed server."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener
+
+
+def _ends(call, bound: float = 120.0):
+    """Whether ``call`` returns (or raises) within ``bound`` seconds: a liveness bound, not a timing."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            call()
+        except Exception as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    return not thread.is_alive(), outcome.get("error")
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg", "mysql+pymysql"])
+def test_a_silent_database_fails_a_call_instead_of_holding_the_task(driver):
+    """Found by review: with no timeout, a blackholed database held a task ~4 minutes per recording call."""
+    listener = _silent_server()
+    try:
+        port = listener.getsockname()[1]
+        store = StateStore(f"{driver}://user@127.0.0.1:{port}/db", timeout=2)
+        ended, error = _ends(store.migrate)
+    finally:
+        listener.close()
+    assert ended, "the state store call is still waiting on a silent server"
+    assert error is not None
+
+
+def test_a_silent_s3_endpoint_fails_a_call_instead_of_holding_the_task(monkeypatch):
+    from airflow_ray_platform import object_storage
+    from airflow_ray_platform.object_storage import ObjectStorage, ObjectStorageError
+
+    monkeypatch.setattr(object_storage, "S3_READ_TIMEOUT", 2)
+    listener = _silent_server()
+    try:
+        storage = ObjectStorage(
+            "s3://bucket/logs",
+            endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+            region_name="us-east-1",
+        )
+        ended, error = _ends(lambda: storage.write("a.log", iter([b"x"])))
+    finally:
+        listener.close()
+    assert ended, "the S3 call is still waiting on a silent endpoint"
+    assert isinstance(error, ObjectStorageError)
