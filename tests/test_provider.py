@@ -66,23 +66,33 @@ def test_bad_configuration_fails_at_parse_and_creates_nothing(operator, backend)
 def test_parse_time_kuberay_manifest_validation(monkeypatch):
     """``[ray_platform] validate_kuberay_manifests``: parsing renders and strictly validates manifests.
 
-    ``cpu: "1_000"`` passes the configuration model but not the CRD's quantity pattern: only the
-    option catches it at parse time.
+    The model now enforces the CRDs' own quantity pattern (below), so no configuration it accepts
+    fails the CRD today; the option stays as a guard against the two drifting apart, and every shipped
+    configuration passes it.
     """
     from pathlib import Path
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from airflow_ray_platform.backends.kuberay.schema import ManifestValidationError
+    from airflow_ray_platform.config import JobConfigurationError
     from airflow_ray_platform.operators.ray import RayClusterOperator
 
-    config = {"name": "a", "owner": "o", "team": "t", "cluster": {"head": {"cpu": "1_000"}}}
-    RayClusterOperator(task_id="off", job_configuration=config)  # option off: the model alone accepts it
     monkeypatch.setenv("AIRFLOW__RAY_PLATFORM__VALIDATE_KUBERAY_MANIFESTS", "True")
-    with pytest.raises(ManifestValidationError, match=r"spec\.headGroupSpec\.template\.spec\.containers\.0"):
+    config = {"name": "a", "owner": "o", "team": "t", "cluster": {"head": {"cpu": "1_000"}}}
+    with pytest.raises(JobConfigurationError, match=r"cluster\.head\.cpu: must be a Kubernetes quantity"):
         RayClusterOperator(task_id="on", job_configuration=config)
     bag = DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"))
     assert bag.import_errors == {}  # every shipped configuration renders manifests that pass
+
+
+def test_the_models_quantity_rule_is_the_crds_own():
+    """The quantity text the model accepts is exactly what KubeRay's vendored CRDs accept."""
+    from airflow_ray_platform.backends.kuberay.schema import CRD_FILES, CRDS
+    from airflow_ray_platform.config import QUANTITY_TEXT
+
+    text = (CRDS / CRD_FILES["RayCluster"]).read_text()
+    patterns = {line.split("pattern: ", 1)[1] for line in text.splitlines() if "pattern: ^(\\+|-)?" in line}
+    assert patterns == {QUANTITY_TEXT.pattern}
 
 
 def test_a_sub_second_timeout_renders_a_deadline_of_one_second():
