@@ -101,14 +101,20 @@ def cluster_outcome(name: str, info: ClusterInfo | None, *, timed_out: bool, tim
     return None
 
 
-def wait_for_cluster(backend: RayBackend, name: str, timeout: float, poll_interval: float = 1.0) -> ClusterInfo:
-    """Block until the cluster is READY; raise with the backend's reason if it fails or times out."""
-    deadline = time.monotonic() + timeout
+def wait_for_cluster(
+    backend: RayBackend, name: str, timeout: float, poll_interval: float = 1.0, within: float | None = None
+) -> ClusterInfo | None:
+    """Block until the cluster is READY; raise with the backend's reason if it fails or times out; None
+    if it is still starting after ``within`` seconds (a deferrable operator's first seconds)."""
+    started = time.monotonic()
     while True:
         info = backend.describe_cluster(name)
-        ready = cluster_outcome(name, info, timed_out=time.monotonic() >= deadline, timeout=timeout)
+        elapsed = time.monotonic() - started
+        ready = cluster_outcome(name, info, timed_out=elapsed >= timeout, timeout=timeout)
         if ready is not None:
             return ready
+        if within is not None and elapsed >= within:
+            return None
         time.sleep(poll_interval)
 
 
@@ -249,13 +255,19 @@ class RayJobRun:
         """Describe the job, then :meth:`observe` it: one poll."""
         return self.observe(self.describe(), stream_logs=stream_logs)
 
-    def wait(self, info: JobInfo | None, *, poll_interval: float, stream_logs: bool) -> JobEvent:
-        """Block until the wait ends (the operator's non-deferrable path), logging the job's output."""
+    def wait(
+        self, info: JobInfo | None, *, poll_interval: float, stream_logs: bool, within: float | None = None
+    ) -> JobEvent | None:
+        """Block until the wait ends, logging the job's output (the operator's non-deferrable path, and
+        a deferrable one's first seconds); None if it has not ended ``within`` seconds."""
+        give_up = None if within is None else time.monotonic() + within
         while True:
             event, text = self.observe(info, stream_logs=stream_logs)
             log_job_output(self.log, self._id, text)
             if event is not None:
                 return event
+            if give_up is not None and time.monotonic() >= give_up:
+                return None
             time.sleep(poll_interval)
             info = self.describe()
 

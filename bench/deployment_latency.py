@@ -1,7 +1,8 @@
 """Latency under a real Airflow deployment (tests/deployment's harness: api-server, scheduler,
 dag-processor, triggerer as processes, LocalExecutor, PostgreSQL): a trivial job on an existing cluster
 through RayJobOperator, blocking and deferrable (poll interval 1 s), against Ray's JobSubmissionClient
-polling every 1 s in the same run, alternating rounds.
+polling every 1 s in the same run, alternating rounds. The job sleeps 15 s: longer than the 10 s a
+deferrable operator waits in its task before deferring, so the deferred path is what is measured.
 
 Per run: detection lag (Ray's job end -> the task instance's end; the raw loop: job end -> the poll
 that sees it) and the task instance's start -> end. ``dag.test()`` figures (bench/control_plane.py)
@@ -24,10 +25,10 @@ from airflow_ray_platform.naming import RUN_ID_METADATA
 from bench.common import median, record
 from tests.deployment.harness import Deployment, start_deployment
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 POLL_INTERVAL = 1.0  # the deployment test DAGs' poll_interval
 CLUSTER = "deploy-shared"
-TRIVIAL = "python -c 'print(1)'"
+JOB = "python -c 'import time; time.sleep(15)'"
 ADMIN_URL = os.environ.get("ARP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -37,7 +38,7 @@ def _time(text: str) -> datetime:
 
 def raw_loop(client: JobSubmissionClient) -> dict[str, float]:
     started = time.time()
-    submission_id = client.submit_job(entrypoint=TRIVIAL)
+    submission_id = client.submit_job(entrypoint=JOB)
     while client.get_job_status(submission_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         time.sleep(POLL_INTERVAL)
     seen = time.time()
@@ -48,7 +49,7 @@ def raw_loop(client: JobSubmissionClient) -> dict[str, float]:
 
 def operator_run(deployment: Deployment, dag_id: str) -> dict[str, float]:
     api = deployment.api
-    run = api.trigger(dag_id, {"entrypoint": TRIVIAL})
+    run = api.trigger(dag_id, {"entrypoint": JOB})
     api.wait(
         f"{dag_id} to end",
         lambda: api.get(f"/dags/{dag_id}/dagRuns/{run}")["state"] in ("success", "failed"),

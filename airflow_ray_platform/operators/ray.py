@@ -43,7 +43,7 @@ from airflow_ray_platform.naming import (
     cluster_labels,
 )
 from airflow_ray_platform.timestamps import utc_now
-from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
+from airflow_ray_platform.triggers.ray import DEFERRAL_SETTLE_SECONDS, RayClusterTrigger, RayJobTrigger
 
 JobConfigurationArg = JobConfiguration | Mapping[str, Any] | str | Path
 
@@ -77,6 +77,14 @@ def _seconds(value: timedelta | float | None) -> float | None:
 def _platform_option(key: str) -> str | None:
     """``[ray_platform] <key>`` from Airflow's configuration; unset means the embedded default."""
     return conf.get("ray_platform", key, fallback=None) or None
+
+
+def _settling(operator: _RayOperator) -> float | None:
+    """How long a deferrable operator waits in its task before deferring (None: a blocking one waits
+    all along). A wait that ends this soon never defers: deferring would cost a triggerer round trip,
+    and on Airflow 3.3.2 a trigger that fires this soon after the deferral can fail the resumed task
+    (see ``triggers.ray.DEFERRAL_SETTLE_SECONDS``)."""
+    return DEFERRAL_SETTLE_SECONDS if operator.deferrable else None
 
 
 def _lease(context: Context) -> Lease:
@@ -221,18 +229,23 @@ class RayClusterOperator(_RayOperator):
         result = self._push_cluster(context, info)
         if not self.wait_for_ready or info.state == ClusterState.READY:
             return result
-        if self.deferrable:
+        deadline = time.time() + self._startup_timeout()
+        ready = wait_for_cluster(
+            self.backend, name, self._startup_timeout(), self.poll_interval, within=_settling(self)
+        )
+        if ready is None:
             self.defer(
                 trigger=RayClusterTrigger(
                     ray_conn_id=self.ray_conn_id,
                     cluster_name=name,
-                    timeout_at=time.time() + self._startup_timeout(),
+                    timeout_at=deadline,
                     startup_timeout=self._startup_timeout(),
                     poll_interval=self.poll_interval,
+                    not_before=time.time() + DEFERRAL_SETTLE_SECONDS,
                 ),
                 method_name="execute_complete",
             )
-        ready = wait_for_cluster(self.backend, name, self._startup_timeout(), self.poll_interval)
+        assert ready is not None
         self.recorder.cluster_seen(ready)
         self.log.info("Ray cluster %r is ready: %s", name, info.dashboard_url)
         return result
@@ -371,23 +384,28 @@ class RayJobOperator(_RayOperator):
         self._push_cluster(context, info)
         if info.state != ClusterState.READY:
             self.log.info("Waiting for Ray cluster %r (%s)", info.name, info.state)
-            if self.deferrable:
+            deadline = time.time() + self._startup_timeout()
+            interval = min(self.poll_interval, 1.0)
+            try:
+                ready = wait_for_cluster(
+                    self.backend, info.name, self._startup_timeout(), interval, within=_settling(self)
+                )
+            except Exception:
+                self._cleanup_cluster(failed=True)
+                raise
+            if ready is None:
                 self.defer(
                     trigger=RayClusterTrigger(
                         ray_conn_id=self.ray_conn_id,
                         cluster_name=info.name,
-                        timeout_at=time.time() + self._startup_timeout(),
+                        timeout_at=deadline,
                         startup_timeout=self._startup_timeout(),
-                        poll_interval=min(self.poll_interval, 1.0),
+                        poll_interval=interval,
                         ephemeral_cluster=ephemeral,
+                        not_before=time.time() + DEFERRAL_SETTLE_SECONDS,
                     ),
                     method_name="execute_after_cluster_ready",
                 )
-            try:
-                wait_for_cluster(self.backend, info.name, self._startup_timeout(), min(self.poll_interval, 1.0))
-            except Exception:
-                self._cleanup_cluster(failed=True)
-                raise
         return self._submit_and_wait(context)
 
     def execute_after_cluster_ready(self, context: Context, event: dict[str, Any]) -> str | None:
@@ -412,7 +430,8 @@ class RayJobOperator(_RayOperator):
             return info.submission_id
         job_timeout = self._job_timeout()
         run.timeout_at = None if job_timeout is None else time.time() + job_timeout
-        if self.deferrable and not info.state.is_terminal:
+        event = run.wait(info, poll_interval=self.poll_interval, stream_logs=self.get_logs, within=_settling(self))
+        if event is None:
             self.defer(
                 trigger=RayJobTrigger(
                     ray_conn_id=self.ray_conn_id,
@@ -421,14 +440,18 @@ class RayJobOperator(_RayOperator):
                     poll_interval=self.poll_interval,
                     timeout_at=run.timeout_at,
                     stream_logs=self.get_logs,
+                    log_offset=run.log_offset,
+                    utilisation=run.utilisation.to_dict(),
                     ephemeral_cluster=run.ephemeral_cluster,
                     state_store_conn_id=self.state_store_conn_id,
                     finish_job=True,
                     log_storage_uri=self.log_storage_uri,
+                    not_before=time.time() + DEFERRAL_SETTLE_SECONDS,
                 ),
                 method_name="execute_complete",
             )
-        return self._finish(run.wait(info, poll_interval=self.poll_interval, stream_logs=self.get_logs))
+        assert event is not None
+        return self._finish(event)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         job = JobEvent.from_dict(event)

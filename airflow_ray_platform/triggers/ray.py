@@ -34,15 +34,28 @@ MAX_CONSECUTIVE_ERRORS = 5
 LOG_STREAM_WINDOW = 10.0
 MAX_WATCH_WINDOW = 300.0
 CLUSTER_WATCH_WINDOW = 30.0
+#: The soonest a trigger fires after its task deferred (the operators also wait this long in the task
+#: before deferring). Airflow 3.3.2 fails a resumed task whose trigger fired before the scheduler had
+#: processed the deferring task process's exit: its guard for that case (``process_executor_events``,
+#: "resume-after-defer") accepts the task instance SCHEDULED but not yet QUEUED, and that exit was
+#: measured up to ~6 s after the deferral on a loaded 2-core machine.
+DEFERRAL_SETTLE_SECONDS = 10.0
 
 
 class _RayTrigger(BaseTrigger):
     """Shared plumbing: one hook per trigger instance, blocking calls moved to threads."""
 
-    def __init__(self, ray_conn_id: str, poll_interval: float) -> None:
+    def __init__(self, ray_conn_id: str, poll_interval: float, not_before: float | None = None) -> None:
         super().__init__()
         self.ray_conn_id = ray_conn_id
         self.poll_interval = poll_interval
+        self.not_before = not_before
+
+    async def _fire(self, payload: dict[str, Any]) -> TriggerEvent:
+        """The event, not sooner than ``not_before`` (epoch seconds; see DEFERRAL_SETTLE_SECONDS)."""
+        if self.not_before is not None:
+            await asyncio.sleep(max(0.0, self.not_before - time.time()))
+        return TriggerEvent(payload)
 
     @cached_property
     def hook(self) -> RayHook:
@@ -54,7 +67,12 @@ class _RayTrigger(BaseTrigger):
 
     def _serialized(self, **state: Any) -> tuple[str, dict[str, Any]]:
         """(classpath, kwargs) with the state every Ray trigger has, plus ``state``."""
-        kwargs = {"ray_conn_id": self.ray_conn_id, "poll_interval": self.poll_interval, **state}
+        kwargs = {
+            "ray_conn_id": self.ray_conn_id,
+            "poll_interval": self.poll_interval,
+            "not_before": self.not_before,
+            **state,
+        }
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def _window(self, longest: float, timeout_at: float | None) -> float:
@@ -70,6 +88,7 @@ class RayClusterTrigger(_RayTrigger):
     :param timeout_at: epoch seconds after which the wait fails (the startup deadline).
     :param startup_timeout: the startup timeout in seconds, for the error text.
     :param poll_interval: seconds between checks of a backend that cannot be watched.
+    :param not_before: epoch seconds before which the trigger does not fire (the deferral's settling).
     :param ephemeral_cluster: the cluster is the task's own: ``on_kill`` deletes it.
     """
 
@@ -82,8 +101,9 @@ class RayClusterTrigger(_RayTrigger):
         startup_timeout: float,
         poll_interval: float = 1.0,
         ephemeral_cluster: bool = False,
+        not_before: float | None = None,
     ) -> None:
-        super().__init__(ray_conn_id, poll_interval)
+        super().__init__(ray_conn_id, poll_interval, not_before)
         self.cluster_name = cluster_name
         self.timeout_at = timeout_at
         self.startup_timeout = startup_timeout
@@ -116,10 +136,10 @@ class RayClusterTrigger(_RayTrigger):
                     timeout=self.startup_timeout,
                 )
             except BackendError as error:
-                yield TriggerEvent(self._event(WaitStatus.ERROR, message=str(error)).to_dict())
+                yield await self._fire(self._event(WaitStatus.ERROR, message=str(error)).to_dict())
                 return
             if ready is not None:
-                yield TriggerEvent(self._event(WaitStatus.SUCCESS, dashboard_url=ready.dashboard_url).to_dict())
+                yield await self._fire(self._event(WaitStatus.SUCCESS, dashboard_url=ready.dashboard_url).to_dict())
                 return
             if watching is None:
                 await asyncio.sleep(self.poll_interval)
@@ -142,6 +162,7 @@ class RayJobTrigger(_RayTrigger):
     :param cluster_name: the cluster the job runs on.
     :param submission_id: the job.
     :param poll_interval: seconds between checks of a backend that cannot be watched.
+    :param not_before: epoch seconds before which the trigger does not fire (the deferral's settling).
     :param timeout_at: epoch seconds after which the wait ends ``timeout`` (None: never).
     :param stream_logs: copy the job's driver log into the task log as it grows.
     :param log_offset: how much of the driver log the task log already holds.
@@ -171,8 +192,9 @@ class RayJobTrigger(_RayTrigger):
         state_store_conn_id: str | None = None,
         finish_job: bool = False,
         log_storage_uri: str | None = None,
+        not_before: float | None = None,
     ) -> None:
-        super().__init__(ray_conn_id, poll_interval)
+        super().__init__(ray_conn_id, poll_interval, not_before)
         self.cluster_name = cluster_name
         self.submission_id = submission_id
         self.utilisation = Utilisation.from_dict(utilisation)
@@ -236,12 +258,12 @@ class RayJobTrigger(_RayTrigger):
                     self.log.warning("Ray status call failed (%d/%d): %s", errors, MAX_CONSECUTIVE_ERRORS, error)
                     await asyncio.sleep(self.poll_interval)
                     continue
-                yield TriggerEvent(run.error(str(error)).to_dict())
+                yield await self._fire(run.error(str(error)).to_dict())
                 return
             if event is not None:
                 if self.finish_job and event.status != WaitStatus.ERROR:
                     event = await asyncio.to_thread(self._finish, backend, event)
-                yield TriggerEvent(event.to_dict())
+                yield await self._fire(event.to_dict())
                 return
             if watching is None:
                 await asyncio.sleep(self.poll_interval)
