@@ -45,6 +45,15 @@ def get_provider_info() -> dict:
                         "example": "True",
                         "default": "False",
                     },
+                    "deferral_settle_seconds": {
+                        "description": "How long a deferrable operator waits in its task before deferring, and "
+                        "the soonest its trigger fires after the deferral: works around Airflow 3.3.2 failing a "
+                        "task resumed right after its deferral (apache/airflow#67287). 0 where that is fixed.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "0",
+                        "default": "10",
+                    },
                 },
             }
         },

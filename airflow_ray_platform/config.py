@@ -36,6 +36,8 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: ``-head-xxxxx`` and ephemeral clusters get ``-<8 hex>``, so the user's part stays well under 63.
 MAX_NAME_LENGTH = 40
 MIN_TOKEN_AUTH_RAY = (2, 52)
+#: Where a cluster's image comes from when the configuration names none (``<repository>:<ray>-py<xy>``).
+DEFAULT_IMAGE_REPOSITORY = "rayproject/ray"
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 #: A Kubernetes qualified name (label and node-selector keys): an optional DNS subdomain prefix and "/",
 #: then at most 63 characters of letters, digits, "-", "_" and ".", alphanumeric at both ends.
@@ -47,6 +49,37 @@ QUALIFIED_NAME = re.compile(
 QUANTITY_TEXT = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+#: ``ray start`` options the backends set themselves, for the cluster's security and bookkeeping (where
+#: it listens, its ports, its temp dir, its caps, token auth, usage stats): ``ray_start_params`` cannot
+#: override them.
+RESERVED_RAY_START_PARAMS = frozenset(
+    {
+        "address",
+        "block",
+        "head",
+        "port",
+        "node-ip-address",
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-host",
+        "dashboard-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+        "ray-client-server-port",
+        "include-dashboard",
+        "temp-dir",
+        "num-cpus",
+        "num-gpus",
+        "memory",
+        "disable-usage-stats",
+        "redis-password",
+        "gcs-server-port",
+    }
+)
+#: The most nodes a worker group may have: Ray's documented scalability envelope (2,000 nodes).
+MAX_GROUP_REPLICAS = 2000
 #: Shorter idle timeouts are a mistake, not a wish: the cleanup DAG runs every 10 minutes.
 MIN_IDLE_TIMEOUT = timedelta(minutes=1)
 
@@ -234,6 +267,19 @@ class NodeResources(_Strict):
         default_factory=dict, description="Extra `ray start` options, by Ray's names without `--`."
     )
 
+    @field_validator("ray_start_params")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(
+            key for key in value if key.lstrip("-").replace("_", "-").lower() in RESERVED_RAY_START_PARAMS
+        )
+        if reserved:
+            raise ValueError(
+                f"{reserved} are set by the backend (where Ray listens, its ports, temp dir and caps) and cannot "
+                "be overridden; use the node's cpu, memory, gpu and object_store_memory fields for its caps"
+            )
+        return value
+
     @field_validator("cpu")
     @classmethod
     def _positive_cpu(cls, value: str) -> str:
@@ -257,10 +303,13 @@ class WorkerGroupSpec(NodeResources):
     """A group of identical Ray worker nodes (KubeRay's ``workerGroupSpecs`` entry)."""
 
     group_name: DnsName = Field(description="The group's name (KubeRay `groupName`), unique in the cluster.")
-    replicas: int = Field(1, ge=0, description="Worker nodes started with the cluster.")
-    min_replicas: int = Field(0, ge=0, description="Fewest worker nodes the autoscaler keeps.")
+    replicas: int = Field(1, ge=0, le=MAX_GROUP_REPLICAS, description="Worker nodes started with the cluster.")
+    min_replicas: int = Field(0, ge=0, le=MAX_GROUP_REPLICAS, description="Fewest worker nodes the autoscaler keeps.")
     max_replicas: int | None = Field(
-        None, ge=0, description="Most worker nodes the autoscaler starts (default: `replicas`)."
+        None,
+        ge=0,
+        le=MAX_GROUP_REPLICAS,
+        description="Most worker nodes the autoscaler starts (default: `replicas`).",
     )
 
     @model_validator(mode="after")
@@ -322,6 +371,11 @@ class ClusterSpec(_Strict):
     )
     auth: Literal["token", "disabled"] = Field(
         "token", description="Ray token authentication (KubeRay `authOptions.mode`); always on locally."
+    )
+    admit_teams: list[LabelValue] = Field(
+        default_factory=list,
+        description="Other teams that may use this cluster (submit jobs, take leases) under a platform policy; "
+        "only its own team deletes it.",
     )
 
     @property
@@ -553,7 +607,7 @@ def reference_markdown() -> str:
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def _location(parts: tuple[int | str, ...]) -> str:
+def _location(parts: tuple[int | str, ...], root: str) -> str:
     """``cluster.worker_groups.0.cpu``; keys that are not plain names are quoted (``cluster["a b"]``)."""
     text = ""
     for part in parts:
@@ -561,18 +615,19 @@ def _location(parts: tuple[int | str, ...]) -> str:
             text += f".{part}" if text else part
         else:
             text += f"[{json.dumps(part)}]"
-    return text or "job_configuration"
+    return text or root
 
 
-def _format_errors(error: ValidationError) -> str:
+def format_validation_errors(error: ValidationError, root: str = "job_configuration") -> str:
+    """One line per error, ``  <field path>: <rule>``, for a model read from a user's file or dict."""
     lines = []
     for item in error.errors():
-        location = _location(item["loc"])
+        location = _location(item["loc"], root)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "is not a known field (misspelt?)"
         lines.append(f"  {location}: {message}")
-    return "invalid job_configuration:\n" + "\n".join(lines)
+    return "\n".join(lines)
 
 
 def load_job_configuration(value: JobConfiguration | Mapping[str, Any] | str | Path) -> JobConfiguration:
@@ -604,7 +659,7 @@ def load_job_configuration(value: JobConfiguration | Mapping[str, Any] | str | P
     try:
         return JobConfiguration.model_validate(dict(value))
     except ValidationError as error:
-        raise JobConfigurationError(_format_errors(error)) from None
+        raise JobConfigurationError("invalid job_configuration:\n" + format_validation_errors(error)) from None
 
 
 if __name__ == "__main__":  # python -m airflow_ray_platform.config: the README's reference table

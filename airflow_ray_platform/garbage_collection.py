@@ -12,7 +12,7 @@ backend, so a job submitted or a lease taken between the decision and the delete
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -24,6 +24,7 @@ from airflow_ray_platform.backends.base import (
     ClusterState,
     DeleteCondition,
     JobInfo,
+    JobState,
     Lease,
     RayBackend,
 )
@@ -47,6 +48,9 @@ class Decision:
     reason: str
     #: Leases of finished runs: ignored by the decision and the delete, released if the cluster stays.
     expired_leases: tuple[Lease, ...] = field(default=())
+    #: Past the platform policy's hard lifetime: these active jobs are stopped first, and the cluster is
+    #: deleted whatever holds it.
+    stop_jobs: tuple[JobInfo, ...] = field(default=())
 
     @property
     def managed(self) -> bool:
@@ -65,15 +69,31 @@ def _seconds_label(cluster: ClusterInfo, label: str) -> timedelta | None:
     return timedelta(seconds=int(value)) if value.isdigit() and int(value) > 0 else None
 
 
+#: A team's hard cluster lifetime under the platform policy (None: no hard limit).
+HardLifetime = Callable[[str | None], timedelta | None]
+
+
+def no_hard_lifetime(team: str | None) -> timedelta | None:
+    """Without a platform policy nothing is stopped for its age: ``max_lifetime`` waits for the jobs."""
+    return None
+
+
 def decide(
     cluster: ClusterInfo,
     jobs: Sequence[JobInfo] | None,
     now: datetime,
     lease_is_live: LeaseLiveness = every_lease_live,
+    hard_lifetime: HardLifetime = no_hard_lifetime,
 ) -> Decision:
     """Whether to delete ``cluster``; ``jobs`` None means they could not be listed (keep, to be safe)."""
     live = [lease for lease in cluster.leases if lease_is_live(lease)]
     expired = tuple(lease for lease in cluster.leases if lease not in live)
+    limit = hard_lifetime(cluster.team)
+    age = now - (cluster.created_at or now)
+    if cluster.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE and limit is not None and age > limit:
+        active = tuple(job for job in jobs or () if not job.state.is_terminal)
+        why = f"past the platform policy's hard max_lifetime: age {_short(age)} > {_short(limit)}"
+        return Decision(cluster, True, why + (f"; stopping {len(active)} job(s)" if active else ""), expired, active)
     decision = _decide(cluster, jobs, now, live)
     return Decision(decision.cluster, decision.delete, decision.reason, expired)
 
@@ -114,7 +134,10 @@ def _short(delta: timedelta) -> str:
 
 
 def plan(
-    backend: RayBackend, now: datetime | None = None, lease_is_live: LeaseLiveness = every_lease_live
+    backend: RayBackend,
+    now: datetime | None = None,
+    lease_is_live: LeaseLiveness = every_lease_live,
+    hard_lifetime: HardLifetime = no_hard_lifetime,
 ) -> list[Decision]:
     """Decide for every cluster of ``backend``."""
     now = now or utc_now()
@@ -130,7 +153,7 @@ def plan(
                 jobs = backend.list_jobs(cluster.name)
             except BackendError:
                 jobs = None
-        decisions.append(decide(cluster, jobs, now, lease_is_live))
+        decisions.append(decide(cluster, jobs, now, lease_is_live, hard_lifetime))
     return decisions
 
 
@@ -156,7 +179,9 @@ def apply(
                 expired_leases=frozenset(lease.key for lease in decision.expired_leases),
             )
             try:
-                backend.delete_cluster(cluster.name, condition)
+                if decision.stop_jobs:
+                    _stop_for_hard_lifetime(backend, recorder, decision)
+                backend.delete_cluster(cluster.name, None if decision.stop_jobs else condition)
                 outcome = Outcome(decision, "deleted", decision.reason)
             except ClusterBusyError as busy:
                 outcome = Outcome(decision, "refused", f"busy at delete time: {busy}")
@@ -171,6 +196,23 @@ def apply(
                 recorder.gc_decision(cluster, outcome.action, outcome.detail, sweep_id)
         outcomes.append(outcome)
     return outcomes
+
+
+def _stop_for_hard_lifetime(backend: RayBackend, recorder: LifecycleRecorder | None, decision: Decision) -> None:
+    """Stop (and record STOPPED) the active jobs of a cluster past its hard lifetime, before its delete."""
+    for job in decision.stop_jobs:
+        backend.stop_job(decision.cluster.name, job.submission_id)
+        if recorder is not None:
+            why = f"stopped: {decision.reason.split(';')[0]}"
+            stopped = JobInfo(
+                job.submission_id,
+                job.cluster_name,
+                JobState.STOPPED,
+                message=why,
+                start_time=job.start_time,
+                end_time=utc_now(),
+            )
+            recorder.job_seen(decision.cluster, stopped)
 
 
 def _release_expired(backend: RayBackend, outcome: Outcome) -> Outcome:
@@ -190,8 +232,9 @@ def sweep(
     dry_run: bool = False,
     sweep_id: str = "",
     lease_is_live: LeaseLiveness = every_lease_live,
+    hard_lifetime: HardLifetime = no_hard_lifetime,
 ) -> list[Outcome]:
-    decisions = plan(backend, lease_is_live=lease_is_live)
+    decisions = plan(backend, lease_is_live=lease_is_live, hard_lifetime=hard_lifetime)
     return apply(backend, recorder, decisions, dry_run=dry_run, sweep_id=sweep_id or to_text())
 
 

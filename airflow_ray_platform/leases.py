@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_ray_platform.authorization import AuthorizationError
 from airflow_ray_platform.backends.base import ClusterBusyError, ClusterInfo, DeleteCondition, Lease, RayBackend
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 
@@ -121,6 +122,8 @@ def release_and_delete(
         deleted = backend.delete_cluster(name, condition)
     except ClusterBusyError as busy:
         return Teardown(False, f"kept: {busy}; the cleanup DAG deletes it after its idle_timeout")
+    except AuthorizationError as refused:  # another team's cluster it was admitted to, or one not managed
+        return Teardown(False, f"kept: this run released its lease, but deleting it is {refused}")
     if not deleted:
         return Teardown(False, "did not exist")
     reason = "deleted: this run released its lease and no other run holds one"

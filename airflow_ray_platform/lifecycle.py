@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
+from airflow_ray_platform.authorization import AuditEntry
 from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
 from airflow_ray_platform.config import JobConfiguration
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
@@ -127,6 +128,33 @@ class LifecycleRecorder:
         )
 
     @_never_fails
+    def audit(self, entry: AuditEntry) -> None:
+        """One authorization decision, or an action on a cluster or job, with who did it."""
+        actor, verdict = entry.actor, entry.verdict
+        cluster = entry.cluster
+        uid = _uid(cluster) if cluster is not None else cluster_uid(entry.backend, entry.cluster_name, "-")
+        outcome = "allowed" if verdict.allowed else "refused"
+        now = utc_now()
+        self.store.record_event(
+            Event(
+                uid,
+                f"{entry.action}_{outcome}",
+                now,
+                submission_id=entry.submission_id,
+                reason=verdict.reason,
+                detail={
+                    "action": str(entry.action),
+                    "allowed": verdict.allowed,
+                    "actor": actor.to_dict(),
+                    "cluster_team": cluster.team if cluster is not None else None,
+                },
+                discriminator=f"{actor.key}/{to_text(now)}",
+                team="cleanup" if actor.cleanup else actor.team,
+                actor=str(actor),
+            )
+        )
+
+    @_never_fails
     def job_seen(
         self,
         cluster: ClusterInfo,
@@ -186,24 +214,30 @@ class LifecycleRecorder:
 
 
 def read_job_log(
-    submission_id: str, state_store_conn_id: str | None = None, log_storage_uri: str | None = None
+    submission_id: str,
+    state_store_conn_id: str | None = None,
+    log_storage_uri: str | None = None,
+    may_read: Callable[[str | None], None] | None = None,
 ) -> Iterator[bytes]:
     """A job's persisted driver log, in chunks, whether or not its cluster still exists.
 
     The log's URI comes from the state store (the newest job of that id); ``log_storage_uri`` is the
-    storage's base (None: the embedded ``file://`` default). Raises LookupError if none was persisted.
+    storage's base (None: the embedded ``file://`` default). ``may_read(team of the job)`` raises if
+    the caller may not read it. Raises LookupError if none was persisted.
     """
     store = StateStore.from_airflow_connection(state_store_conn_id)
     query = (
-        sa.select(jobs.c.log_uri)
+        sa.select(jobs.c.log_uri, jobs.c.team)
         .where(jobs.c.submission_id == submission_id, jobs.c.log_uri.is_not(None))
         .order_by(jobs.c.updated_at.desc())
     )
     with store.engine.connect() as connection:
-        uri = connection.execute(query).scalar()
-    if uri is None:
+        row = connection.execute(query).first()
+    if row is None:
         raise LookupError(f"no persisted log for Ray job {submission_id!r}")
-    return _log_storage(log_storage_uri).read(uri)
+    if may_read is not None:
+        may_read(row.team)
+    return _log_storage(log_storage_uri).read(row.log_uri)
 
 
 def _log_storage(log_storage_uri: str | None) -> ObjectStorage:

@@ -96,13 +96,17 @@ events = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("detail", sa.JSON),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    #: The audit trail's: the team the actor works for ("cleanup" for the garbage collector), and the actor.
+    sa.Column("team", sa.String(63)),
+    sa.Column("actor", sa.String(1024)),
     sa.Index("ix_arp_events_cluster", "cluster_uid", "occurred_at"),
+    sa.Index("ix_arp_events_team", "team", "occurred_at"),
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "arp_alembic_version"
 #: The newest migration's revision (a test checks it against Alembic's head).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 MIGRATION_LOCK_KEY = 0x41525053  # "ARPS": the advisory lock PostgreSQL migrations take
 
 
@@ -121,6 +125,8 @@ class Event:
     reason: str | None = None
     detail: Mapping[str, Any] | None = None
     discriminator: str = ""
+    team: str | None = None
+    actor: str | None = None
 
     @property
     def key(self) -> str:
@@ -253,6 +259,8 @@ class StateStore:
             "reason": event.reason,
             "detail": dict(event.detail) if event.detail else None,
             "occurred_at": event.occurred_at,
+            "team": event.team,
+            "actor": event.actor,
         }
         if self.dialect in ("postgresql", "sqlite"):
             from sqlalchemy.dialects import postgresql, sqlite
@@ -305,6 +313,23 @@ class StateStore:
         query = sa.select(events).where(events.c.cluster_uid == uid).order_by(events.c.occurred_at, events.c.id)
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
+
+    def audit_trail(
+        self, team: str | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit events (actions and authorization decisions), oldest first, of one acting team and a
+        time range if given."""
+        query = sa.select(events).where(events.c.actor.is_not(None))
+        if team is not None:
+            query = query.where(events.c.team == team)
+        if since is not None:
+            query = query.where(events.c.occurred_at >= since)
+        if until is not None:
+            query = query.where(events.c.occurred_at < until)
+        with self.engine.connect() as connection:
+            return [
+                dict(row) for row in connection.execute(query.order_by(events.c.occurred_at, events.c.id)).mappings()
+            ]
 
     def count(self, table: sa.Table) -> int:
         with self.engine.connect() as connection:

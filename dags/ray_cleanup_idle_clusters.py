@@ -2,7 +2,8 @@
 
 Every 10 minutes, each backend's managed clusters are swept: deleted when idle past their
 ``idle_timeout``, past their ``max_lifetime``, or ephemeral with their job ended; never with an active
-job, a lease of a running DAG run, labelled keep, or unmanaged. Leases of runs that have ended are
+job, a lease of a running DAG run, labelled keep, or unmanaged; but past the platform policy's hard
+``max_lifetime`` a cluster's jobs are stopped and it is deleted. Leases of runs that have ended are
 ignored and released. The delete is a compare-and-delete (a job that arrives meanwhile keeps
 its cluster). Every decision goes to the lifecycle state store; the task log ends with a table of the
 decisions and the resources freed. First, each sweep stops (and records STOPPED) any active Ray job whose
@@ -38,17 +39,19 @@ with DAG(
 
     @task
     def sweep_backend(ray_conn_id: str, params=None, run_id=None, ti=None) -> dict:
-        from airflow_ray_platform.garbage_collection import report, sweep
+        from airflow.configuration import conf
+
+        from airflow_ray_platform.garbage_collection import no_hard_lifetime, report, sweep
         from airflow_ray_platform.hooks.ray import RayHook
         from airflow_ray_platform.job_run import stop_abandoned_jobs, task_state_lookup
         from airflow_ray_platform.leases import DagRunLiveness
         from airflow_ray_platform.lifecycle import LifecycleRecorder
-
-        backend = RayHook(ray_conn_id).backend
-        from airflow.configuration import conf
+        from airflow_ray_platform.policy import configured_policy
 
         store = params["state_store_conn_id"] or conf.get("ray_platform", "state_store_conn_id", fallback=None)
         recorder = LifecycleRecorder(store or None)
+        backend = RayHook(ray_conn_id, audit=recorder.audit).backend  # acts as the cleanup DAG
+        policy = configured_policy()
         stop_abandoned_jobs(backend, recorder, task_state_lookup(ti), dry_run=bool(params["dry_run"]))
         outcomes = sweep(
             backend,
@@ -56,6 +59,7 @@ with DAG(
             dry_run=bool(params["dry_run"]),
             sweep_id=f"{run_id}/{ray_conn_id}",
             lease_is_live=DagRunLiveness.from_task_instance(ti),
+            hard_lifetime=policy.hard_lifetime if policy is not None else no_hard_lifetime,
         )
         print(report(outcomes))
         return {outcome.decision.cluster.name: outcome.action for outcome in outcomes}

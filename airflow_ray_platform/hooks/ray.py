@@ -18,18 +18,34 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+from airflow.configuration import conf
 from airflow.exceptions import AirflowNotFoundException
 from airflow.sdk.bases.hook import BaseHook
 
+from airflow_ray_platform.authorization import Action, AuditEntry, AuditSink, AuthorizationError, authorize, authorized
 from airflow_ray_platform.backends import get_backend
 from airflow_ray_platform.backends.base import RayBackend
-from airflow_ray_platform.lifecycle import read_job_log
+from airflow_ray_platform.lifecycle import LifecycleRecorder, read_job_log
+from airflow_ray_platform.policy import Actor, Policy, configured_policy
+
+
+def current_actor(policy: Policy | None) -> Actor:
+    """Who calls from here: the running Airflow task (its team by the policy), else an unidentified caller."""
+    from airflow.sdk import get_current_context
+
+    try:
+        context = get_current_context()
+    except RuntimeError:  # not inside a task: a script, a trigger that did not say who it acts for
+        return Actor(None)
+    return Actor.for_task(context, policy)
 
 
 class RayHook(BaseHook):
-    """The backend a ``ray`` connection names.
+    """The backend a ``ray`` connection names, behind the platform's authorization check.
 
     :param ray_conn_id: the ``ray`` connection; a missing ``ray_default`` means the local backend.
+    :param actor: who acts through it (default: the running task, its team by the platform policy).
+    :param audit: where decisions and actions are recorded (default: the ``[ray_platform]`` state store).
     """
 
     conn_name_attr = "ray_conn_id"
@@ -54,20 +70,43 @@ class RayHook(BaseHook):
             },
         }
 
-    def __init__(self, ray_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        ray_conn_id: str = default_conn_name,
+        actor: Actor | None = None,
+        audit: AuditSink | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.ray_conn_id = ray_conn_id
+        self._actor = actor
+        self._audit = audit
 
     def get_conn(self) -> RayBackend:
         return self.backend
 
     @cached_property
+    def policy(self) -> Policy | None:
+        return configured_policy()
+
+    @cached_property
+    def actor(self) -> Actor:
+        return self._actor or current_actor(self.policy)
+
+    @cached_property
+    def audit(self) -> AuditSink:
+        if self._audit is not None:
+            return self._audit
+        return LifecycleRecorder(conf.get("ray_platform", "state_store_conn_id", fallback=None) or None).audit
+
+    @cached_property
     def backend(self) -> RayBackend:
+        """The connection's backend; every action on a cluster through it is authorized and audited."""
         name, options = self.backend_spec()
-        return get_backend(name, **options)
+        return authorized(get_backend(name, **options), self.actor, self.policy, self.audit)  # type: ignore[return-value]
 
     def backend_spec(self) -> tuple[str, dict[str, Any]]:
-        """(backend name, options) from the connection."""
+        """(backend name, options) from the connection (on KubeRay, the policy's namespace for the team)."""
         try:
             conn = self.get_connection(self.ray_conn_id)
         except AirflowNotFoundException:
@@ -82,10 +121,29 @@ class RayHook(BaseHook):
             options.update({key: extra[key] for key in ("cluster_name", "verify", "allow_http") if key in extra})
             return "dashboard", options
         name = extra.pop("backend", "local")
+        team = self.policy.teams.get(self.actor.team or "") if self.policy is not None else None
+        if name == "kuberay" and team is not None:
+            extra.update(
+                {
+                    key: value
+                    for key, value in (("namespace", team.namespace), ("kubernetes_conn_id", team.kubernetes_conn_id))
+                    if value
+                }
+            )
         return name, extra
 
     def read_persisted_job_log(
         self, submission_id: str, state_store_conn_id: str | None = None, log_storage_uri: str | None = None
     ) -> str:
-        """A finished job's whole driver log from log storage: readable after its cluster is gone."""
-        return b"".join(read_job_log(submission_id, state_store_conn_id, log_storage_uri)).decode(errors="replace")
+        """A finished job's whole driver log from log storage: readable after its cluster is gone (by the
+        job's own team, under a platform policy)."""
+
+        def may_read(job_team: str | None) -> None:
+            verdict = authorize(self.policy, self.actor, Action.READ_LOGS, "-", None, job_team)
+            if self.policy is not None or not verdict.allowed:
+                self.audit(AuditEntry(self.actor, Action.READ_LOGS, "log-storage", "-", None, verdict, submission_id))
+            if not verdict.allowed:
+                raise AuthorizationError(f"refused: {verdict.reason}")
+
+        chunks = read_job_log(submission_id, state_store_conn_id, log_storage_uri, may_read)
+        return b"".join(chunks).decode(errors="replace")

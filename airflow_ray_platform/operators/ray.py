@@ -24,6 +24,7 @@ from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 from airflow.sdk import BaseOperator, Context
 
+from airflow_ray_platform.authorization import Action, AuditEntry, Verdict
 from airflow_ray_platform.backends import validate_configuration_offline
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterNotFoundError, ClusterState, Lease, RayBackend
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration, validate_cluster_name
@@ -42,8 +43,9 @@ from airflow_ray_platform.naming import (
     TaskIdentity,
     cluster_labels,
 )
+from airflow_ray_platform.policy import Actor, PolicyViolation, configured_policy
 from airflow_ray_platform.timestamps import utc_now
-from airflow_ray_platform.triggers.ray import DEFERRAL_SETTLE_SECONDS, RayClusterTrigger, RayJobTrigger
+from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger, deferral_settle_seconds
 
 JobConfigurationArg = JobConfiguration | Mapping[str, Any] | str | Path
 
@@ -84,7 +86,7 @@ def _settling(operator: _RayOperator) -> float | None:
     all along). A wait that ends this soon never defers: deferring would cost a triggerer round trip,
     and on Airflow 3.3.2 a trigger that fires this soon after the deferral can fail the resumed task
     (see ``triggers.ray.DEFERRAL_SETTLE_SECONDS``)."""
-    return DEFERRAL_SETTLE_SECONDS if operator.deferrable else None
+    return deferral_settle_seconds() if operator.deferrable else None
 
 
 def _lease(context: Context) -> Lease:
@@ -141,14 +143,36 @@ class _RayOperator(_RecordingOperator):
         self.ray_conn_id = ray_conn_id
         self.deferrable = deferrable
         self.poll_interval = poll_interval
+        self._actor: Actor | None = None
 
     @cached_property
     def backend(self) -> RayBackend:
-        return RayHook(self.ray_conn_id).backend
+        """The connection's backend, acting as this task (authorized and audited)."""
+        return RayHook(self.ray_conn_id, actor=self._actor, audit=self.recorder.audit).backend
 
     @cached_property
     def config(self) -> JobConfiguration:
         return load_job_configuration(self.job_configuration)
+
+    def _admit(self, context: Context) -> None:
+        """Who this task acts as, and whether the platform policy lets its configuration run (its team,
+        ceilings, allow-lists): at every entry point, before anything is created, run or deleted."""
+        policy = configured_policy()
+        try:
+            self._actor = Actor.for_task(context, policy, self.config.team)
+            if policy is not None and not self._actor.cleanup:
+                assert self._actor.team is not None
+                policy.check_configuration(self._actor.team, self.config)
+        except PolicyViolation as refused:
+            ti = context["ti"]
+            actor = self._actor or Actor(None, TaskIdentity.from_context(context), int(ti.try_number or 1))
+            verdict = Verdict(False, str(refused))
+            self.recorder.audit(AuditEntry(actor, Action.RUN, "policy", self.config.cluster_name, None, verdict))
+            raise
+
+    def _acting_as(self) -> dict[str, Any] | None:
+        """The actor a trigger carries, so that its calls act as this task."""
+        return None if self._actor is None else self._actor.to_dict()
 
     def _labels(self, context: Context, *, ephemeral: bool) -> dict[str, str]:
         cluster = self.config.cluster
@@ -220,6 +244,7 @@ class RayClusterOperator(_RayOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.config
+        self._admit(context)
         name = config.cluster_name
         if config.cluster.reuses_existing:
             info = self._existing(name, "job_configuration.cluster.name", context)
@@ -241,7 +266,9 @@ class RayClusterOperator(_RayOperator):
                     timeout_at=deadline,
                     startup_timeout=self._startup_timeout(),
                     poll_interval=self.poll_interval,
-                    not_before=time.time() + DEFERRAL_SETTLE_SECONDS,
+                    not_before=time.time() + deferral_settle_seconds(),
+                    actor=self._acting_as(),
+                    state_store_conn_id=self.state_store_conn_id,
                 ),
                 method_name="execute_complete",
             )
@@ -251,6 +278,7 @@ class RayClusterOperator(_RayOperator):
         return result
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        self._admit(context)
         cluster = ClusterEvent.from_dict(event)
         if not cluster.succeeded:
             raise AirflowException(cluster.message)
@@ -294,7 +322,7 @@ class RayClusterDeleteOperator(_RecordingOperator):
         validate_cluster_name(self.cluster_name, "cluster_name")
         ti = context["ti"]
         teardown = release_and_delete(
-            RayHook(self.ray_conn_id).backend,
+            RayHook(self.ray_conn_id, audit=self.recorder.audit).backend,
             self.cluster_name,
             dag_id=ti.dag_id,
             run_id=ti.run_id,
@@ -377,6 +405,7 @@ class RayJobOperator(_RayOperator):
 
     # ------------------------------------------------------------ execute
     def execute(self, context: Context) -> str | None:
+        self._admit(context)
         if self.config.job is None:
             raise AirflowException("job_configuration.job: required by RayJobOperator (entrypoint and options)")
         info, ephemeral = self._resolve_cluster(context)
@@ -402,13 +431,16 @@ class RayJobOperator(_RayOperator):
                         startup_timeout=self._startup_timeout(),
                         poll_interval=interval,
                         ephemeral_cluster=ephemeral,
-                        not_before=time.time() + DEFERRAL_SETTLE_SECONDS,
+                        not_before=time.time() + deferral_settle_seconds(),
+                        actor=self._acting_as(),
+                        state_store_conn_id=self.state_store_conn_id,
                     ),
                     method_name="execute_after_cluster_ready",
                 )
         return self._submit_and_wait(context)
 
     def execute_after_cluster_ready(self, context: Context, event: dict[str, Any]) -> str | None:
+        self._admit(context)
         cluster = ClusterEvent.from_dict(event)
         self._job_run(cluster.cluster_name, cluster.ephemeral_cluster)
         if not cluster.succeeded:
@@ -446,7 +478,8 @@ class RayJobOperator(_RayOperator):
                     state_store_conn_id=self.state_store_conn_id,
                     finish_job=True,
                     log_storage_uri=self.log_storage_uri,
-                    not_before=time.time() + DEFERRAL_SETTLE_SECONDS,
+                    not_before=time.time() + deferral_settle_seconds(),
+                    actor=self._acting_as(),
                 ),
                 method_name="execute_complete",
             )
@@ -454,6 +487,7 @@ class RayJobOperator(_RayOperator):
         return self._finish(event)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+        self._admit(context)
         job = JobEvent.from_dict(event)
         if not job.finished or job.ephemeral_cluster:  # else nothing is left to ask the backend
             self._job_run(

@@ -12,8 +12,9 @@ from airflow.sdk import BaseSensorOperator, Context
 
 from airflow_ray_platform.config import validate_cluster_name
 from airflow_ray_platform.events import JobEvent
-from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.hooks.ray import RayHook, current_actor
 from airflow_ray_platform.job_run import RayJobRun
+from airflow_ray_platform.policy import configured_policy
 from airflow_ray_platform.triggers.ray import RayJobTrigger
 
 
@@ -78,6 +79,7 @@ class RayJobSensor(BaseSensorOperator):
                     timeout_at=timeout_at,
                     stream_logs=False,
                     stop_on_kill=False,
+                    actor=current_actor(configured_policy()).to_dict(),
                 ),
                 method_name="execute_complete",
             )

@@ -18,6 +18,7 @@ from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
+from airflow.configuration import conf
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, RayBackend, WatchingBackend
@@ -25,6 +26,7 @@ from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.job_run import RayJobRun, cluster_outcome, log_job_output
 from airflow_ray_platform.lifecycle import LifecycleRecorder
+from airflow_ray_platform.policy import Actor
 from airflow_ray_platform.utilisation import Utilisation
 
 #: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
@@ -35,21 +37,37 @@ LOG_STREAM_WINDOW = 10.0
 MAX_WATCH_WINDOW = 300.0
 CLUSTER_WATCH_WINDOW = 30.0
 #: The soonest a trigger fires after its task deferred (the operators also wait this long in the task
-#: before deferring). Airflow 3.3.2 fails a resumed task whose trigger fired before the scheduler had
-#: processed the deferring task process's exit: its guard for that case (``process_executor_events``,
-#: "resume-after-defer") accepts the task instance SCHEDULED but not yet QUEUED, and that exit was
+#: before deferring), by default; ``[ray_platform] deferral_settle_seconds`` overrides it (0 on an
+#: Airflow whose scheduler has the fix). Airflow 3.3.2 fails a resumed task whose trigger fired before
+#: the scheduler had processed the deferring task process's exit: its guard for that case
+#: (``process_executor_events``, "resume-after-defer", apache/airflow#66374) accepts the task instance
+#: SCHEDULED, not yet QUEUED (apache/airflow#67287) or RUNNING (#71580, #72716), and that exit was
 #: measured up to ~6 s after the deferral on a loaded 2-core machine.
 DEFERRAL_SETTLE_SECONDS = 10.0
+
+
+def deferral_settle_seconds() -> float:
+    """``[ray_platform] deferral_settle_seconds``, else :data:`DEFERRAL_SETTLE_SECONDS`."""
+    return conf.getfloat("ray_platform", "deferral_settle_seconds", fallback=DEFERRAL_SETTLE_SECONDS)
 
 
 class _RayTrigger(BaseTrigger):
     """Shared plumbing: one hook per trigger instance, blocking calls moved to threads."""
 
-    def __init__(self, ray_conn_id: str, poll_interval: float, not_before: float | None = None) -> None:
+    def __init__(
+        self,
+        ray_conn_id: str,
+        poll_interval: float,
+        not_before: float | None = None,
+        actor: dict[str, Any] | None = None,
+        state_store_conn_id: str | None = None,
+    ) -> None:
         super().__init__()
         self.ray_conn_id = ray_conn_id
         self.poll_interval = poll_interval
         self.not_before = not_before
+        self.actor = actor
+        self.state_store_conn_id = state_store_conn_id
 
     async def _fire(self, payload: dict[str, Any]) -> TriggerEvent:
         """The event, not sooner than ``not_before`` (epoch seconds; see DEFERRAL_SETTLE_SECONDS)."""
@@ -59,8 +77,10 @@ class _RayTrigger(BaseTrigger):
 
     @cached_property
     def hook(self) -> RayHook:
-        """Built without I/O; its backend (which reads the connection) is first touched in a thread."""
-        return RayHook(self.ray_conn_id)
+        """Built without I/O; its backend (which reads the connection) is first touched in a thread. It acts
+        as the deferred task (``actor``), recording decisions where the task records."""
+        actor = None if self.actor is None else Actor.from_dict(self.actor)
+        return RayHook(self.ray_conn_id, actor=actor, audit=LifecycleRecorder(self.state_store_conn_id).audit)
 
     async def _backend(self) -> RayBackend:
         return await asyncio.to_thread(lambda: self.hook.backend)  # reads the connection: not on the loop
@@ -71,6 +91,8 @@ class _RayTrigger(BaseTrigger):
             "ray_conn_id": self.ray_conn_id,
             "poll_interval": self.poll_interval,
             "not_before": self.not_before,
+            "actor": self.actor,
+            "state_store_conn_id": self.state_store_conn_id,
             **state,
         }
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
@@ -90,6 +112,8 @@ class RayClusterTrigger(_RayTrigger):
     :param poll_interval: seconds between checks of a backend that cannot be watched.
     :param not_before: epoch seconds before which the trigger does not fire (the deferral's settling).
     :param ephemeral_cluster: the cluster is the task's own: ``on_kill`` deletes it.
+    :param actor: who the deferred task acts as (``Actor.to_dict()``): the trigger's calls are authorized as it.
+    :param state_store_conn_id: where decisions (and ``on_kill``'s delete) are recorded (None: the embedded store).
     """
 
     def __init__(
@@ -102,8 +126,10 @@ class RayClusterTrigger(_RayTrigger):
         poll_interval: float = 1.0,
         ephemeral_cluster: bool = False,
         not_before: float | None = None,
+        actor: dict[str, Any] | None = None,
+        state_store_conn_id: str | None = None,
     ) -> None:
-        super().__init__(ray_conn_id, poll_interval, not_before)
+        super().__init__(ray_conn_id, poll_interval, not_before, actor, state_store_conn_id)
         self.cluster_name = cluster_name
         self.timeout_at = timeout_at
         self.startup_timeout = startup_timeout
@@ -151,7 +177,9 @@ class RayClusterTrigger(_RayTrigger):
         """A user killed the task while its ephemeral cluster was starting: remove that cluster."""
         if self.ephemeral_cluster:
             backend = await self._backend()
-            run = RayJobRun(backend, self.cluster_name, recorder=LifecycleRecorder(None), log=self.log)
+            run = RayJobRun(
+                backend, self.cluster_name, recorder=LifecycleRecorder(self.state_store_conn_id), log=self.log
+            )
             await asyncio.to_thread(run.delete_cluster, "ephemeral cluster: its task was killed")
 
 
@@ -174,6 +202,7 @@ class RayJobTrigger(_RayTrigger):
     :param finish_job: once the job ends, record its final state and persist its driver log here,
         before the event (the operator's deferral; not a sensor's, which only watches).
     :param log_storage_uri: where ``finish_job`` persists the driver log (None: the embedded default).
+    :param actor: who the deferred task acts as (``Actor.to_dict()``): the trigger's calls are authorized as it.
     """
 
     def __init__(
@@ -193,12 +222,12 @@ class RayJobTrigger(_RayTrigger):
         finish_job: bool = False,
         log_storage_uri: str | None = None,
         not_before: float | None = None,
+        actor: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(ray_conn_id, poll_interval, not_before)
+        super().__init__(ray_conn_id, poll_interval, not_before, actor, state_store_conn_id)
         self.cluster_name = cluster_name
         self.submission_id = submission_id
         self.utilisation = Utilisation.from_dict(utilisation)
-        self.state_store_conn_id = state_store_conn_id
         self.timeout_at = timeout_at
         self.stream_logs = stream_logs
         self.log_offset = log_offset
@@ -217,7 +246,6 @@ class RayJobTrigger(_RayTrigger):
             stop_on_kill=self.stop_on_kill,
             ephemeral_cluster=self.ephemeral_cluster,
             utilisation=self.utilisation.to_dict(),
-            state_store_conn_id=self.state_store_conn_id,
             finish_job=self.finish_job,
             log_storage_uri=self.log_storage_uri,
         )

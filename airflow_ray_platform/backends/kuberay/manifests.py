@@ -18,7 +18,14 @@ from typing import Any
 
 import yaml
 
-from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec, NodeResources, quantity_value
+from airflow_ray_platform.config import (
+    DEFAULT_IMAGE_REPOSITORY,
+    ClusterSpec,
+    JobConfiguration,
+    JobSpec,
+    NodeResources,
+    quantity_value,
+)
 from airflow_ray_platform.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 API_VERSION = "ray.io/v1"
@@ -28,7 +35,7 @@ HEAD_PORTS = [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)]
 
 def default_image(ray_version: str) -> str:
     """Ray's image for this Python (the Airflow worker's), so client and cluster agree."""
-    return f"rayproject/ray:{ray_version}-py{sys.version_info.major}{sys.version_info.minor}"
+    return f"{DEFAULT_IMAGE_REPOSITORY}:{ray_version}-py{sys.version_info.major}{sys.version_info.minor}"
 
 
 def _ray_version(spec: ClusterSpec) -> str:

@@ -1,0 +1,163 @@
+"""Teams under a platform policy, end to end: real Airflow (dag.test) and a real Ray cluster of team-b's.
+
+Team A's DAGs cannot use, stop, read the logs of or delete team B's cluster, and cannot bill team B;
+team C, which team B's cluster admits, may submit to it but touches only its own jobs and never
+deletes it; the cleanup DAG stops the jobs of a cluster past the policy's hard lifetime and deletes it.
+Every refusal changes nothing and is in the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import pytest
+from airflow.utils.state import DagRunState, TaskInstanceState
+
+from airflow_ray_platform.authorization import authorized
+from airflow_ray_platform.backends.base import ClusterState
+from airflow_ray_platform.garbage_collection import apply, decide
+from airflow_ray_platform.lifecycle import LifecycleRecorder
+from airflow_ray_platform.naming import TEAM_LABEL, TEAM_METADATA
+from airflow_ray_platform.policy import Actor, load_policy
+from airflow_ray_platform.state_store import StateStore
+from airflow_ray_platform.timestamps import utc_now
+
+from ..helpers import recorded_job
+from ..test_dags import tenancy_dags as dags
+from ..test_dags.tenancy_dags import TEAM_B_CLUSTER
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+POLICY = {
+    "defaults": {"max_cpus": "4", "max_memory": "8Gi"},
+    "teams": {team: {"match": {"dag_ids": [f"tenancy_{team[-1]}_*"]}} for team in ("team-a", "team-b", "team-c")},
+}
+LONG_JOB = "python -c \"import time; print('team b at work', flush=True); time.sleep(600)\""
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    path.write_text(json.dumps(POLICY))  # JSON is YAML
+    os.environ["AIRFLOW__RAY_PLATFORM__POLICY"] = str(path)
+    yield path
+    os.environ.pop("AIRFLOW__RAY_PLATFORM__POLICY")
+
+
+@pytest.fixture(scope="module")
+def team_b_cluster(policy_file, local_backend):
+    run = dags.tenancy_b_cluster.test()
+    assert run.state == DagRunState.SUCCESS
+    yield local_backend.describe_cluster(TEAM_B_CLUSTER)
+    local_backend.delete_cluster(TEAM_B_CLUSTER)
+
+
+@pytest.fixture(scope="module")
+def team_b_job(team_b_cluster, local_backend):
+    run = dags.tenancy_b_job.test(run_conf={"entrypoint": LONG_JOB})
+    assert run.state == DagRunState.SUCCESS
+    submission_id = run.get_task_instance("job").xcom_pull(task_ids="job", key="submission_id")
+    return local_backend.describe_job(TEAM_B_CLUSTER, submission_id)
+
+
+def _audit(team: str) -> set[str]:
+    return {event["kind"] for event in StateStore.from_airflow_connection(None).audit_trail(team=team)}
+
+
+def _failed_tasks(run) -> set[str]:
+    return {ti.task_id for ti in run.get_task_instances() if ti.state == TaskInstanceState.FAILED}
+
+
+def test_team_b_works_on_its_own_cluster_stamped_with_its_team(team_b_cluster, team_b_job):
+    assert team_b_cluster.state == ClusterState.READY and team_b_cluster.labels[TEAM_LABEL] == "team-b"
+    assert team_b_job.metadata[TEAM_METADATA] == "team-b" and not team_b_job.state.is_terminal
+    assert {"create_allowed", "submit_allowed"} <= _audit("team-b")
+
+
+def test_team_a_cannot_use_team_b_cluster(team_b_job, local_backend, capfd):
+    run = dags.tenancy_a_use_b.test(run_conf={"entrypoint": "python -c 'print(666)'"})
+    assert run.state == DagRunState.FAILED
+    assert "refused: team 'team-a' may not use Ray cluster 'tenancy-b': it belongs to team 'team-b'" in (
+        capfd.readouterr().out
+    )
+    teams = {job.metadata.get(TEAM_METADATA) for job in local_backend.list_jobs(TEAM_B_CLUSTER)}
+    assert "team-a" not in teams  # nothing was submitted
+    assert "use_refused" in _audit("team-a")
+
+
+def test_team_a_cannot_delete_team_b_cluster_even_with_force(team_b_job, local_backend):
+    run = dags.tenancy_a_delete_b.test()
+    assert run.state == DagRunState.FAILED
+    assert local_backend.describe_cluster(TEAM_B_CLUSTER).state == ClusterState.READY
+    assert not local_backend.describe_job(TEAM_B_CLUSTER, team_b_job.submission_id).state.is_terminal
+    assert "delete_refused" in _audit("team-a")
+
+
+def test_team_a_cannot_stop_nor_read_team_b_jobs(team_b_job, local_backend, capfd):
+    run = dags.tenancy_a_touch_job.test(run_conf={"submission_id": team_b_job.submission_id})
+    assert run.state == DagRunState.FAILED
+    assert _failed_tasks(run) == {"stop", "live_log", "persisted_log"}
+    out = capfd.readouterr().out
+    assert "team b at work" not in out  # not one line of team b's log reached team a's task log
+    assert not local_backend.describe_job(TEAM_B_CLUSTER, team_b_job.submission_id).state.is_terminal
+    assert {"stop_refused", "read_logs_refused"} <= _audit("team-a")
+
+
+def test_a_team_cannot_bill_another_nor_exceed_its_ceilings(team_b_cluster, local_backend, capfd):
+    before = {cluster.name for cluster in local_backend.list_clusters()}
+    claims = dags.tenancy_a_claims_b.test()
+    too_big = dags.tenancy_a_too_big.test()
+    nobody = dags.tenancy_nobody.test()
+    assert DagRunState.FAILED == claims.state == too_big.state == nobody.state
+    out = capfd.readouterr().out
+    assert "job_configuration.team: 'team-b', but the platform policy assigns this DAG to team 'team-a'" in out
+    assert "job_configuration.cluster: requests 64 CPU, over the policy's max_cpus 4" in out
+    assert "job_configuration.cluster.auth: disabled (an unauthenticated Jobs API) is not allowed" in out
+    assert "assigns DAG 'tenancy_nobody' (bundle" in out and "to no team" in out
+    assert {cluster.name for cluster in local_backend.list_clusters()} == before  # nothing was created
+    assert "run_refused" in _audit("team-a")
+
+
+def test_an_admitted_team_submits_but_touches_only_its_own_jobs_and_never_deletes(team_b_job, local_backend):
+    run = dags.tenancy_c_on_b.test(run_conf={"entrypoint": "python -c \"print('team c was here')\""})
+    assert run.state == DagRunState.SUCCESS
+    own = run.get_task_instance("job").xcom_pull(task_ids="job", key="submission_id")
+    assert local_backend.describe_job(TEAM_B_CLUSTER, own).metadata[TEAM_METADATA] == "team-c"
+    assert recorded_job(own)["team"] == "team-c"
+
+    mine = dags.tenancy_c_touch_job.test(run_conf={"submission_id": own})
+    assert mine.state == DagRunState.SUCCESS  # its own finished job: stop (a no-op), live and persisted log
+    assert "team c was here" in mine.get_task_instance("persisted_log").xcom_pull(task_ids="persisted_log")
+
+    theirs = dags.tenancy_c_touch_job.test(run_conf={"submission_id": team_b_job.submission_id})
+    # refused; and team b's job, still running, has no persisted log yet (team a's refusal of one is below)
+    assert _failed_tasks(theirs) == {"stop", "live_log", "persisted_log"}
+    assert not local_backend.describe_job(TEAM_B_CLUSTER, team_b_job.submission_id).state.is_terminal
+
+    assert dags.tenancy_c_delete_b.test().state == DagRunState.FAILED
+    assert local_backend.describe_cluster(TEAM_B_CLUSTER) is not None
+
+    outsider = dags.tenancy_a_touch_job.test(run_conf={"submission_id": own})
+    assert _failed_tasks(outsider) == {"stop", "live_log", "persisted_log"}  # team c's log is not team a's
+    assert {"stop_refused", "delete_refused"} <= _audit("team-c") and "submit_allowed" in _audit("team-c")
+
+
+def test_past_the_hard_lifetime_the_cleanup_dag_stops_the_jobs_and_deletes_the_cluster(
+    policy_file, team_b_job, local_backend
+):
+    """Last in this module: it ends team b's job and cluster."""
+    policy = load_policy(policy_file)
+    recorder = LifecycleRecorder(None)
+    cleanup = authorized(local_backend, Actor(None, cleanup=True), policy, recorder.audit)
+    cluster = cleanup.describe_cluster(TEAM_B_CLUSTER)
+    jobs = cleanup.list_jobs(TEAM_B_CLUSTER)
+    decision = decide(cluster, jobs, utc_now(), hard_lifetime=lambda team: timedelta(seconds=1))
+    assert decision.delete and [job.submission_id for job in decision.stop_jobs] == [team_b_job.submission_id]
+    (outcome,) = apply(cleanup, recorder, [decision], dry_run=False, sweep_id="hard-lifetime")
+    assert outcome.action == "deleted", outcome.detail
+    assert local_backend.describe_cluster(TEAM_B_CLUSTER) is None
+    row = recorded_job(team_b_job.submission_id)
+    assert row["state"] == "STOPPED" and "hard max_lifetime" in row["message"]
+    assert {"stop_allowed", "delete_allowed"} <= _audit("cleanup")
