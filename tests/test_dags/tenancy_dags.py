@@ -63,7 +63,9 @@ def _touch_job_dag(dag_id: str) -> DAG:
 with DAG("tenancy_b_cluster", schedule=None, start_date=START, params=PARAMS) as tenancy_b_cluster:
     RayClusterOperator(
         task_id="cluster",
-        job_configuration=_config("team-b", cluster={"name": TEAM_B_CLUSTER, "head": SMALL_HEAD, "admit_teams": ["team-c"]}),
+        job_configuration=_config(
+            "team-b", cluster={"name": TEAM_B_CLUSTER, "head": SMALL_HEAD, "admit_teams": ["team-c"]}
+        ),
         deferrable=False,
         poll_interval=0.5,
     )
