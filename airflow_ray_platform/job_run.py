@@ -236,6 +236,17 @@ class RayJobRun:
     def describe(self) -> JobInfo | None:
         return self.backend.describe_job(self.cluster_name, self._id)
 
+    def cluster_lost(self, error: BackendError) -> JobEvent | None:
+        """After a failed status call: the event that ends the wait if the cluster itself died or is gone
+        (its head was killed: nothing will ever answer for the job), else None (a passing fault)."""
+        info = self.backend.describe_cluster(self.cluster_name)
+        if info is not None and info.state != ClusterState.FAILED:
+            return None
+        why = "its cluster is gone" if info is None else f"its cluster died ({info.message})"
+        return self._event(
+            WaitStatus.FAILED, f"job {self._id!r} cannot finish: {why}; last error: {error}", state=JobState.FAILED
+        )
+
     def new_output(self) -> str:
         """The driver log written since the last call (the offset moves on)."""
         logs = self.backend.job_logs(self.cluster_name, self._id)
@@ -262,25 +273,53 @@ class RayJobRun:
         a deferrable one's first seconds); None if it has not ended ``within`` seconds."""
         give_up = None if within is None else time.monotonic() + within
         while True:
-            event, text = self.observe(info, stream_logs=stream_logs)
+            try:
+                event, text = self.observe(info, stream_logs=stream_logs)
+            except BackendError as error:
+                event, text = self.cluster_lost(error), ""
+                if event is None:
+                    raise
             log_job_output(self.log, self._id, text)
             if event is not None:
                 return event
             if give_up is not None and time.monotonic() >= give_up:
                 return None
             time.sleep(poll_interval)
-            info = self.describe()
+            try:
+                info = self.describe()
+            except BackendError as error:
+                lost = self.cluster_lost(error)
+                if lost is None:
+                    raise
+                return lost
 
     # ---------------------------------------------------------------- finish
+    def conclude(self, event: JobEvent, *, stream_logs: bool) -> JobInfo | None:
+        """The wait's end: the rest of the driver log into the task's log (when streamed), then
+        :meth:`finish`. A cluster whose head died has no Jobs API left to read it from: its log is only
+        persisted, from what its nodes left on disk."""
+        if stream_logs and event.status in (WaitStatus.SUCCESS, WaitStatus.FAILED):
+            try:
+                log_job_output(self.log, self._id, self.new_output())
+            except BackendError as error:
+                self.log.warning("The rest of Ray job %r's log cannot be read live: %s", self._id, error)
+        return self.finish(event)
+
     def finish(self, event: JobEvent) -> JobInfo | None:
         """After the wait: stop a job that timed out, record the final state (with the utilisation
         measured) and persist the whole driver log, before any ephemeral cluster goes."""
         if event.status == WaitStatus.TIMEOUT:
             self.backend.stop_job(self.cluster_name, self._id)
-        final = self.describe()
+        cluster = self.backend.describe_cluster(self.cluster_name)
+        try:
+            final = self.describe()
+        except BackendError:
+            if cluster is None or cluster.state != ClusterState.FAILED:
+                raise
+            # Its head died: the record keeps the reason, and the log is what the nodes left on disk.
+            final = JobInfo(self._id, self.cluster_name, JobState.FAILED, message=event.message, end_time=utc_now())
         if event.status == WaitStatus.TIMEOUT:
             final = stopped_job(final, self._id, self.cluster_name, STOPPED_BY_TIMEOUT)
-        cluster = self.backend.describe_cluster(self.cluster_name)
         if final is not None and cluster is not None and self.recorder is not None:
             self.recorder.job_seen(cluster, final, config=self.config, utilisation=event.utilisation)
             if final.state.is_terminal:

@@ -13,6 +13,8 @@ interval replaces its files, never duplicates them. ``<output>`` is a directory 
 * ``clusters``: one row per cluster incarnation alive during the interval. Provisioning wait, lifetime,
   idle time (lifetime minus its jobs' run time, within the interval).
 * ``team_rollup``: per team, job count, success rate, and the p50/p95 of the wait for a cluster.
+* ``audit`` (with ``include_audit``): the interval's audit trail, one row per authorization decision or
+  action, with the acting team and actor.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from airflow_ray_platform.object_storage import CHUNK_BYTES, ObjectStorage
-from airflow_ray_platform.state_store import StateStore, clusters, jobs
+from airflow_ray_platform.state_store import StateStore, clusters, events, jobs
 
 #: Prices per hour; override with the export's ``prices``.
 DEFAULT_PRICES = {"cpu_hour": 0.04, "gpu_hour": 2.50, "memory_gib_hour": 0.005}
@@ -67,6 +69,8 @@ CLUSTER_COLUMNS = [
     "ready_at",
     "deleted_at",
 ]
+
+AUDIT_COLUMNS = ["occurred_at", "team", "actor", "kind", "cluster_uid", "submission_id", "reason"]
 
 
 @dataclass(frozen=True)
@@ -232,10 +236,11 @@ def export_interval(
     end: datetime,
     prices: Mapping[str, float] | None = None,
     s3_options: Mapping[str, Any] | None = None,
+    include_audit: bool = False,
 ) -> ExportResult:
     """Export the interval [start, end) from the state store to Parquet under ``output``: a directory,
     ``file://…``, or ``s3://bucket/prefix`` (boto3; endpoint and credentials from the environment or
-    ``s3_options``, as for persisted logs)."""
+    ``s3_options``, as for persisted logs); with ``include_audit``, the interval's audit trail too."""
     prices = {**DEFAULT_PRICES, **(prices or {})}
     output = str(output)
     s3_options = dict(s3_options or {})
@@ -255,4 +260,11 @@ def export_interval(
         _write(cluster_rows, output, "clusters", start, end, s3_options),
         _write(team_rollup(job_rows, cluster_rows), output, "team_rollup", start, end, s3_options),
     ]
+    if include_audit:
+        in_interval = sa.and_(events.c.actor.is_not(None), events.c.occurred_at >= start, events.c.occurred_at < end)
+        query = sa.select(*_selected(store, events, AUDIT_COLUMNS)).where(in_interval).order_by(events.c.occurred_at)
+        audit = _read(store, query, AUDIT_COLUMNS)
+        if audit.num_rows:
+            audit = audit.set_column(0, "occurred_at", _as_utc(audit.column("occurred_at")))
+        files.append(_write(audit, output, "audit", start, end, s3_options))
     return ExportResult(job_rows.num_rows, cluster_rows.num_rows, files)

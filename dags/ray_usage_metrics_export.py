@@ -34,6 +34,7 @@ with DAG(
             description="Per-hour prices (cpu_hour, gpu_hour, memory_gib_hour); null or missing keys: "
             "airflow_ray_platform.usage_export.DEFAULT_PRICES",
         ),
+        "include_audit": Param(False, type="boolean", description="Also export the interval's audit trail."),
     },
 ) as dag:
 
@@ -47,7 +48,9 @@ with DAG(
             start = end - timedelta(days=1)
         store = StateStore.from_airflow_connection(params["state_store_conn_id"])
         store.migrate()
-        result = export_interval(store, params["output_dir"], start, end, params["prices"])
+        result = export_interval(
+            store, params["output_dir"], start, end, params["prices"], include_audit=bool(params["include_audit"])
+        )
         print(f"exported {result.jobs} job(s) and {result.clusters} cluster(s) of [{start}, {end}) to:")
         print("\n".join(result.files))
         return {"jobs": result.jobs, "clusters": result.clusters, "files": result.files}

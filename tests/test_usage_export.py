@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from airflow.utils.state import DagRunState
 
-from airflow_ray_platform.state_store import StateStore
+from airflow_ray_platform.state_store import Event, StateStore
 from airflow_ray_platform.usage_export import export_interval
 
 DAY = datetime(2026, 6, 1, tzinfo=UTC)
@@ -195,3 +195,32 @@ def test_export_to_s3_replaces_the_intervals_objects(store, tmp_path, s3_server,
     for uri, path in zip(first.files, local.files, strict=True):
         body = client.get_object(Bucket="ray-logs", Key=uri.removeprefix("s3://ray-logs/"))["Body"].read()
         assert pq.read_table(io.BytesIO(body)).equals(pq.read_table(path))
+
+
+def test_the_audit_trail_of_the_interval_is_exported_when_asked(store, tmp_path):
+    inside = Event(
+        "local/b/1",
+        "delete_refused",
+        DAY + timedelta(hours=3),
+        reason="refused: it belongs to team 'b'",
+        discriminator="1",
+        team="team-a",
+        actor="team 'team-a' (task d/t/r/-1, try 1)",
+    )
+    outside = Event(
+        "local/b/1",
+        "submit_allowed",
+        DAY + timedelta(days=1, hours=1),
+        discriminator="2",
+        team="team-b",
+        actor="team 'team-b'",
+    )
+    lifecycle_only = Event("local/b/1", "ready", DAY + timedelta(hours=3), discriminator="3")  # no actor: not audit
+    for event in (inside, outside, lifecycle_only):
+        store.record_event(event)
+    plain = export_interval(store, tmp_path / "plain", DAY, DAY + timedelta(days=1), PRICES)
+    assert not any("/audit/" in path for path in plain.files)
+    result = export_interval(store, tmp_path / "out", DAY, DAY + timedelta(days=1), PRICES, include_audit=True)
+    (row,) = pq.read_table(result.files[3]).to_pylist()
+    assert (row["team"], row["kind"], row["cluster_uid"]) == ("team-a", "delete_refused", "local/b/1")
+    assert row["occurred_at"] == DAY + timedelta(hours=3) and row["actor"].startswith("team 'team-a'")

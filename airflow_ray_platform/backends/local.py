@@ -236,6 +236,13 @@ class LocalClusterRegistry:
         shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
 
 
+def _environment_has(pid: int, entry: str) -> bool:
+    """Whether process ``pid``'s environment holds ``entry`` (``NAME=value``): read from ``/proc``, where
+    the kernel lets a user read only its own processes' environments."""
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        return entry.encode() in environ.read().split(b"\0")
+
+
 def _node_resources(resources: NodeResources) -> tuple[int, int, int, int]:
     """(num_cpus, memory, object_store_memory, num_gpus) for ``ray start``: whole CPUs, rounded up (the
     record keeps what was requested, by the configuration's rule)."""
@@ -343,9 +350,12 @@ class LocalBackend:
         env = self._ray_environment(name)
         ray_bin = str(Path(sys.executable).parent / "ray")
 
-        gcs_port, dashboard_port, client_port, *node_ports = free_ports(
-            3 + 6 * (1 + sum(group.replicas for group in spec.worker_groups))
+        gcs_port, dashboard_port, client_port, dashboard_metrics, autoscaler_metrics, *node_ports = free_ports(
+            5 + 6 * (1 + sum(group.replicas for group in spec.worker_groups))
         )
+        # Ray's head serves its dashboard's and autoscaler's own metrics on fixed default ports (44227,
+        # 44217) unless told otherwise: two heads on one machine would clash, and "every port free" would lie.
+        env.update(DASHBOARD_METRIC_PORT=str(dashboard_metrics), AUTOSCALER_METRIC_PORT=str(autoscaler_metrics))
         now = to_text()
         # Recorded before anything starts, each node as it starts: if this process dies half-way, the
         # record (and the temp dir every Ray process names) still finds what it launched.
@@ -547,22 +557,29 @@ class LocalBackend:
             [job.submission_id for job in jobs if not job.state.is_terminal],
         )
 
-    @staticmethod
-    def _stop_processes(record: LocalClusterRecord) -> None:
+    def _stop_processes(self, record: LocalClusterRecord) -> None:
         """Stop every process this cluster's nodes started, and nothing else.
 
         A node's processes are its ``ray start`` process, that process's session (Ray's daemons are
-        reparented to init once ``ray start`` dies, but keep its session id), and their descendants
-        (job drivers start sessions of their own).
+        reparented to init once ``ray start`` dies, but keep its session id), and their descendants.
+        Job drivers start sessions of their own and outlive a head that was killed, orphaned: every
+        process of the cluster, drivers included, inherited the cluster's own token path in its
+        environment, which names this cluster alone.
         """
         sessions = {node.pid: node.create_time for node in record.nodes}
         created = datetime.fromisoformat(record.created_at).timestamp()
+        token_variable = f"RAY_AUTH_TOKEN_PATH={self.registry.token_path(record.name)}"
         processes = list(psutil.process_iter(["pid", "create_time", "cmdline"]))
+        orphans: dict[int, psutil.Process] = {}
         for process in processes:
             # A node whose pid never reached the record (its creator died right after launching it)
             # still names the cluster's own temp dir on its command line.
             if process.info["create_time"] >= created - 1 and record.temp_dir in (process.info["cmdline"] or []):
                 sessions.setdefault(process.pid, process.info["create_time"])
+            elif process.info["create_time"] >= created - 1 and process.pid != os.getpid():
+                with contextlib.suppress(psutil.Error, OSError):
+                    if _environment_has(process.pid, token_variable):
+                        orphans[process.pid] = process
         targets: dict[int, psutil.Process] = {}
         for process in processes:
             with contextlib.suppress(psutil.Error, ProcessLookupError):
@@ -571,6 +588,7 @@ class LocalBackend:
                     targets[process.pid] = process
                     for child in process.children(recursive=True):
                         targets[child.pid] = child
+        targets.update({pid: process for pid, process in orphans.items() if pid not in targets})
         for process in targets.values():
             with contextlib.suppress(psutil.Error):
                 process.send_signal(signal.SIGTERM)

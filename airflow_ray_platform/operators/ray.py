@@ -28,9 +28,9 @@ from airflow_ray_platform.authorization import Action, AuditEntry, Verdict
 from airflow_ray_platform.backends import validate_configuration_offline
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterNotFoundError, ClusterState, Lease, RayBackend
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration, validate_cluster_name
-from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
+from airflow_ray_platform.events import ClusterEvent, JobEvent
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.job_run import RayJobRun, log_job_output, wait_for_cluster
+from airflow_ray_platform.job_run import RayJobRun, wait_for_cluster
 from airflow_ray_platform.leases import DagRunLiveness, release_and_delete
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.links import RayDashboardLink
@@ -501,9 +501,7 @@ class RayJobOperator(_RayOperator):
         if not event.finished:
             run = self._run
             assert run is not None
-            if self.get_logs and event.status in (WaitStatus.SUCCESS, WaitStatus.FAILED):
-                log_job_output(self.log, event.submission_id, run.new_output())  # what came after the last check
-            run.finish(event)
+            run.conclude(event, stream_logs=self.get_logs)  # the log written after the last check, then records
         self._cleanup_cluster(failed=not event.succeeded)
         if not event.succeeded:
             raise AirflowException(event.failure)

@@ -282,6 +282,15 @@ class RayJobTrigger(_RayTrigger):
                 errors = 0
             except BackendError as error:
                 errors += 1
+                try:
+                    lost = await asyncio.to_thread(run.cluster_lost, error)
+                except BackendError:  # the backend itself is unreachable: a passing fault, counted
+                    lost = None
+                if lost is not None:  # its cluster died: nothing will answer for the job again
+                    if self.finish_job:
+                        lost = await asyncio.to_thread(self._finish, backend, lost)
+                    yield await self._fire(lost.to_dict())
+                    return
                 if errors < MAX_CONSECUTIVE_ERRORS:
                     self.log.warning("Ray status call failed (%d/%d): %s", errors, MAX_CONSECUTIVE_ERRORS, error)
                     await asyncio.sleep(self.poll_interval)
@@ -301,9 +310,7 @@ class RayJobTrigger(_RayTrigger):
         fresh one has nothing left to ask Ray; if the backend fails here, the task does it instead."""
         run = self._run(backend, LifecycleRecorder(self.state_store_conn_id, self.log_storage_uri))
         try:
-            if self.stream_logs and event.status != WaitStatus.TIMEOUT:
-                log_job_output(self.log, self.submission_id, run.new_output())
-            run.finish(event)
+            run.conclude(event, stream_logs=self.stream_logs)
         except BackendError as error:
             self.log.warning("Ray job %r: its end is left to the task to record (%s)", self.submission_id, error)
             return event

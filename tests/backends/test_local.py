@@ -263,3 +263,25 @@ def test_a_probe_job_sees_none_of_the_workers_secrets(tmp_path, monkeypatch):
     assert seen["env"]["ARP_PASSED_ON_PURPOSE"] == "visible"
     assert not seen["cwd"].startswith(str(backend.registry.root))
     assert temp_mode == 0o700 and log_modes == {0o600}
+
+
+def _listening_ports(backend: LocalBackend, name: str) -> set[int]:
+    """Every TCP port a process of the cluster's node sessions listens on."""
+    sessions = {node.pid for node in backend.registry.load(name).nodes}
+    ports = set()
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status != psutil.CONN_LISTEN or not connection.pid:
+            continue
+        try:
+            if os.getsid(connection.pid) in sessions:
+                ports.add(connection.laddr.port)
+        except ProcessLookupError:
+            continue
+    return ports
+
+
+def test_the_heads_own_metrics_servers_are_on_ports_chosen_free(backend, shared_cluster):
+    """Ray's dashboard and autoscaler serve metrics on 44227 and 44217 unless told otherwise: a second head
+    on the machine would clash with the first, and a fixed port is one anybody can predict."""
+    ports = _listening_ports(backend, SHARED_CLUSTER)
+    assert ports and not ports & {44217, 44227}, sorted(ports)

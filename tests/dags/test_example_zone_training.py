@@ -75,16 +75,19 @@ def test_params_never_run_as_commands_and_a_failed_training_fails_the_run(tmp_pa
 
     from airflow_ray_platform.backends.base import Lease
     from airflow_ray_platform.config import load_job_configuration
-    from airflow_ray_platform.naming import TaskIdentity
+    from airflow_ray_platform.naming import TaskIdentity, cluster_labels
     from airflow_ray_platform.timestamps import utc_now
 
     from ..test_dags.shipped_dags import example_zone_training
 
     other = "backfill__2026-01-02T00:00:00+00:00"
     _other_running_run(other)
-    spec = load_job_configuration(example_zone_training.get_task("create_cluster").job_configuration).cluster
+    config = load_job_configuration(example_zone_training.get_task("create_cluster").job_configuration)
     holder = TaskIdentity("example_zone_training", "create_cluster", other)
-    local_backend.create_or_get_cluster("zone-training", spec, {}, Lease(holder, utc_now()))
+    labels = cluster_labels(  # as that run's create_cluster stamped it: a cluster the provider manages
+        owner=config.owner, team=config.team, idle_timeout_seconds=1800, max_lifetime_seconds=86400, identity=holder
+    )
+    local_backend.create_or_get_cluster("zone-training", config.cluster, labels, Lease(holder, utc_now()))
 
     marker = tmp_path / "pwned"
     hostile = f"{tmp_path}/o; touch {marker} #"

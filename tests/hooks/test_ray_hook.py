@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from airflow_ray_platform.authorization import AuthorizedBackend
 from airflow_ray_platform.backends.base import BackendError
 from airflow_ray_platform.backends.dashboard import DashboardBackend
 from airflow_ray_platform.backends.local import LocalBackend
@@ -20,13 +21,20 @@ def _connection(monkeypatch, conn_id: str, **fields) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "ray", **fields}))
 
 
+def _resolved(hook: RayHook):
+    """The backend the connection names, behind the authorization check the hook puts in front of it."""
+    backend = hook.backend
+    assert isinstance(backend, AuthorizedBackend)
+    return backend.inner
+
+
 def test_missing_default_connection_means_the_local_backend():
-    assert isinstance(RayHook().backend, LocalBackend)
+    assert isinstance(_resolved(RayHook()), LocalBackend)
 
 
 def test_extras_name_a_backend_and_its_options(monkeypatch, tmp_path):
     _connection(monkeypatch, "ray_local_custom", extra={"backend": "local", "root_dir": str(tmp_path)})
-    backend = RayHook("ray_local_custom").backend
+    backend = _resolved(RayHook("ray_local_custom"))
     assert isinstance(backend, LocalBackend) and backend.registry.root == tmp_path
     _connection(monkeypatch, "ray_unknown", extra={"backend": "slurm"})
     with pytest.raises(ValueError, match="unknown Ray backend 'slurm'; known backends"):
@@ -52,15 +60,17 @@ def test_dashboard_connection_uses_the_token_from_the_password(monkeypatch, back
         extra={"cluster_name": "existing"},
     )
     hook = RayHook("ray_existing").backend
-    assert isinstance(hook, DashboardBackend)
+    assert isinstance(_resolved(RayHook("ray_existing")), DashboardBackend)
     info = hook.submit_job("existing", "hook-dashboard-1", JobSpec(entrypoint="echo via-dashboard"), {})
     assert info.submission_id == "hook-dashboard-1"
     assert "hook-dashboard-1" in [job.submission_id for job in hook.list_jobs("existing")]
     assert hook.describe_cluster("existing").state == "READY"
     with pytest.raises(BackendError, match="cannot create clusters"):
         hook.create_or_get_cluster("new-one", ClusterSpec(head={"cpu": "1"}), {})
+    with pytest.raises(BackendError, match="airflow-ray-platform does not manage it"):
+        hook.delete_cluster("existing")  # refused before the backend is asked (which refuses too)
     with pytest.raises(BackendError, match="does not delete"):
-        hook.delete_cluster("existing")
+        _resolved(RayHook("ray_existing")).delete_cluster("existing")
 
 
 def test_wrong_token_is_a_clear_error_that_does_not_echo_it(monkeypatch, shared_cluster):
@@ -98,6 +108,6 @@ def test_a_dashboard_beyond_this_machine_needs_https_unless_told_otherwise(monke
     with pytest.raises(BackendError, match="is not https"):
         _ = RayHook("ray_remote").backend
     _connection(monkeypatch, "ray_remote_tls", host="ray.example.internal", port=8265, schema="https", password="t")
-    assert isinstance(RayHook("ray_remote_tls").backend, DashboardBackend)
+    assert isinstance(_resolved(RayHook("ray_remote_tls")), DashboardBackend)
     _connection(monkeypatch, "ray_remote_http", host="ray.example.internal", port=1, extra={"allow_http": True})
-    assert isinstance(RayHook("ray_remote_http").backend, DashboardBackend)
+    assert isinstance(_resolved(RayHook("ray_remote_http")), DashboardBackend)

@@ -8,18 +8,21 @@ import signal
 import time
 from datetime import UTC, datetime
 
+import psutil
 import pytest
 import sqlalchemy as sa
 from airflow.utils.state import DagRunState, TaskInstanceState
 
-from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.backends.base import ClusterState, JobState
 from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.lifecycle import read_job_log
 from airflow_ray_platform.naming import TaskIdentity
 from airflow_ray_platform.state_store import StateStore, clusters, jobs
 
 from ..conftest import SHARED_CLUSTER
 from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, task_state, wait_for_running_job
 from ..test_dags import ray_e2e_dags as dags
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster")
 
@@ -198,3 +201,49 @@ def test_unreachable_metrics_give_no_number():
     from airflow_ray_platform.utilisation import scrape
 
     assert scrape(["http://127.0.0.1:9/metrics"], timeout=0.5) == (None, None)
+
+
+def test_a_head_killed_mid_job_fails_the_task_keeps_the_log_and_removes_the_cluster(local_backend, tmp_path):
+    """Every process of the head node SIGKILLed while the job runs (deferred: the trigger waits). The
+    task fails saying so instead of waiting on a Jobs API that will never answer, the log the job wrote
+    is persisted from what the node left on disk, and the task's ephemeral cluster is removed with every
+    process it started, the orphaned job driver included."""
+    logical_date = datetime(2026, 2, 3, tzinfo=UTC)
+    run_id = f"manual__{logical_date.isoformat()}"
+    name = TaskIdentity("ray_job_ephemeral", "job", run_id).ephemeral_cluster_name("e2e-ephemeral")
+    log_path = tmp_path / "worker.log"
+    entrypoint = "python -c \"import time; print('zone 1 trained', flush=True); time.sleep(300)\""
+    os.environ["AIRFLOW__RAY_PLATFORM__DEFERRAL_SETTLE_SECONDS"] = "0"  # the trigger waits, at once
+    try:
+        worker = dag_test_in_subprocess("ray_job_ephemeral", logical_date, entrypoint, log_path)
+    finally:
+        del os.environ["AIRFLOW__RAY_PLATFORM__DEFERRAL_SETTLE_SECONDS"]
+    try:
+
+        def running_job():
+            cluster = local_backend.describe_cluster(name)
+            if cluster is None or cluster.state != ClusterState.READY or worker.poll() is not None:
+                return None
+            jobs = [job for job in local_backend.list_jobs(name) if job.state == JobState.RUNNING]
+            return jobs[0] if jobs and "zone 1 trained" in local_backend.job_logs(name, jobs[0].submission_id) else None
+
+        job = wait_for(running_job, timeout=180, what="the job running on its ephemeral cluster")
+        token_path = str(local_backend.registry.token_path(name))
+        head = local_backend.registry.load(name).nodes[0]
+        os.killpg(head.pid, signal.SIGKILL)  # the head node dies: raylet, GCS, dashboard, the job's supervisor
+        worker.wait(timeout=180)
+    finally:
+        worker.kill()
+    log = log_path.read_text()
+    assert "cannot finish: its cluster died" in log, log[-3000:]
+    assert local_backend.describe_cluster(name) is None  # the ephemeral cluster was removed
+    leftovers = [
+        process.pid
+        for process in psutil.process_iter(["environ"])
+        if f"RAY_AUTH_TOKEN_PATH={token_path}" in [f"{k}={v}" for k, v in (process.info["environ"] or {}).items()]
+    ]
+    assert leftovers == [], "processes of the dead cluster were left running"
+    row = recorded_job(job.submission_id)
+    assert row["state"] == "FAILED" and "its cluster died" in row["message"] and row["log_uri"]
+    persisted = b"".join(read_job_log(job.submission_id)).decode()
+    assert "zone 1 trained" in persisted
