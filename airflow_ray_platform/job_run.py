@@ -24,6 +24,7 @@ from airflow_ray_platform.backends.base import (
     ClusterInfo,
     ClusterNotFoundError,
     ClusterState,
+    IncrementalLogs,
     JobInfo,
     JobState,
     RayBackend,
@@ -36,6 +37,8 @@ from airflow_ray_platform.timestamps import utc_now
 from airflow_ray_platform.utilisation import Utilisation, scrape
 
 STOPPED_BY_KILL = "stopped: the task was killed"
+#: ``RayJobRun.observe``'s utilisation sample when the caller took none: scrape the cluster here.
+SCRAPE_HERE: Any = object()
 STOPPED_BY_TIMEOUT = "stopped: it exceeded its timeout"
 
 _module_log = logging.getLogger(__name__)
@@ -119,9 +122,11 @@ def wait_for_cluster(
 
 
 def log_job_output(log: logging.Logger, submission_id: str, text: str) -> None:
-    """The job's driver output, line by line, into a task's log."""
-    for line in text.splitlines():
-        log.info("[ray job %s] %s", submission_id, line)
+    """The job's new driver output into a task's log: one record per batch (a trigger writes it from the
+    triggerer's event loop, so thousands of lines are one call, not thousands), each line prefixed."""
+    lines = text.splitlines()
+    if lines:
+        log.info("%s", "\n".join(f"[ray job {submission_id}] {line}" for line in lines))
 
 
 # ------------------------------------------------------------------------ the run
@@ -247,19 +252,31 @@ class RayJobRun:
             WaitStatus.FAILED, f"job {self._id!r} cannot finish: {why}; last error: {error}", state=JobState.FAILED
         )
 
-    def new_output(self) -> str:
-        """The driver log written since the last call (the offset moves on)."""
+    def new_output(self, *, final: bool = False) -> str:
+        """The driver log written since the last call (the offset moves on): read from the offset where
+        the backend can (each byte once, whole lines until ``final``), else sliced from the whole log."""
+        if isinstance(self.backend, IncrementalLogs):
+            text, self.log_offset = self.backend.job_log_since(
+                self.cluster_name, self._id, self.log_offset, complete_lines=not final
+            )
+            return text
         logs = self.backend.job_logs(self.cluster_name, self._id)
         text, self.log_offset = logs[self.log_offset :], len(logs)
         return text
 
-    def observe(self, info: JobInfo | None, *, stream_logs: bool) -> tuple[JobEvent | None, str]:
-        """After observing the job: its new output (if streamed), a utilisation sample while it runs,
-        and :meth:`outcome`. Returns (event or None, new output) for the caller to log."""
+    def observe(
+        self, info: JobInfo | None, *, stream_logs: bool, sample: Any = SCRAPE_HERE
+    ) -> tuple[JobEvent | None, str]:
+        """After observing the job: its new output (if streamed), a utilisation sample while it runs (the
+        ``sample`` a shared poll took, else scraped here), and :meth:`outcome`. Returns (event or None,
+        new output) for the caller to log."""
         text = self.new_output() if stream_logs and info is not None else ""
         if info is not None and info.state == JobState.RUNNING:
-            urls = self.backend.metrics_urls(self.cluster_name)
-            self.utilisation.add(scrape(urls) if urls else (None, None))
+            if sample is SCRAPE_HERE:
+                urls = self.backend.metrics_urls(self.cluster_name)
+                sample = scrape(urls) if urls else (None, None)
+            if sample is not None:
+                self.utilisation.add(sample)
         return self.outcome(info), text
 
     def check(self, *, stream_logs: bool) -> tuple[JobEvent | None, str]:
@@ -300,7 +317,7 @@ class RayJobRun:
         persisted, from what its nodes left on disk."""
         if stream_logs and event.status in (WaitStatus.SUCCESS, WaitStatus.FAILED):
             try:
-                log_job_output(self.log, self._id, self.new_output())
+                log_job_output(self.log, self._id, self.new_output(final=True))
             except BackendError as error:
                 self.log.warning("The rest of Ray job %r's log cannot be read live: %s", self._id, error)
         return self.finish(event)

@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench.kuberay_manifests",
     "bench.kuberay_api_calls",
     "bench.deployment_latency",
+    "bench.trigger_scale",
 ]
 
 if __name__ == "__main__":

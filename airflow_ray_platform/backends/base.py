@@ -288,6 +288,16 @@ class WatchingBackend(Protocol):
 
 
 @runtime_checkable
+class IncrementalLogs(Protocol):
+    """A backend that reads a running job's driver log from an offset (never the whole log again)."""
+
+    def job_log_since(
+        self, cluster_name: str, submission_id: str, offset: int, *, complete_lines: bool = True
+    ) -> tuple[str, int]:
+        """(text after byte ``offset``, the offset after it); with ``complete_lines``, whole lines only."""
+
+
+@runtime_checkable
 class BulkJobListing(Protocol):
     """A backend that lists every cluster's jobs at once (garbage collection then costs one call)."""
 

@@ -634,27 +634,39 @@ class LocalBackend:
     def job_logs(self, cluster_name: str, submission_id: str) -> str:
         return self._jobs(cluster_name).logs(submission_id)
 
-    def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
-        """The driver log file itself (what Ray's Jobs API reads too), chunk by chunk.
-
-        Ray's websocket log tail would also stream it, but only ends ~5 s after a finished job's EOF;
-        the file is on this machine, under the cluster's temp dir, which every node shares.
-        """
+    def _driver_log(self, cluster_name: str, submission_id: str) -> Path:
+        """The job's driver log file (what Ray's Jobs API reads too), under the cluster's temp dir, which
+        every node of a local cluster shares."""
         record = self.registry.load(cluster_name)
-        path = None
-        if record is not None:
-            path = (
-                Path(record.temp_dir)
-                / "session_latest"
-                / "logs"
-                / JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
-            )
-        if path is None or not path.is_file():
+        if record is None:
+            raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
+        logs = Path(record.temp_dir) / "session_latest" / "logs"
+        return logs / JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
+
+    def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        """The driver log file itself, chunk by chunk (Ray's websocket log tail would also stream it, but
+        only ends ~5 s after a finished job's EOF); the Jobs API's when the file is not there."""
+        path = self._driver_log(cluster_name, submission_id)
+        if not path.is_file():
             yield from self._jobs(cluster_name).log_chunks(submission_id)
             return
         with open(path, "rb") as log:
             while chunk := log.read(LOG_CHUNK_BYTES):
                 yield chunk
+
+    def job_log_since(
+        self, cluster_name: str, submission_id: str, offset: int, *, complete_lines: bool = True
+    ) -> tuple[str, int]:
+        """The driver log after byte ``offset``, read from the file from there on: each byte once."""
+        try:
+            with open(self._driver_log(cluster_name, submission_id), "rb") as log:
+                log.seek(offset)
+                data = log.read()
+        except FileNotFoundError:  # no output yet
+            return "", offset
+        if complete_lines:  # a line still being written (or a character cut in two) waits for its end
+            data = data[: data.rfind(b"\n") + 1]
+        return data.decode(errors="replace"), offset + len(data)
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         return self._jobs(cluster_name).stop(submission_id)

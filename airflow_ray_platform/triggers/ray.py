@@ -24,6 +24,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, RayBackend, WatchingBackend
 from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.job_polling import ClusterPoller
 from airflow_ray_platform.job_run import RayJobRun, cluster_outcome, log_job_output
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.policy import Actor
@@ -264,6 +265,13 @@ class RayJobTrigger(_RayTrigger):
             log=self.log,
         )
 
+    def _poller(self, backend: RayBackend) -> ClusterPoller:
+        """The poll this trigger shares with every other of this triggerer waiting on the same cluster (for
+        the same connection, team and interval)."""
+        team = (self.actor or {}).get("team") or ("cleanup" if (self.actor or {}).get("cleanup") else "")
+        key = (self.ray_conn_id, self.cluster_name, team, self.poll_interval)
+        return ClusterPoller.shared(key, backend, self.cluster_name, self.poll_interval)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         backend = await self._backend()
         watching = backend if isinstance(backend, WatchingBackend) else None
@@ -272,7 +280,10 @@ class RayJobTrigger(_RayTrigger):
         while True:
             try:
                 if watching is None:
-                    event, text = await asyncio.to_thread(run.check, stream_logs=self.stream_logs)
+                    polled = await self._poller(backend).next_round(self.submission_id)
+                    event, text = await asyncio.to_thread(
+                        run.observe, polled.job, stream_logs=self.stream_logs, sample=polled.utilisation
+                    )
                 else:
                     window = self._window(LOG_STREAM_WINDOW if self.stream_logs else MAX_WATCH_WINDOW, self.timeout_at)
                     info: JobInfo | None = await watching.await_job(self.cluster_name, self.submission_id, window)
@@ -302,8 +313,6 @@ class RayJobTrigger(_RayTrigger):
                     event = await asyncio.to_thread(self._finish, backend, event)
                 yield await self._fire(event.to_dict())
                 return
-            if watching is None:
-                await asyncio.sleep(self.poll_interval)
 
     def _finish(self, backend: RayBackend, event: JobEvent) -> JobEvent:
         """Record the job's end and persist its log in this (warm) process, so that the task resumed in a

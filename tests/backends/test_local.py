@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import time
 import urllib.error
@@ -285,3 +286,36 @@ def test_the_heads_own_metrics_servers_are_on_ports_chosen_free(backend, shared_
     on the machine would clash with the first, and a fixed port is one anybody can predict."""
     ports = _listening_ports(backend, SHARED_CLUSTER)
     assert ports and not ports & {44217, 44227}, sorted(ports)
+
+
+def test_a_running_jobs_log_is_read_from_its_offset_each_byte_once(backend, shared_cluster):
+    """A chatty job's log, polled while it runs as a wait does: whole lines only, nothing read twice."""
+    script = (
+        "import sys, time\n"
+        "for batch in range(20):\n"
+        "    sys.stdout.write(''.join(f'line {batch}-{i} ' + 'x' * 200 + '\\n' for i in range(500)))\n"
+        "    sys.stdout.write('partial-')\n"  # a line cut in two across polls
+        "    sys.stdout.flush(); time.sleep(0.15)\n"
+        "    print('done', batch, 'é' * 3, flush=True)\n"
+    )
+    job = JobSpec(entrypoint="python -c " + shlex.quote(script))
+    backend.submit_job(SHARED_CLUSTER, "backend-incremental-1", job, {})
+    me = psutil.Process()
+    read_before, text, offset, polls = me.io_counters().read_chars, "", 0, 0
+    while True:
+        state = backend.describe_job(SHARED_CLUSTER, "backend-incremental-1").state
+        new, offset = backend.job_log_since(SHARED_CLUSTER, "backend-incremental-1", offset)
+        assert new == "" or new.endswith("\n"), "a line still being written was handed over"
+        text, polls = text + new, polls + 1
+        if state.is_terminal:
+            break
+        time.sleep(0.1)
+    rest, offset = backend.job_log_since(SHARED_CLUSTER, "backend-incremental-1", offset, complete_lines=False)
+    text += rest
+    read = me.io_counters().read_chars - read_before
+    whole = backend.job_logs(SHARED_CLUSTER, "backend-incremental-1")
+    assert state == JobState.SUCCEEDED and text == whole and "done 19 ééé" in text
+    assert offset == len(whole.encode())
+    # each byte of the log read once; besides it, each poll reads the small registry record (and the
+    # status call's HTTP response, a few kB)
+    assert read < 1.1 * offset + polls * 64 * 1024, (read, offset, polls)

@@ -203,3 +203,44 @@ def test_the_operators_trigger_records_the_end_and_persists_the_log_before_its_e
 
     watching = RayJobTrigger(**common, poll_interval=0.3, stop_on_kill=False)
     assert "finished" not in asyncio.run(_first_event(watching))
+
+
+def test_many_triggers_on_one_cluster_share_one_status_call_per_interval(backend, monkeypatch):
+    """40 deferred waits (10 on each of 4 real jobs) in one event loop, as a triggerer runs them: the
+    cluster is asked once per interval for all of them, never once per trigger."""
+    from collections import Counter
+
+    from airflow_ray_platform.backends.local import LocalBackend
+
+    calls: Counter[str] = Counter()
+    for name in ("list_jobs", "describe_job", "job_logs", "metrics_urls"):
+        real = getattr(LocalBackend, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(LocalBackend, name, counted)
+    ids = [f"trigger-many-{index}" for index in range(4)]
+    for index, submission_id in enumerate(ids):
+        script = f"import time; print('job {index} up', flush=True); time.sleep({2 + index})"
+        _submit(backend, submission_id, f'python -c "{script}"')
+    calls.clear()
+    interval = 0.5
+    triggers = [
+        RayJobTrigger(ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id=sid, poll_interval=interval)
+        for sid in ids
+        for _ in range(10)
+    ]
+
+    async def all_of_them():
+        return await asyncio.gather(*(_first_event(trigger) for trigger in triggers))
+
+    started = time.monotonic()
+    events = asyncio.run(all_of_them())
+    elapsed = time.monotonic() - started
+    assert [event["status"] for event in events] == ["success"] * 40
+    assert calls["describe_job"] == 0 and calls["job_logs"] == 0  # logs are read from their offset, not whole
+    rounds = elapsed / interval + 2
+    assert calls["list_jobs"] <= rounds, (calls, elapsed)  # one per interval, for all 40
+    assert calls["metrics_urls"] <= rounds, (calls, elapsed)
