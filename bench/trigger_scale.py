@@ -11,6 +11,7 @@ detection lag (Ray's job end -> the wait's end; median, max) and the process's p
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import statistics
 import time
@@ -31,10 +32,11 @@ CLUSTER = "bench-triggers"
 JOBS = int(os.environ.get("BENCH_TRIGGER_JOBS", "8"))
 SIZES = [int(n) for n in os.environ.get("BENCH_TRIGGER_SIZES", "10,100,1000").split(",")]
 INTERVAL = 2.0  # RayJobTrigger's default
-#: ~25 s of output, a 1 kB line every 0.1 s: about 250 kB of driver log per job.
-CHATTY = "python -c \"import time\nfor i in range(250):\n    print(i, 'x' * 1000, flush=True); time.sleep(0.1)\""
+#: ~25 s of output, a 200-byte line every 0.1 s: about 50 kB of driver log per job.
+CHATTY = "python -c \"import time\nfor i in range(250):\n    print(i, 'x' * 200, flush=True); time.sleep(0.1)\""
 
 calls: Counter[str] = Counter()
+_baseline_log = logging.getLogger("airflow_ray_platform.triggers.ray.RayJobTrigger")
 log_bytes = Counter()
 
 
@@ -70,10 +72,15 @@ def _count() -> None:
 
 
 async def _baseline_wait(backend: LocalBackend, submission_id: str) -> float:
-    """The wait as each trigger did it alone: describe, the whole log, a scrape while running; per interval."""
+    """The wait as each trigger did it alone: describe, the whole log (its new lines logged one by one on
+    the loop), a scrape while running; per interval."""
+    offset = 0
     while True:
         info = await asyncio.to_thread(backend.describe_job, CLUSTER, submission_id)
-        await asyncio.to_thread(backend.job_logs, CLUSTER, submission_id)
+        logs = await asyncio.to_thread(backend.job_logs, CLUSTER, submission_id)
+        for line in logs[offset:].splitlines():
+            _baseline_log.info("[ray job %s] %s", submission_id, line)
+        offset = len(logs)
         if info.state == JobState.RUNNING:
             urls = await asyncio.to_thread(backend.metrics_urls, CLUSTER)
             await asyncio.to_thread(utilisation.scrape, urls)

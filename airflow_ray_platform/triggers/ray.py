@@ -25,7 +25,7 @@ from airflow_ray_platform.backends.base import BackendError, ClusterState, JobIn
 from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.job_polling import ClusterPoller
-from airflow_ray_platform.job_run import RayJobRun, cluster_outcome, log_job_output
+from airflow_ray_platform.job_run import SCRAPE_HERE, RayJobRun, cluster_outcome, log_job_output
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.policy import Actor
 from airflow_ray_platform.utilisation import Utilisation
@@ -281,15 +281,12 @@ class RayJobTrigger(_RayTrigger):
             try:
                 if watching is None:
                     polled = await self._poller(backend).next_round(self.submission_id)
-                    event, text = await asyncio.to_thread(
-                        run.observe, polled.job, stream_logs=self.stream_logs, sample=polled.utilisation
-                    )
+                    info, sample = polled.job, polled.utilisation
                 else:
                     window = self._window(LOG_STREAM_WINDOW if self.stream_logs else MAX_WATCH_WINDOW, self.timeout_at)
-                    info: JobInfo | None = await watching.await_job(self.cluster_name, self.submission_id, window)
-                    event, text = await asyncio.to_thread(run.observe, info, stream_logs=self.stream_logs)
+                    info, sample = await watching.await_job(self.cluster_name, self.submission_id, window), SCRAPE_HERE
+                event = await asyncio.to_thread(self._observe, run, info, sample)
                 self.log_offset = run.log_offset  # what serialize() carries from now on
-                log_job_output(self.log, self.submission_id, text)
                 errors = 0
             except BackendError as error:
                 errors += 1
@@ -313,6 +310,13 @@ class RayJobTrigger(_RayTrigger):
                     event = await asyncio.to_thread(self._finish, backend, event)
                 yield await self._fire(event.to_dict())
                 return
+
+    def _observe(self, run: RayJobRun, info: JobInfo | None, sample: Any) -> JobEvent | None:
+        """One look at the job, its new log lines handed to the task log here, in a worker thread: a
+        chatty job's log is written without holding the triggerer's event loop."""
+        event, text = run.observe(info, stream_logs=self.stream_logs, sample=sample)
+        log_job_output(self.log, self.submission_id, text)
+        return event
 
     def _finish(self, backend: RayBackend, event: JobEvent) -> JobEvent:
         """Record the job's end and persist its log in this (warm) process, so that the task resumed in a
