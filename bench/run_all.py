@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.kuberay_api_calls",
     "bench.deployment_latency",
     "bench.trigger_scale",
+    "bench.detection_lag",
 ]
 
 if __name__ == "__main__":

@@ -11,15 +11,23 @@ import asyncio
 import queue
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import requests
+from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
 from ray.exceptions import AuthenticationError, RayError
 from ray.job_submission import JobDetails, JobSubmissionClient
 
-from airflow_ray_platform.backends.base import BackendAuthenticationError, BackendError, JobInfo, JobState
+from airflow_ray_platform.backends.base import (
+    LOG_CHUNK_BYTES,
+    BackendAuthenticationError,
+    BackendError,
+    JobInfo,
+    JobState,
+)
 from airflow_ray_platform.config import JobSpec
 
 _NOT_FOUND = re.compile(r"status code 404")
@@ -45,6 +53,8 @@ class JobsApiClient:
         self.cluster_name = cluster_name
         self.address = address
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._headers = dict(headers or {})
+        self._verify = verify
         self._client = self._call(
             f"reaching the Ray Jobs API of cluster {cluster_name!r}",
             JobSubmissionClient,
@@ -113,11 +123,42 @@ class JobsApiClient:
         return self._call(f"reading logs of job {submission_id!r}", self._client.get_job_logs, submission_id)
 
     def log_chunks(self, submission_id: str) -> Iterator[bytes]:
-        """The driver log as Ray's log tail (a websocket) sends it, chunk by chunk: never whole in memory.
+        """A finished job's driver log, chunk by chunk: never whole in memory.
 
-        The tail ends when the job is terminal. It runs on an event loop of its own in a helper thread,
-        handing chunks over through a small bounded queue (the consumer sets the pace).
+        From Ray's log-file endpoint (the State API's ``/api/v0/logs/file``, HTTP streamed, ending at the
+        file's end); Ray's websocket log tail, the fallback where that endpoint does not serve the job,
+        only closes about 5 s after a finished job's end, and that was every deferred task's wait.
         """
+        details = self._call(f"describing job {submission_id!r}", self._client.get_job_info, submission_id)
+        node_id = getattr(details, "driver_node_id", None)
+        if not node_id:  # never started a driver: nothing on any node to read
+            yield from self._tail_chunks(submission_id)
+            return
+        filename = JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
+        query = urllib.parse.urlencode({"node_id": node_id, "filename": filename, "lines": -1})
+        try:
+            with requests.get(
+                f"{self.address}/api/v0/logs/file?{query}",
+                headers=self._headers,
+                verify=self._verify,
+                stream=True,
+                timeout=(10, 300),
+            ) as response:
+                if response.status_code in (401, 403):
+                    raise BackendAuthenticationError(
+                        f"reading logs of job {submission_id!r}: the cluster refused the token ({response.status_code})"
+                    )
+                if response.status_code == 200:
+                    yield from response.iter_content(chunk_size=LOG_CHUNK_BYTES)
+                    return
+        except requests.RequestException as error:
+            raise BackendError(f"reading logs of job {submission_id!r}: {error}") from None
+        yield from self._tail_chunks(submission_id)
+
+    def _tail_chunks(self, submission_id: str) -> Iterator[bytes]:
+        """The driver log as Ray's log tail (a websocket) sends it, ending once the job is terminal. It
+        runs on an event loop of its own in a helper thread, handing chunks over through a small bounded
+        queue (the consumer sets the pace)."""
         handover: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
 
         async def tail() -> None:

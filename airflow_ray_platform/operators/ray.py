@@ -154,13 +154,15 @@ class _RayOperator(_RecordingOperator):
     def config(self) -> JobConfiguration:
         return load_job_configuration(self.job_configuration)
 
-    def _admit(self, context: Context) -> None:
+    def _admit(self, context: Context, *, check_configuration: bool = True) -> None:
         """Who this task acts as, and whether the platform policy lets its configuration run (its team,
-        ceilings, allow-lists): at every entry point, before anything is created, run or deleted."""
+        ceilings, allow-lists): at every entry point, before anything is created, run or deleted. Once
+        its work ran (a resumed task reporting it), the configuration is not judged again: a policy
+        tightened meanwhile must not fail a job that already ended."""
         policy = configured_policy()
         try:
             self._actor = Actor.for_task(context, policy, self.config.team)
-            if policy is not None and not self._actor.cleanup:
+            if policy is not None and not self._actor.cleanup and check_configuration:
                 assert self._actor.team is not None
                 policy.check_configuration(self._actor.team, self.config)
         except PolicyViolation as refused:
@@ -278,7 +280,7 @@ class RayClusterOperator(_RayOperator):
         return result
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        self._admit(context)
+        self._admit(context, check_configuration=False)
         cluster = ClusterEvent.from_dict(event)
         if not cluster.succeeded:
             raise AirflowException(cluster.message)
@@ -487,7 +489,7 @@ class RayJobOperator(_RayOperator):
         return self._finish(event)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
-        self._admit(context)
+        self._admit(context, check_configuration=False)
         job = JobEvent.from_dict(event)
         if not job.finished or job.ephemeral_cluster:  # else nothing is left to ask the backend
             self._job_run(

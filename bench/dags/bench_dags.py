@@ -54,3 +54,19 @@ for _deferrable in (False, True):
                 task_id="job", job_configuration=SLEEPING, deferrable=_deferrable, get_logs=_get_logs, poll_interval=2
             )
         globals()[_dag_id] = _dag
+
+#: A 3 s job through each backend that reaches an existing cluster: the local backend's registry, and a
+#: dashboard connection (``ray_dashboard``, set by bench/detection_lag.py) to the same cluster.
+THREE_SECONDS = {**TRIVIAL, "job": {"entrypoint": "python -c 'import time; time.sleep(3)'"}}
+for _backend, _conn in (("local", "ray_default"), ("dashboard", "ray_dashboard")):
+    for _deferrable in (False, True):
+        _dag_id = f"bench_detection_{_backend}_{'deferrable' if _deferrable else 'blocking'}"
+        with DAG(_dag_id, schedule=None, start_date=START) as _dag:
+            RayJobOperator(
+                task_id="job",
+                job_configuration=THREE_SECONDS,
+                ray_conn_id=_conn,
+                deferrable=_deferrable,
+                poll_interval=1,
+            )
+        globals()[_dag_id] = _dag

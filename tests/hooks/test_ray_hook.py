@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -134,3 +135,25 @@ def test_on_kuberay_a_team_works_in_the_namespace_and_with_the_credentials_its_p
         "kuberay",
         {"namespace": "shared", "kubernetes_conn_id": "k8s"},
     )
+
+
+def test_a_finished_jobs_log_is_read_from_rays_log_file_endpoint_whole_and_streamed(
+    monkeypatch, backend, shared_cluster
+):
+    """Ray's websocket tail only closes ~5 s after a finished job's end (every deferred task waited for it);
+    the log-file endpoint streams the file and ends at its end."""
+    from airflow_ray_platform.backends.jobs_api import JobsApiClient
+
+    def no_tail(self, submission_id):
+        raise AssertionError("fell back to the websocket tail")
+
+    monkeypatch.setattr(JobsApiClient, "_tail_chunks", no_tail)
+    client = JobsApiClient("existing", shared_cluster.dashboard_url, backend.registry.read_token(SHARED_CLUSTER))
+    script = "import sys; [sys.stdout.write(f'{i} ' + 'y' * 1000 + chr(10)) for i in range(3000)]"
+    client.submit("dashboard-log-file-1", JobSpec(entrypoint=f'python -c "{script}"'), {})
+    while not client.describe("dashboard-log-file-1").state.is_terminal:
+        time.sleep(0.2)
+    chunks = list(client.log_chunks("dashboard-log-file-1"))
+    whole = client.logs("dashboard-log-file-1")
+    assert b"".join(chunks).decode() == whole and "2999 yyy" in whole
+    assert max(len(chunk) for chunk in chunks) <= 8 * 1024 * 1024
