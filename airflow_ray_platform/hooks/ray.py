@@ -8,9 +8,10 @@ Connection forms:
   cluster (jobs only); plain http only to this machine unless ``allow_http`` says so;
 * extras ``{"backend": "kuberay", …}``: the KubeRay backend (its own options).
 
-The hook only turns a connection into a :class:`RayBackend` (``get_conn()`` / ``backend``); every
-call on clusters and jobs goes to that backend, whose job calls are Ray's ``JobSubmissionClient``.
-Secrets (the connection password, cluster tokens) never leave the backend.
+The hook turns a connection into a :class:`RayBackend` (``get_conn()`` / ``backend``) behind the
+platform's authorization check (``authorization.AuthorizedBackend``, acting as the running task or the
+actor it is given); every call on clusters and jobs goes to that backend, whose job calls are Ray's
+``JobSubmissionClient``. Secrets (the connection password, cluster tokens) never leave the backend.
 """
 
 from __future__ import annotations
