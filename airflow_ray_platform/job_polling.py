@@ -106,6 +106,8 @@ class ClusterPoller:
                 self._utilisation = await asyncio.to_thread(scrape, urls) if urls else (None, None)
         except BackendError as error:
             self._error = error
+        except Exception as error:  # never a poll that dies silently, leaving its waiters waiting
+            self._error = BackendError(f"polling the jobs of Ray cluster {self.cluster_name!r}: {error!r}")
         self.rounds += 1
         async with self._polled:
             self._polled.notify_all()
