@@ -13,8 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-WORK = Path(tempfile.mkdtemp(prefix="arp-bench-"))
-atexit.register(shutil.rmtree, WORK, ignore_errors=True)  # the export benchmark alone leaves ~300 MB
+#: A benchmark's helper process (spawned) shares its parent's isolated run, which removes it at exit.
+_PARENT_WORK = os.environ.get("ARP_BENCH_WORK")
+WORK = Path(_PARENT_WORK or tempfile.mkdtemp(prefix="arp-bench-"))
+if _PARENT_WORK is None:
+    os.environ["ARP_BENCH_WORK"] = str(WORK)
+    atexit.register(shutil.rmtree, WORK, ignore_errors=True)  # the export benchmark alone leaves ~300 MB
 BENCH_DAGS = Path(__file__).parent / "dags"
 
 os.environ.update(

@@ -1,17 +1,30 @@
 """Waiting at backfill scale: N deferred job waits in one event loop, as one triggerer runs them.
 
-N = 10, 100, 1000 ``RayJobTrigger`` s over M real, chatty Ray jobs on one local cluster (default poll
-interval), beside the per-trigger polling baseline in the same run: what each trigger did before it
-shared a poll (its own ``describe_job``, the whole driver log, and a Prometheus scrape of every node,
-per interval). Measured for each: calls to the cluster per second (Jobs API requests and metrics
-scrapes), bytes of log fetched over the logs' size, event-loop lag (p99, max, from a 10 ms ticker),
-detection lag (Ray's job end -> the wait's end; median, max) and the process's peak RSS.
+N = 10, 100, 1000 ``RayJobTrigger`` s over M real, chatty Ray jobs on one cluster (default poll
+interval), beside the per-trigger baseline in the same run, on two backends:
+
+* the local backend (one local cluster): the baseline is what each trigger did before it shared a poll
+  (its own ``describe_job``, the whole driver log, and a Prometheus scrape of every node, per interval);
+* KubeRay, through the emulated Kubernetes API server and simulated KubeRay controller (real Ray behind
+  them), both in a process of their own so that the triggers' process is measured alone: the baseline
+  is what each trigger did before it shared a namespace watch (its own list and watch of its RayJob,
+  and the whole submitter log read again after each wait).
+
+Measured for each: calls to the cluster per second (local: Jobs API requests and metrics scrapes;
+KubeRay: every Kubernetes API request, watches and followed log reads included), bytes of log fetched
+over the logs' size (local: each trigger's reads over its job's log; KubeRay: bytes received from the
+API over the jobs' logs, each job counted once, since the logs are fetched once for all its waits),
+event-loop lag (p99, max, from a 10 ms ticker), detection lag (Ray's job end -> the wait's end;
+median, max) and the process's peak RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
+import multiprocessing
 import os
 import statistics
 import time
@@ -21,11 +34,12 @@ from collections.abc import Awaitable, Callable
 import psutil
 
 from airflow_ray_platform import utilisation
-from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.backends.base import BackendError, JobState
 from airflow_ray_platform.backends.local import LocalBackend
 from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.job_run import wait_for_cluster
-from airflow_ray_platform.triggers.ray import RayJobTrigger
+from airflow_ray_platform.triggers.ray import LOG_STREAM_WINDOW, MAX_CONSECUTIVE_ERRORS, RayJobTrigger
+from bench import WORK
 from bench.common import migrate_airflow_db, record
 
 CLUSTER = "bench-triggers"
@@ -34,6 +48,9 @@ SIZES = [int(n) for n in os.environ.get("BENCH_TRIGGER_SIZES", "10,100,1000").sp
 INTERVAL = 2.0  # RayJobTrigger's default
 #: ~25 s of output, a 200-byte line every 0.1 s: about 50 kB of driver log per job.
 CHATTY = "python -c \"import time\nfor i in range(250):\n    print(i, 'x' * 200, flush=True); time.sleep(0.1)\""
+SPEC = ClusterSpec(head={"cpu": "2", "memory": "3Gi", "object_store_memory": "200Mi"})
+MODES = ("shared_poll", "per_trigger_baseline")
+BACKENDS = os.environ.get("BENCH_TRIGGER_BACKENDS", "local,kuberay").split(",")
 
 calls: Counter[str] = Counter()
 _baseline_log = logging.getLogger("airflow_ray_platform.triggers.ray.RayJobTrigger")
@@ -41,7 +58,7 @@ log_bytes = Counter()
 
 
 def _count() -> None:
-    """Count every call that reaches the cluster (the Jobs API, a node's metrics) and the log bytes read."""
+    """Count every call that reaches the local cluster (the Jobs API, a node's metrics) and the log bytes read."""
 
     def wrap(name: str, measure: Callable[[object], int] | None = None) -> None:
         real = getattr(LocalBackend, name)
@@ -71,22 +88,51 @@ def _count() -> None:
     polling.scrape = scrape
 
 
-async def _baseline_wait(backend: LocalBackend, submission_id: str) -> float:
-    """The wait as each trigger did it alone: describe, the whole log (its new lines logged one by one on
-    the loop), a scrape while running; per interval."""
+def _log_new_lines(submission_id: str, logs: str, offset: int) -> int:
+    """The baseline's logging: each new line on its own, on the loop."""
+    for line in logs[offset:].splitlines():
+        _baseline_log.info("[ray job %s] %s", submission_id, line)
+    return len(logs)
+
+
+async def _baseline_local_wait(backend: LocalBackend, submission_id: str) -> float:
+    """The wait as each trigger did it alone: describe, the whole log, a scrape while running; per interval."""
     offset = 0
     while True:
         info = await asyncio.to_thread(backend.describe_job, CLUSTER, submission_id)
         logs = await asyncio.to_thread(backend.job_logs, CLUSTER, submission_id)
-        for line in logs[offset:].splitlines():
-            _baseline_log.info("[ray job %s] %s", submission_id, line)
-        offset = len(logs)
+        offset = _log_new_lines(submission_id, logs, offset)
         if info.state == JobState.RUNNING:
             urls = await asyncio.to_thread(backend.metrics_urls, CLUSTER)
             await asyncio.to_thread(utilisation.scrape, urls)
         if info.state.is_terminal:
             return time.time()
         await asyncio.sleep(INTERVAL)
+
+
+async def _baseline_kuberay_wait(backend, submission_id: str) -> float:
+    """The wait as each trigger did it alone on KubeRay: a list and a watch of its own RayJob until it
+    changes (at most a log window), then the whole submitter log, again and again."""
+    from airflow_ray_platform.backends.kuberay.status import job_info
+
+    offset, errors = 0, 0
+    while True:
+        try:
+            info = await backend._await_change(
+                "rayjobs", submission_id, LOG_STREAM_WINDOW, job_info, lambda job: job.state.is_terminal
+            )
+            logs = await asyncio.to_thread(backend.job_logs, CLUSTER, submission_id)
+            errors = 0
+        except BackendError:  # counted as the trigger counted them; past the limit its task failed
+            errors += 1
+            if errors >= MAX_CONSECUTIVE_ERRORS:
+                return math.nan
+            await asyncio.sleep(INTERVAL)
+            continue
+        log_bytes["fetched"] += len(logs.encode())
+        offset = _log_new_lines(submission_id, logs, offset)
+        if info.state.is_terminal:
+            return time.time()
 
 
 async def _trigger_wait(trigger: RayJobTrigger) -> float:
@@ -118,40 +164,28 @@ async def _measure(waits: list[Callable[[], Awaitable[float]]]) -> dict:
     return {"ended": ended, "elapsed_s": elapsed, "loop_lag": lags, "rss_peak_mib": peak[0] / 1024**2}
 
 
-def _run_case(backend: LocalBackend, n: int, mode: str, index: int) -> dict:
-    ids = [f"bench-{mode}-{n}-{index}-{job}" for job in range(JOBS)]
+def _submit_and_wait_running(backend, ids: list[str]) -> None:
     for submission_id in ids:
         backend.submit_job(CLUSTER, submission_id, JobSpec(entrypoint=CHATTY), {})
-    deadline = time.monotonic() + 120
-    while any(backend.describe_job(CLUSTER, sid).state != JobState.RUNNING for sid in ids):
+    deadline = time.monotonic() + 180
+    while any((info := backend.describe_job(CLUSTER, sid)) is None or info.state != JobState.RUNNING for sid in ids):
         assert time.monotonic() < deadline, "the benchmark's jobs never all ran"
         time.sleep(0.2)
-    targets = [ids[i % JOBS] for i in range(n)]
-    if mode == "per_trigger_baseline":
-        waits = [lambda sid=sid: _baseline_wait(backend, sid) for sid in targets]
-    else:
-        triggers = [
-            RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid) for sid in targets
-        ]
-        waits = [lambda trigger=trigger: _trigger_wait(trigger) for trigger in triggers]
-    calls.clear()
-    log_bytes.clear()
-    measured = asyncio.run(_measure(waits))
-    counted, fetched = dict(calls), log_bytes["fetched"]  # before the checks below call the backend too
-    infos = {sid: backend.describe_job(CLUSTER, sid) for sid in ids}
-    detection = sorted(
-        end - infos[sid].end_time.timestamp() for sid, end in zip(targets, measured["ended"], strict=True)
-    )
-    log_size = sum(len(backend.job_logs(CLUSTER, sid).encode()) for sid in targets)
-    cluster_calls = sum(counted.get(name, 0) for name in ("describe_job", "list_jobs", "job_logs", "metrics_scrape"))
+
+
+def _figures(n: int, measured: dict, targets: list[str], local: LocalBackend, cluster_calls: int, logs: dict) -> dict:
+    """The case's figures; ``logs``: bytes fetched and the log size they are measured against."""
+    infos = {sid: local.describe_job(CLUSTER, sid) for sid in set(targets)}
+    ended = [(sid, end) for sid, end in zip(targets, measured["ended"], strict=True) if not math.isnan(end)]
+    detection = sorted(end - infos[sid].end_time.timestamp() for sid, end in ended)
     lags = measured["loop_lag"]
     return {
         "triggers": n,
         "jobs": JOBS,
+        "waits_failed": n - len(ended),  # gave up after MAX_CONSECUTIVE_ERRORS failed calls in a row
         "elapsed_s": round(measured["elapsed_s"], 2),
         "cluster_calls_per_s": round(cluster_calls / measured["elapsed_s"], 2),
-        "calls": counted,
-        "log_bytes_fetched_over_log_size": round(fetched / log_size, 3),
+        "log_bytes_fetched_over_log_size": round(logs["fetched"] / logs["size"], 3),
         "loop_lag_p99_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 1),
         "loop_lag_max_ms": round(1000 * lags[-1], 1),
         "detection_lag_median_s": round(statistics.median(detection), 2),
@@ -160,25 +194,135 @@ def _run_case(backend: LocalBackend, n: int, mode: str, index: int) -> dict:
     }
 
 
+def _local_case(backend: LocalBackend, n: int, mode: str, index: int) -> dict:
+    ids = [f"bench-{mode}-{n}-{index}-{job}".replace("_", "-") for job in range(JOBS)]
+    _submit_and_wait_running(backend, ids)
+    targets = [ids[i % JOBS] for i in range(n)]
+    if mode == "per_trigger_baseline":
+        waits = [lambda sid=sid: _baseline_local_wait(backend, sid) for sid in targets]
+    else:
+        triggers = [
+            RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid) for sid in targets
+        ]
+        waits = [lambda trigger=trigger: _trigger_wait(trigger) for trigger in triggers]
+    calls.clear()
+    log_bytes.clear()
+    measured = asyncio.run(_measure(waits))
+    counted, fetched = dict(calls), log_bytes["fetched"]  # before the figures call the backend too
+    size = sum(len(backend.job_logs(CLUSTER, sid).encode()) for sid in targets)
+    cluster_calls = sum(counted.get(name, 0) for name in ("describe_job", "list_jobs", "job_logs", "metrics_scrape"))
+    return {
+        **_figures(n, measured, targets, backend, cluster_calls, {"fetched": fetched, "size": size}),
+        "calls": counted,
+    }
+
+
+def _local_cases() -> dict[str, list[dict]]:
+    backend = LocalBackend()
+    backend.create_or_get_cluster(CLUSTER, SPEC, {})
+    wait_for_cluster(backend, CLUSTER, timeout=300, poll_interval=0.2)
+    results: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    try:
+        for index, n in enumerate(SIZES):
+            for mode in MODES:
+                results[mode].append(_local_case(backend, n, mode, index))
+                print("local", mode, results[mode][-1], flush=True)
+    finally:
+        backend.delete_cluster(CLUSTER)
+    return results
+
+
+def _serve_emulated_kuberay(kubeconfig: str, commands) -> None:
+    """The emulated API server and simulated KubeRay, in a process of their own: they answer the
+    triggers' process as a real API server would, from elsewhere. ``commands``: a pipe asking for the
+    request counts, or to stop."""
+    from tests.kube_emulator.api_server import KubernetesApiEmulator
+    from tests.kube_emulator.kuberay_controller import SimulatedKubeRay
+
+    emulator = KubernetesApiEmulator().start()
+    emulator.write_kubeconfig(WORK / kubeconfig)
+    controller = SimulatedKubeRay(emulator, LocalBackend()).start()
+    commands.send("ready")
+    while (command := commands.recv()) != "stop":
+        commands.send(dict(emulator.requests) if command == "requests" else None)
+    controller.stop()
+    emulator.stop()
+    commands.send(controller.errors)
+
+
+def _kuberay_case(backend, commands, n: int, mode: str, index: int) -> dict:
+    from airflow_ray_platform.backends.kuberay.logs import FollowedLogs
+
+    local = LocalBackend()
+    ids = [f"bench-k-{mode}-{n}-{index}-{job}".replace("_", "-") for job in range(JOBS)]
+    _submit_and_wait_running(backend, ids)
+    targets = [ids[i % JOBS] for i in range(n)]
+    if mode == "per_trigger_baseline":
+        waits = [lambda sid=sid: _baseline_kuberay_wait(backend, sid) for sid in targets]
+    else:
+        triggers = [
+            RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid) for sid in targets
+        ]
+        waits = [lambda trigger=trigger: _trigger_wait(trigger) for trigger in triggers]
+    log_bytes.clear()
+    commands.send("requests")
+    before = commands.recv()
+    measured = asyncio.run(_measure(waits))
+    commands.send("requests")
+    after = commands.recv()
+    fetched = log_bytes["fetched"] + sum(log.received for key, log in FollowedLogs._logs.items() if key[2] in ids)
+    size = sum(len(local.job_logs(CLUSTER, sid).encode()) for sid in ids)
+    requests = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    logs = {"fetched": fetched, "size": size}
+    return {**_figures(n, measured, targets, local, sum(requests.values()), logs), "api_requests": requests}
+
+
+def _kuberay_cases() -> dict[str, list[dict]]:
+    from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
+
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    server = multiprocessing.get_context("spawn").Process(
+        target=_serve_emulated_kuberay, args=("trigger-scale-kubeconfig.json", theirs), daemon=True
+    )
+    server.start()
+    assert ours.recv() == "ready"
+    kubeconfig = WORK / "trigger-scale-kubeconfig.json"
+    os.environ["AIRFLOW_CONN_KUBERNETES_BENCH"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig), "namespace": "default"}}
+    )
+    os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(
+        {"conn_type": "ray", "extra": {"backend": "kuberay", "kubernetes_conn_id": "kubernetes_bench"}}
+    )
+    backend = KubeRayBackend("kubernetes_bench")
+    results: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    try:
+        backend.create_or_get_cluster(CLUSTER, SPEC, {})
+        deadline = time.monotonic() + 300
+        while backend.describe_cluster(CLUSTER).state != "READY":
+            assert time.monotonic() < deadline, "the emulated RayCluster never became ready"
+            time.sleep(0.5)
+        for index, n in enumerate(SIZES):
+            for mode in MODES:
+                results[mode].append(_kuberay_case(backend, ours, n, mode, index))
+                print("kuberay", mode, results[mode][-1], flush=True)
+    finally:
+        backend.delete_cluster(CLUSTER)
+        ours.send("stop")
+        errors = ours.recv()
+        server.join(timeout=120)
+        os.environ.pop("AIRFLOW_CONN_RAY_DEFAULT")
+    assert errors == [], errors
+    return results
+
+
 def main() -> None:
     migrate_airflow_db()  # the triggers' hooks look their connection up
     _count()
-    backend = LocalBackend()
-    spec = ClusterSpec(head={"cpu": "2", "memory": "3Gi", "object_store_memory": "200Mi"})
-    backend.create_or_get_cluster(CLUSTER, spec, {})
-    wait_for_cluster(backend, CLUSTER, timeout=300, poll_interval=0.2)
-    results: dict[str, list[dict]] = {"shared_poll": [], "per_trigger_baseline": []}
-    try:
-        for index, n in enumerate(SIZES):
-            for mode in ("shared_poll", "per_trigger_baseline"):
-                results[mode].append(_run_case(backend, n, mode, index))
-                print(mode, results[mode][-1], flush=True)
-    finally:
-        backend.delete_cluster(CLUSTER)
     record(
         "trigger_scale",
         {
-            **results,
+            **({"local": _local_cases()} if "local" in BACKENDS else {}),
+            **({"kuberay_emulated": _kuberay_cases()} if "kuberay" in BACKENDS else {}),
             "poll_interval_s": INTERVAL,
             "targets_at_1000": "cluster calls/s <= 2 per interval (1.0/s); log bytes <= 1.1x; loop lag p99 <= 50 "
             "ms; detection lag <= one interval",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Iterator, Mapping
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from airflow_ray_platform.backends.base import (
@@ -60,6 +61,7 @@ class DashboardBackend:
         self._token = token
         self._verify = verify
         self._client: JobsApiClient | None = None
+        self._started_at: datetime | None = None
 
     def _jobs(self, cluster_name: str) -> JobsApiClient:
         if cluster_name != self.cluster_name:
@@ -85,14 +87,21 @@ class DashboardBackend:
         )
 
     def _info(self) -> ClusterInfo:
+        """The cluster, created when its head node started (asked once): what its records and persisted
+        logs are keyed by, so that a cluster restarted at the same address is a new one."""
         try:
-            self._jobs(self.cluster_name).list()
+            jobs = self._jobs(self.cluster_name)
+            jobs.list()
+            if self._started_at is None:
+                self._started_at = jobs.head_started_at()
             state, message = ClusterState.READY, None
         except BackendAuthenticationError as error:
             state, message = ClusterState.FAILED, str(error)  # a wrong token stays wrong: fail now
         except BackendError as error:
             state, message = ClusterState.PROVISIONING, str(error)
-        return ClusterInfo(self.cluster_name, self.name, state, self.address, message=message)
+        return ClusterInfo(
+            self.cluster_name, self.name, state, self.address, message=message, created_at=self._started_at
+        )
 
     def describe_cluster(self, name: str) -> ClusterInfo | None:
         return self._info() if name == self.cluster_name else None

@@ -119,6 +119,27 @@ class JobsApiClient:
         jobs = self._call(f"listing jobs of cluster {self.cluster_name!r}", self._client.list_jobs)
         return [self._info(details) for details in jobs]
 
+    def head_started_at(self) -> datetime | None:
+        """When the cluster's head node started (Ray's State API), None where it does not say: the
+        cluster's own creation time when the platform did not create it (it names that incarnation)."""
+        query = urllib.parse.urlencode(
+            {"detail": "true", "filter_keys": "is_head_node", "filter_predicates": "=", "filter_values": "True"}
+        )
+        doing = f"reading the head node of cluster {self.cluster_name!r}"
+        try:
+            response = requests.get(
+                f"{self.address}/api/v0/nodes?{query}", headers=self._headers, verify=self._verify, timeout=(10, 30)
+            )
+        except requests.RequestException as error:
+            raise BackendError(f"{doing}: {error}") from None
+        if response.status_code in (401, 403):
+            raise BackendAuthenticationError(f"{doing}: the cluster refused the token ({response.status_code})")
+        if response.status_code != 200:
+            return None
+        nodes = ((response.json().get("data") or {}).get("result") or {}).get("result") or []
+        started = [node["start_time_ms"] for node in nodes if node.get("is_head_node") and node.get("start_time_ms")]
+        return _millis(min(started)) if started else None
+
     def logs(self, submission_id: str) -> str:
         return self._call(f"reading logs of job {submission_id!r}", self._client.get_job_logs, submission_id)
 

@@ -2,10 +2,12 @@
 
 Both triggers carry their whole state in ``serialize()`` (connection id, names, deadline, log
 offset), so a triggerer restart resumes them where they were. A backend that can wait server-side
-(:class:`WatchingBackend`: KubeRay, through a ``kubernetes_asyncio`` watch) is awaited directly, so
-the wait costs a constant number of API calls; any other backend is polled, each call in a worker
-thread (``asyncio.to_thread``), job waits through one poll per cluster shared by every trigger of the
-triggerer waiting on it (``job_polling``). Either way the triggerer's event loop is never blocked.
+(:class:`WatchingBackend`: KubeRay, through one ``kubernetes_asyncio`` watch of the namespace's RayJobs
+shared by every job wait of the triggerer, and each job's log followed once) is awaited directly, so
+the wait costs a constant number of API calls whatever the number of tasks; any other backend is
+polled, each call in a worker thread (``asyncio.to_thread``), job waits through one poll per cluster
+shared by every trigger of the triggerer waiting on it (``job_polling``). Either way the triggerer's
+event loop is never blocked.
 Each trigger acts as its deferred task (``actor``), behind the same authorization. ``cleanup()`` is left
 alone on purpose, since it also runs on every triggerer restart; only ``on_kill()`` (a user killing
 the task) stops the job and removes a task's ephemeral cluster.

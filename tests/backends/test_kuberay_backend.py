@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -138,6 +139,33 @@ def test_job_on_a_named_cluster_submits_once_logs_from_the_submitter_pod_and_sto
     assert backend.stop_job(SHARED_CLUSTER, "kuberay-backend-job-1") is False
 
 
+def test_a_running_jobs_log_is_followed_once_for_every_reader_and_each_byte_fetched_once(kuberay, local_backend):
+    """Two readers in one process (two triggers' backends) read a chatty job's log from their offsets
+    while it runs: one followed read of the submitter pod's log serves both, never a whole read."""
+    script = "import time\nfor i in range(30):\n    print('line', i, 'x' * 100, flush=True); time.sleep(0.1)"
+    kuberay.backend.submit_job(
+        SHARED_CLUSTER, "kuberay-backend-follow", JobSpec(entrypoint=f'python -c "{script}"'), {}
+    )
+    readers = [KubeRayBackend(kuberay.connection), KubeRayBackend(kuberay.connection)]
+    before = dict(kuberay.emulator.requests)
+    offsets, texts = [0, 0], ["", ""]
+    while True:
+        state = kuberay.backend.describe_job(SHARED_CLUSTER, "kuberay-backend-follow").state
+        for index, reader in enumerate(readers):
+            text, offsets[index] = reader.job_log_since(
+                SHARED_CLUSTER, "kuberay-backend-follow", offsets[index], complete_lines=not state.is_terminal
+            )
+            assert text == "" or text.endswith("\n")  # whole lines while the job runs
+            texts[index] += text
+        if state.is_terminal:
+            break
+        time.sleep(0.3)
+    whole = local_backend.job_logs(SHARED_CLUSTER, "kuberay-backend-follow")
+    assert "line 29" in whole and texts == [whole, whole]
+    made = {key: kuberay.emulator.requests[key] - before.get(key, 0) for key in ("FOLLOW pods/log", "GET pods/log")}
+    assert made == {"FOLLOW pods/log": 1, "GET pods/log": 0}, kuberay.emulator.requests
+
+
 def test_submitting_to_a_missing_cluster_is_a_clear_error(kuberay):
     with pytest.raises(BackendError, match="no RayCluster 'nowhere' in namespace 'default'"):
         kuberay.backend.submit_job("nowhere", "kuberay-backend-job-2", JobSpec(entrypoint="true"), {})
@@ -165,6 +193,7 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
     submitter = {"metadata": {"name": "rbac-check-job-x", "labels": {"job-name": "rbac-check-job"}}}
     kuberay.emulator.store.create("pods", "default", submitter)
     assert KubeRayBackend(kuberay.connection).job_logs("rbac-check", "rbac-check-job") == ""
+    assert KubeRayBackend(kuberay.connection).job_log_since("rbac-check", "rbac-check-job", 0) == ("", 0)
     kuberay.emulator.store.delete("pods", "default", "rbac-check-job-x")
     with pytest.raises(BackendError):  # the dashboard is not there; the token Secret was read first
         backend.job_logs("rbac-check", "rbac-check-job")
@@ -172,7 +201,7 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
     asyncio.run(backend.await_cluster("rbac-check", 1))
     backend.stop_job("rbac-check", "rbac-check-job")
     backend.delete_cluster("rbac-check", DeleteCondition(inactive_since=datetime.now(UTC) + timedelta(seconds=1)))
-    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "WATCH": "watch"}
+    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "WATCH": "watch", "FOLLOW": "get"}
     used = set()
     for key, count in kuberay.emulator.requests.items():
         if count > before.get(key, 0):

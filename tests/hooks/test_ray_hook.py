@@ -65,7 +65,10 @@ def test_dashboard_connection_uses_the_token_from_the_password(monkeypatch, back
     info = hook.submit_job("existing", "hook-dashboard-1", JobSpec(entrypoint="echo via-dashboard"), {})
     assert info.submission_id == "hook-dashboard-1"
     assert "hook-dashboard-1" in [job.submission_id for job in hook.list_jobs("existing")]
-    assert hook.describe_cluster("existing").state == "READY"
+    existing = hook.describe_cluster("existing")
+    assert existing.state == "READY"
+    # Created when its head started (records and persisted logs are keyed by it), not at the epoch.
+    assert abs((existing.created_at - shared_cluster.created_at).total_seconds()) < 120
     with pytest.raises(BackendError, match="cannot create clusters"):
         hook.create_or_get_cluster("new-one", ClusterSpec(head={"cpu": "1"}), {})
     with pytest.raises(BackendError, match="airflow-ray-platform does not manage it"):

@@ -12,7 +12,7 @@ No real kube-apiserver runs on these machines, so the official ``kubernetes`` cl
   an unknown field is 422 with ``fieldValidation=Strict`` (as ``kubectl apply --validate=strict``);
 * without the CRDs installed (``crds_installed=False``), ``ray.io`` paths answer 404 with no object
   named, as a real API server does for an unknown resource type;
-* core ``v1`` pods (list, get, ``/log``) and secrets (get, create), which the simulated controller
+* core ``v1`` pods (list, get, ``/log``, ``/log?follow=true``) and secrets (get, create), which the simulated controller
   writes.
 
 Every request is counted by verb and resource, for the API-calls-per-job benchmark.
@@ -238,6 +238,13 @@ class ObjectStore:
             ]
 
 
+class _Server(ThreadingHTTPServer):
+    """A listen backlog as deep as a real API server's: a thousand clients connecting at once (one
+    watch each) queue, where the default backlog of 5 drops their connections."""
+
+    request_queue_size = 1024
+
+
 class KubernetesApiEmulator:
     """The HTTP front of :class:`ObjectStore`; ``url`` goes into a kubeconfig.
 
@@ -252,7 +259,7 @@ class KubernetesApiEmulator:
         #: Time spent answering non-watch requests (handling and encoding), so a benchmark can tell the
         #: emulated server's share of a call from the client's.
         self.server_seconds = 0.0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="k8s-api-emulator", daemon=True)
         self._stopping = False
@@ -403,6 +410,29 @@ class KubernetesApiEmulator:
         finally:
             timer.cancel()
 
+    def follow_log(self, path: str, send: Callable[[bytes], bool]) -> None:
+        """``GET …/pods/NAME/log?follow=true``: the log as it grows, until the pod's phase is terminal
+        (its container exited), the pod is deleted or the client leaves."""
+        match = _CORE.match(path)
+        if match is None or match.group(2) != "pods" or match.group(4) != "log":
+            raise ApiError(404, "NotFound", f"cannot follow {path}")
+        namespace, _, name, _ = match.groups()
+        self.requests["FOLLOW pods/log"] += 1
+        store, sent = self.store, 0
+        while not self._stopping:
+            try:
+                phase = (store.get("pods", namespace, name).get("status") or {}).get("phase")
+            except ApiError:
+                return
+            reader = store.pod_logs.get((namespace, name))
+            data = (reader() if reader else "").encode()
+            if len(data) > sent and not send(data[sent:]):
+                return
+            sent = max(sent, len(data))
+            if phase in ("Succeeded", "Failed"):
+                return
+            time.sleep(0.1)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         emulator = self
 
@@ -443,6 +473,21 @@ class KubernetesApiEmulator:
                         self.send_header("Transfer-Encoding", "chunked")
                         self.end_headers()
                         emulator.watch(url.path, query, lambda event: self._chunk(json.dumps(event).encode() + b"\n"))
+                        self._chunk(b"")
+                        return
+                    log = _CORE.match(url.path)
+                    if (
+                        method == "GET"
+                        and log
+                        and log.group(4) == "log"
+                        and query.get("follow", "").lower() in ("true", "1")
+                    ):
+                        emulator.store.get("pods", log.group(1), log.group(3))  # a 404 before streaming
+                        self.send_response(200)
+                        self.send_header("Content-Type", "text/plain")
+                        self.send_header("Transfer-Encoding", "chunked")
+                        self.end_headers()
+                        emulator.follow_log(url.path, self._chunk)
                         self._chunk(b"")
                         return
                     code, payload = emulator.handle(method, url.path, query, body)

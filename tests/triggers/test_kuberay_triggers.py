@@ -112,7 +112,7 @@ def test_triggerer_restart_mid_watch_changes_nothing_on_kubernetes(kuberay):
     trigger = RayJobTrigger(
         ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id="kuberay-trigger-restart"
     )
-    writes_before = {k: v for k, v in kuberay.emulator.requests.items() if not k.startswith(("GET", "WATCH"))}
+    writes_before = {k: v for k, v in kuberay.emulator.requests.items() if not k.startswith(("GET", "WATCH", "FOLLOW"))}
 
     async def restart():
         run = asyncio.ensure_future(_first_event(trigger))
@@ -123,7 +123,43 @@ def test_triggerer_restart_mid_watch_changes_nothing_on_kubernetes(kuberay):
         await trigger.cleanup()
 
     asyncio.run(restart())
-    writes_after = {k: v for k, v in kuberay.emulator.requests.items() if not k.startswith(("GET", "WATCH"))}
+    writes_after = {k: v for k, v in kuberay.emulator.requests.items() if not k.startswith(("GET", "WATCH", "FOLLOW"))}
     assert writes_after == writes_before  # not one create, update or delete
     assert kuberay.backend.describe_job(SHARED_CLUSTER, "kuberay-trigger-restart").state in ("PENDING", "RUNNING")
     kuberay.backend.stop_job(SHARED_CLUSTER, "kuberay-trigger-restart")
+
+
+def test_many_triggers_share_one_watch_of_the_namespace_and_one_log_follow_per_job(kuberay, monkeypatch):
+    """30 deferred waits (10 on each of 3 RayJobs) in one event loop, as a triggerer runs them, streaming
+    logs: one list and one watch of the namespace's RayJobs for all of them, and each job's submitter log
+    followed once (never read whole), however many waits stream it."""
+    ids = [f"kuberay-trigger-many-{index}" for index in range(3)]
+    for index, submission_id in enumerate(ids):
+        script = f"import time\nfor i in range(5):\n    print('job {index} line', i, flush=True); time.sleep(0.5)"
+        kuberay.backend.submit_job(SHARED_CLUSTER, submission_id, JobSpec(entrypoint=f'python -c "{script}"'), {})
+    triggers = [
+        RayJobTrigger(ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id=sid)
+        for sid in ids
+        for _ in range(10)
+    ]
+    before = dict(kuberay.emulator.requests)
+
+    async def all_of_them():
+        return await asyncio.gather(*(_first_event(trigger) for trigger in triggers))
+
+    written: dict[str, list[str]] = {sid: [] for sid in ids}  # what the waits wrote to their task logs
+
+    def log_job_output(log, submission_id, text):
+        written[submission_id].append(text)
+
+    monkeypatch.setattr("airflow_ray_platform.triggers.ray.log_job_output", log_job_output)
+    events = asyncio.run(all_of_them())
+    made = {key: count - before.get(key, 0) for key, count in kuberay.emulator.requests.items()}
+    assert [event["state"] for event in events] == ["SUCCEEDED"] * 30
+    assert made.get("WATCH rayjobs", 0) == 1 and made.get("GET rayjobs (list)", 0) == 1, made
+    assert made.get("FOLLOW pods/log", 0) == 3 and made.get("GET pods/log", 0) == 0, made
+    for index, submission_id in enumerate(ids):  # each of its 10 waits streamed the job's whole log, once
+        whole = kuberay.backend.job_logs(SHARED_CLUSTER, submission_id)
+        assert f"job {index} line 4" in whole
+        assert "".join(written[submission_id]).count(f"job {index} line 4") == 10
+        assert sum(map(len, written[submission_id])) == 10 * len(whole)

@@ -6,7 +6,9 @@ The provider never installs KubeRay or its CRDs: if they are missing, the first 
 message that says so.
 
 Everything goes through the Kubernetes API, so an Airflow worker that cannot reach the Ray head
-service still creates, waits, reads logs (from the RayJob's submitter pod) and stops. Where the
+service still creates, waits, reads logs (from the RayJob's submitter pod, a running job's log followed
+once for every reader in the process: ``logs``) and stops. Job waits in one event loop share one watch
+of the namespace's RayJobs (``watch``). Where the
 dashboard is reachable (``dashboard_url_template``), logs come from the Jobs API instead, with the
 token KubeRay keeps in the cluster's Secret; the token is never logged.
 
@@ -57,6 +59,7 @@ from airflow_ray_platform.backends.base import (
     with_lease,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.backends.kuberay.logs import FollowedLogs
 from airflow_ray_platform.backends.kuberay.manifests import (
     render_ray_cluster,
     render_ray_job,
@@ -64,6 +67,7 @@ from airflow_ray_platform.backends.kuberay.manifests import (
 )
 from airflow_ray_platform.backends.kuberay.schema import validate_manifest
 from airflow_ray_platform.backends.kuberay.status import cluster_info, job_info
+from airflow_ray_platform.backends.kuberay.watch import RayJobWatch
 from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
 from airflow_ray_platform.naming import (
     CLUSTER_LABEL,
@@ -441,8 +445,9 @@ class KubeRayBackend:
         pods = self._pods(f"{SUBMITTER_POD_LABEL}={submission_id}")
         yield from sorted(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", reverse=True)
 
-    def _submitter_log(self, submission_id: str) -> Any | None:
-        """The streaming response of the newest submitter pod's log (None: no pod, or not started)."""
+    def _submitter_log(self, submission_id: str, *, follow: bool = False) -> Any | None:
+        """The streaming response of the newest submitter pod's log (None: no pod, or not started);
+        ``follow``: kept open, receiving what the container writes until it exits."""
         for pod in self._submitter_pods(submission_id):
             try:
                 return self._call(
@@ -451,6 +456,7 @@ class KubeRayBackend:
                     pod["metadata"]["name"],
                     self.namespace,
                     container=SUBMITTER_CONTAINER,
+                    follow=follow,
                     _preload_content=False,  # the bytes as written, read as they come
                 )
             except ApiException as error:
@@ -466,6 +472,23 @@ class KubeRayBackend:
             return jobs_api.logs(submission_id)
         response = self._submitter_log(submission_id)
         return "" if response is None else response.data.decode(errors="replace")
+
+    def job_log_since(
+        self, cluster_name: str, submission_id: str, offset: int, *, complete_lines: bool = True
+    ) -> tuple[str, int]:
+        """The driver log after byte ``offset``: from the submitter pod's log, followed once for every
+        reader in this process (:class:`FollowedLog`); from the Jobs API where reachable, sliced."""
+        jobs_api = self._jobs_api_client(cluster_name)
+        if jobs_api is not None:
+            data = jobs_api.logs(submission_id).encode()[offset:]
+            if complete_lines:
+                data = data[: data.rfind(b"\n") + 1]
+            return data.decode(errors="replace"), offset + len(data)
+        followed = FollowedLogs.get(
+            (self.kubernetes_conn_id, self.namespace, submission_id),
+            lambda: self._submitter_log(submission_id, follow=True),
+        )
+        return followed.since(offset, complete_lines=complete_lines)
 
     def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
         jobs_api = self._jobs_api_client(cluster_name)
@@ -510,7 +533,7 @@ class KubeRayBackend:
         from kubernetes_asyncio import watch
         from kubernetes_asyncio.client.exceptions import ApiException as AsyncApiException
 
-        namespace = self._namespace or await asyncio.to_thread(lambda: self.namespace)
+        namespace = await self._async_namespace()
         selector = f"metadata.name={name}"
         try:
             async with self.async_kubernetes_hook.get_conn() as api_client:
@@ -546,15 +569,20 @@ class KubeRayBackend:
         except (aiohttp.ClientError, TimeoutError) as error:
             raise BackendError(f"watching {plural} {name!r}: Kubernetes API unreachable: {error!r}") from None
 
+    async def _async_namespace(self) -> str:
+        return self._namespace or await asyncio.to_thread(lambda: self.namespace)  # may read the connection
+
     async def await_job(self, cluster_name: str, submission_id: str, timeout: float) -> JobInfo | None:
-        """The RayJob's state through a watch: what the deferrable trigger waits on."""
+        """The RayJob's state through the watch of its namespace that every wait of this event loop shares
+        (:class:`RayJobWatch`): what the deferrable trigger waits on."""
 
         def read(obj: dict[str, Any]) -> JobInfo | None:
             return job_info(obj) if (obj["metadata"].get("labels") or {}).get(CLUSTER_LABEL) == cluster_name else None
 
-        return await self._await_change(
-            "rayjobs", submission_id, timeout, read, lambda job: job is None or job.state.is_terminal
+        shared = RayJobWatch.shared(
+            self.kubernetes_conn_id, await self._async_namespace(), self.async_kubernetes_hook.get_conn
         )
+        return await shared.await_change(submission_id, timeout, read, lambda job: job is None or job.state.is_terminal)
 
     async def await_cluster(self, name: str, timeout: float) -> ClusterInfo | None:
         """The RayCluster's state through a watch (the pods' reasons come from ``describe_cluster``)."""
