@@ -630,6 +630,23 @@ def format_validation_errors(error: ValidationError, root: str = "job_configurat
     return "\n".join(lines)
 
 
+def read_configuration_file(path: Path) -> Any:
+    """A YAML (or ``.json``) file's document, not yet validated (templates may still be in it); a
+    missing or unparsable file is a :class:`JobConfigurationError` saying where, never what it holds."""
+    if not path.is_file():
+        raise JobConfigurationError(f"job_configuration file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}"
+        raise JobConfigurationError(f"job_configuration file {str(path)!r} is not valid JSON at {where}") from None
+    except yaml.YAMLError as error:  # where, never what: the file may be anything readable
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise JobConfigurationError(f"job_configuration file {str(path)!r} is not valid YAML{where}") from None
+
+
 def load_job_configuration(value: JobConfiguration | Mapping[str, Any] | str | Path) -> JobConfiguration:
     """Accept the model itself, a dict, or the path of a YAML/JSON file, and validate it.
 
@@ -638,19 +655,7 @@ def load_job_configuration(value: JobConfiguration | Mapping[str, Any] | str | P
     if isinstance(value, JobConfiguration):
         return value
     if isinstance(value, str | Path):
-        path = Path(value)
-        if not path.is_file():
-            raise JobConfigurationError(f"job_configuration file {str(path)!r} does not exist")
-        text = path.read_text()
-        try:
-            value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except json.JSONDecodeError as error:
-            where = f"line {error.lineno}, column {error.colno}"
-            raise JobConfigurationError(f"job_configuration file {str(path)!r} is not valid JSON at {where}") from None
-        except yaml.YAMLError as error:  # where, never what: the file may be anything readable
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise JobConfigurationError(f"job_configuration file {str(path)!r} is not valid YAML{where}") from None
+        value = read_configuration_file(Path(value))
     if not isinstance(value, Mapping):
         raise JobConfigurationError(
             f"job_configuration must be a mapping, a YAML/JSON file path or a JobConfiguration "

@@ -27,12 +27,13 @@ from airflow_ray_platform.backends.base import (
     IncrementalLogs,
     JobInfo,
     JobState,
+    Lease,
     RayBackend,
 )
 from airflow_ray_platform.config import JobConfiguration
 from airflow_ray_platform.events import JobEvent, WaitStatus
 from airflow_ray_platform.lifecycle import LifecycleRecorder
-from airflow_ray_platform.naming import TASK_KEY_METADATA, TRY_NUMBER_METADATA, TaskIdentity
+from airflow_ray_platform.naming import TASK_KEY_METADATA, TRY_NUMBER_METADATA, TaskIdentity, cluster_labels
 from airflow_ray_platform.timestamps import utc_now
 from airflow_ray_platform.utilisation import Utilisation, scrape
 
@@ -119,6 +120,37 @@ def wait_for_cluster(
         if within is not None and elapsed >= within:
             return None
         time.sleep(poll_interval)
+
+
+def create_or_get_cluster(
+    backend: RayBackend,
+    config: JobConfiguration,
+    name: str,
+    identity: TaskIdentity,
+    *,
+    ephemeral: bool,
+    lease: Lease | None,
+    recorder: LifecycleRecorder | None,
+) -> ClusterInfo:
+    """The cluster ``config`` describes, under ``name``, created if missing (checked by the backend
+    first), labelled with its owner, team, lifetimes and the task that asked; an existing one created
+    from another spec is an error naming the difference. ``lease``: held on a shared cluster (None for a
+    task's own ephemeral cluster). The operators and the CLI create clusters through here alone."""
+    backend.validate_configuration(config)
+    spec = config.cluster
+    labels = cluster_labels(
+        owner=config.owner,
+        team=config.team,
+        idle_timeout_seconds=int(spec.idle_timeout.total_seconds()),
+        max_lifetime_seconds=int(spec.max_lifetime.total_seconds()),
+        identity=identity,
+        ephemeral=ephemeral,
+        extra=spec.labels,
+    )
+    info = backend.create_or_get_cluster(name, spec, labels, lease)
+    if recorder is not None:
+        recorder.cluster_seen(info, requested=True)
+    return info
 
 
 def log_job_output(log: logging.Logger, submission_id: str, text: str) -> None:

@@ -309,6 +309,25 @@ class StateStore:
             row = connection.execute(query).mappings().first()
         return dict(row) if row else None
 
+    def latest_job(self, submission_id: str) -> dict[str, Any] | None:
+        """The newest record of a job by its submission id, with its cluster's name, backend and deletion
+        (``cluster_name``, ``cluster_backend``, ``cluster_deleted_at``): what a job is looked up by when only
+        its id is known (the CLI), live or long gone."""
+        query = (
+            sa.select(
+                jobs,
+                clusters.c.name.label("cluster_name"),
+                clusters.c.backend.label("cluster_backend"),
+                clusters.c.deleted_at.label("cluster_deleted_at"),
+            )
+            .join(clusters, clusters.c.cluster_uid == jobs.c.cluster_uid, isouter=True)
+            .where(jobs.c.submission_id == submission_id)
+            .order_by(jobs.c.updated_at.desc())
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        return dict(row) if row else None
+
     def events_of(self, uid: str) -> list[dict[str, Any]]:
         query = sa.select(events).where(events.c.cluster_uid == uid).order_by(events.c.occurred_at, events.c.id)
         with self.engine.connect() as connection:

@@ -229,6 +229,39 @@ def _write(table: pa.Table, output: str, name: str, start: datetime, end: dateti
     return str(final)
 
 
+def interval_tables(
+    store: StateStore, start: datetime, end: datetime, prices: Mapping[str, float] | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """(jobs, clusters) of the interval [start, end), with their derived usage columns: what the export
+    writes and the summary adds up."""
+    prices = {**DEFAULT_PRICES, **(prices or {})}
+    raw_jobs = _read(
+        store,
+        sa.select(*_selected(store, jobs, JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end),
+        JOB_COLUMNS,
+    )
+    alive = sa.and_(
+        clusters.c.requested_at < end, sa.or_(clusters.c.deleted_at.is_(None), clusters.c.deleted_at >= start)
+    )
+    raw_clusters = _read(store, sa.select(*_selected(store, clusters, CLUSTER_COLUMNS)).where(alive), CLUSTER_COLUMNS)
+    job_rows = job_table(raw_jobs, prices)
+    return job_rows, cluster_table(raw_clusters, job_rows, start, end)
+
+
+def usage_summary(
+    store: StateStore, start: datetime, end: datetime, prices: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Per team, over [start, end): the team rollup (jobs, success rate, cluster wait p50/p95) with the
+    CPU-hours, GPU-hours and cost its jobs used: the export's numbers, without writing them."""
+    job_rows, cluster_rows = interval_tables(store, start, end, prices)
+    summary = team_rollup(job_rows, cluster_rows).to_pylist()
+    for row in summary:
+        mine = job_rows.filter(pc.equal(job_rows["team"], row["team"])) if job_rows.num_rows else job_rows
+        for column in ("cpu_hours", "gpu_hours", "cost_estimate"):
+            row[column] = (pc.sum(mine[column]).as_py() or 0.0) if mine.num_rows else 0.0
+    return summary
+
+
 def export_interval(
     store: StateStore,
     output: str | Path,
@@ -241,20 +274,9 @@ def export_interval(
     """Export the interval [start, end) from the state store to Parquet under ``output``: a directory,
     ``file://…``, or ``s3://bucket/prefix`` (boto3; endpoint and credentials from the environment or
     ``s3_options``, as for persisted logs); with ``include_audit``, the interval's audit trail too."""
-    prices = {**DEFAULT_PRICES, **(prices or {})}
     output = str(output)
     s3_options = dict(s3_options or {})
-    raw_jobs = _read(
-        store,
-        sa.select(*_selected(store, jobs, JOB_COLUMNS)).where(jobs.c.ended_at >= start, jobs.c.ended_at < end),
-        JOB_COLUMNS,
-    )
-    alive = sa.and_(
-        clusters.c.requested_at < end, sa.or_(clusters.c.deleted_at.is_(None), clusters.c.deleted_at >= start)
-    )
-    raw_clusters = _read(store, sa.select(*_selected(store, clusters, CLUSTER_COLUMNS)).where(alive), CLUSTER_COLUMNS)
-    job_rows = job_table(raw_jobs, prices)
-    cluster_rows = cluster_table(raw_clusters, job_rows, start, end)
+    job_rows, cluster_rows = interval_tables(store, start, end, prices)
     files = [
         _write(job_rows, output, "jobs", start, end, s3_options),
         _write(cluster_rows, output, "clusters", start, end, s3_options),

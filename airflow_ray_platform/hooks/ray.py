@@ -16,6 +16,7 @@ actor it is given); every call on clusters and jobs goes to that backend, whose 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
@@ -138,6 +139,13 @@ class RayHook(BaseHook):
     ) -> str:
         """A finished job's whole driver log from log storage: readable after its cluster is gone (by the
         job's own team, under a platform policy)."""
+        chunks = self.read_persisted_job_log_chunks(submission_id, state_store_conn_id, log_storage_uri)
+        return b"".join(chunks).decode(errors="replace")
+
+    def read_persisted_job_log_chunks(
+        self, submission_id: str, state_store_conn_id: str | None = None, log_storage_uri: str | None = None
+    ) -> Iterator[bytes]:
+        """The same log in chunks, never whole in memory (authorized before the first chunk)."""
 
         def may_read(job_team: str | None) -> None:
             verdict = authorize(self.policy, self.actor, Action.READ_LOGS, "-", None, job_team)
@@ -146,5 +154,4 @@ class RayHook(BaseHook):
             if not verdict.allowed:
                 raise AuthorizationError(f"refused: {verdict.reason}")
 
-        chunks = read_job_log(submission_id, state_store_conn_id, log_storage_uri, may_read)
-        return b"".join(chunks).decode(errors="replace")
+        return read_job_log(submission_id, state_store_conn_id, log_storage_uri, may_read)

@@ -30,7 +30,7 @@ from airflow_ray_platform.backends.base import ClusterInfo, ClusterNotFoundError
 from airflow_ray_platform.config import JobConfiguration, load_job_configuration, validate_cluster_name
 from airflow_ray_platform.events import ClusterEvent, JobEvent
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.job_run import RayJobRun, wait_for_cluster
+from airflow_ray_platform.job_run import RayJobRun, create_or_get_cluster, wait_for_cluster
 from airflow_ray_platform.leases import DagRunLiveness, release_and_delete
 from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.links import RayDashboardLink
@@ -41,7 +41,6 @@ from airflow_ray_platform.naming import (
     XCOM_DASHBOARD_URL,
     XCOM_SUBMISSION_ID,
     TaskIdentity,
-    cluster_labels,
 )
 from airflow_ray_platform.policy import Actor, PolicyViolation, configured_policy
 from airflow_ray_platform.timestamps import utc_now
@@ -176,18 +175,6 @@ class _RayOperator(_RecordingOperator):
         """The actor a trigger carries, so that its calls act as this task."""
         return None if self._actor is None else self._actor.to_dict()
 
-    def _labels(self, context: Context, *, ephemeral: bool) -> dict[str, str]:
-        cluster = self.config.cluster
-        return cluster_labels(
-            owner=self.config.owner,
-            team=self.config.team,
-            idle_timeout_seconds=int(cluster.idle_timeout.total_seconds()),
-            max_lifetime_seconds=int(cluster.max_lifetime.total_seconds()),
-            identity=TaskIdentity.from_context(context),
-            ephemeral=ephemeral,
-            extra=cluster.labels,
-        )
-
     def _push_cluster(self, context: Context, info: ClusterInfo) -> dict[str, Any]:
         result = {XCOM_CLUSTER_NAME: info.name, XCOM_DASHBOARD_URL: info.dashboard_url, XCOM_BACKEND: info.backend}
         ti = context["ti"]
@@ -200,18 +187,13 @@ class _RayOperator(_RecordingOperator):
         return self.config.lifecycle.startup_timeout.total_seconds()
 
     def _create_or_get(self, name: str, context: Context, *, ephemeral: bool) -> ClusterInfo:
-        """The cluster the configuration describes, created if missing (checked by the backend first).
-
-        A shared (named) cluster is leased for this task's DAG run in the same step; an existing one
-        created from another spec is an error naming the difference. A task's ephemeral cluster is
-        its own: no lease.
-        """
-        self.backend.validate_configuration(self.config)
-        labels = self._labels(context, ephemeral=ephemeral)
+        """The cluster the configuration describes (``job_run.create_or_get_cluster``): a shared (named)
+        one leased for this task's DAG run in the same step, a task's ephemeral one without a lease."""
+        identity = TaskIdentity.from_context(context)
         lease = None if ephemeral else _lease(context)
-        info = self.backend.create_or_get_cluster(name, self.config.cluster, labels, lease)
-        self.recorder.cluster_seen(info, requested=True)
-        return info
+        return create_or_get_cluster(
+            self.backend, self.config, name, identity, ephemeral=ephemeral, lease=lease, recorder=self.recorder
+        )
 
     def _existing(self, name: str, field: str, context: Context) -> ClusterInfo:
         """The existing cluster ``field`` names, leased for this DAG run; an error naming that field if
