@@ -166,6 +166,8 @@ def main(ctx: click.Context, conn_id: str, state_store_conn_id: str | None, log_
     """Run and inspect Ray jobs and clusters of airflow-ray-platform, with a DAG's job_configuration."""
     from airflow.configuration import conf
 
+    _quiet_logging()
+
     store = state_store_conn_id or conf.get("ray_platform", "state_store_conn_id", fallback=None) or None
     logs = log_storage_uri or conf.get("ray_platform", "log_storage_uri", fallback=None) or None
     ctx.obj = _Platform(conn_id, store, logs)
@@ -173,6 +175,16 @@ def main(ctx: click.Context, conn_id: str, state_store_conn_id: str | None, log_
 
 
 pass_platform = click.make_pass_decorator(_Platform)
+
+
+def _quiet_logging() -> None:
+    """Airflow logs to stdout at INFO (migrations, settings): here stdout is the data (a log, JSON), so
+    only warnings are logged, and to stderr."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    for handler in root.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.__stdout__):
+            handler.setStream(sys.stderr)
 
 
 # ----------------------------------------------------------------------------- submit
@@ -243,9 +255,16 @@ class _ConsoleLog(logging.Handler):
             self.console.print(message, markup=False)
 
 
+def _driver_line(line: str) -> None:
+    """One line of the driver's output to stdout as the driver wrote it (its colours kept, as ``logs``
+    prints the persisted log)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _run_logger(platform: _Platform, follow: bool) -> logging.Logger:
     log = logging.getLogger("airflow_ray_platform.cli.run")
-    log.handlers = [_ConsoleLog(platform.console, click.echo if follow else lambda line: None)]
+    log.handlers = [_ConsoleLog(platform.console, _driver_line if follow else lambda line: None)]
     log.propagate = False
     log.setLevel(logging.INFO)
     return log
@@ -337,7 +356,8 @@ def submit(
     if event.succeeded:
         console.print(f"[green]SUCCEEDED[/green] {job.submission_id}")
         return
-    raise CliError(event.failure)
+    first = event.failure.splitlines()[0].rstrip(": ")  # Ray's message goes on with the log's tail
+    raise CliError(f"{first} (its log: airflow-ray logs {job.submission_id})")
 
 
 def _job_view(info: Any, cluster_name: str, backend: str) -> dict[str, Any]:

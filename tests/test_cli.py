@@ -17,6 +17,7 @@ pytestmark = pytest.mark.usefixtures("shared_cluster", "airflow_db")
 
 CLI = str(Path(sys.executable).parent / "airflow-ray")
 EXAMPLE = Path(__file__).parents[1] / "dags" / "zone_training"
+WHO = "owner: me\nteam: platform\n"
 
 
 def _cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
@@ -70,7 +71,7 @@ def test_submit_runs_the_example_configuration_and_reads_its_log_once_its_cluste
 def test_the_same_run_id_reattaches_instead_of_submitting_again(local_backend, tmp_path):
     config = _write(
         tmp_path,
-        "name: cli-reattach\nteam: platform\ncluster: {name: shared}\njob: {entrypoint: \"python -c 'print(42)'\"}\n",
+        f"{WHO}name: cli-reattach\ncluster: {{name: shared}}\njob: {{entrypoint: \"python -c 'print(42)'\"}}\n",
     )
     first = _cli("submit", str(config), "--run-id", "cli__same", "--json")
     again = _cli("submit", str(config), "--run-id", "cli__same", "--json")
@@ -83,21 +84,24 @@ def test_the_same_run_id_reattaches_instead_of_submitting_again(local_backend, t
 def test_a_failed_job_exits_1_with_its_error_in_one_line(tmp_path):
     config = _write(
         tmp_path,
-        "name: cli-fails\ncluster: {name: shared}\njob: {entrypoint: \"python -c 'raise SystemExit(3)'\"}\n",
+        f"{WHO}name: cli-fails\ncluster: {{name: shared}}\njob: {{entrypoint: \"python -c 'raise SystemExit(3)'\"}}\n",
     )
     done = _cli("submit", str(config), check=1)
-    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: Ray job 'airflow-airflow-ray-cli-cli-fails-") and "FAILED" in error, done.stderr
+    assert "exit code 3" in error and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(
     ("text", "args", "expected"),
     [
-        ("name: Bad_Name\njob: {entrypoint: 'true'}\n", (), "name"),
-        ("name: ok\ncluster: {head: {cpu: '-1'}}\njob: {entrypoint: 'true'}\n", (), "cluster.head.cpu"),
-        ("name: ok\njob: {entrypoint: 'true', args: ['{{ params.zones }}']}\n", (), "job.args[0]"),
-        ("name: ok\njob: {entrypoint: 'true'}\n", ("-p", "no-equals-sign"), "--param"),
-        ("name: ok\njob: {entrypoint: 'true'}\n", ("--cluster-name", "../etc"), "--cluster-name"),
-        ("name: [unclosed\n", (), "not valid YAML at line 1"),
+        (f"{WHO}name: Bad_Name\njob: {{entrypoint: 'true'}}\n", (), "name"),
+        (f"{WHO}name: ok\ncluster: {{head: {{cpu: '-1'}}}}\njob: {{entrypoint: 'true'}}\n", (), "cluster.head.cpu"),
+        (f"{WHO}name: ok\njob: {{entrypoint: 'true', args: ['{{{{ params.zones }}}}']}}\n", (), "job.args[0]"),
+        (f"{WHO}name: ok\njob: {{entrypoint: 'true'}}\n", ("-p", "no-equals-sign"), "--param"),
+        (f"{WHO}name: ok\njob: {{entrypoint: 'true'}}\n", ("--cluster-name", "../etc"), "--cluster-name"),
+        ("name: ok\njob: {entrypoint: 'true'}\n", (), "owner: Field required"),
+        ("name: [unclosed\n", (), "is not valid YAML at line"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_field_exit_2_and_creates_nothing(
