@@ -19,6 +19,7 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 test: install
+	bash scripts/ensure-chromium.sh
 	$(BIN)/ruff check airflow_ray_platform dags tests bench
 	$(BIN)/lint-imports
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -p no:cacheprovider tests

@@ -18,6 +18,8 @@ def get_provider_info() -> dict:
         "sensors": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.sensors.ray"]}],
         "triggers": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.triggers.ray"]}],
         "extra-links": ["airflow_ray_platform.links.RayDashboardLink"],
+        # The Ray view (clusters, jobs, logs, usage) in the UI: loaded by Airflow's plugins manager.
+        "plugins": [{"name": "airflow_ray_platform", "plugin-class": "airflow_ray_platform.plugin.RayPlatformPlugin"}],
         "integrations": [{"integration-name": "Ray", "external-doc-url": "https://docs.ray.io/"}],
         "config": {
             "ray_platform": {

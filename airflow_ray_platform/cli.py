@@ -601,13 +601,13 @@ def _day(value: str, option: str) -> datetime:
 @_handle_errors
 def usage(platform: _Platform, since: str, until: str | None, as_json: bool) -> None:
     """Per team: jobs, success rate, CPU-hours, GPU-hours, cost and cluster wait, from the state store."""
-    from airflow_ray_platform.usage_export import usage_summary
+    from airflow_ray_platform.record_queries import usage_by_team_day
 
     start = _day(since, "--since")
     end = _day(until, "--until") if until else datetime.now(UTC)
     if end <= start:
         raise CliError("--until: must be after --since", EXIT_BAD_INPUT)
-    rows = usage_summary(platform.store, start, end)
+    rows = usage_by_team_day(platform.store, start, end, None)["teams"]
     if as_json:
         _emit_json({"since": start, "until": end, "teams": rows})
         return
@@ -621,7 +621,7 @@ def usage(platform: _Platform, since: str, until: str | None, as_json: bool) -> 
     for row in rows:
         success = "-" if row["success_rate"] is None else f"{100 * row['success_rate']:.0f}%"
         table.add_row(
-            row["team"],
+            row["team"] or "-",
             str(row["jobs"]),
             success,
             number(row["cpu_hours"], 3),

@@ -96,7 +96,7 @@ class LifecycleRecorder:
         ``read_log`` (the log's chunks) is called here, inside the never-failing wrapper: a log that
         cannot be read is a warning, not a failed task.
         """
-        storage = _log_storage(self.log_storage_uri)
+        storage = log_storage(self.log_storage_uri)
         created = to_text(cluster.created_at or datetime.fromtimestamp(0, UTC))
         uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), read_log())
         self.store.upsert_job(
@@ -237,8 +237,9 @@ def read_job_log(
         raise LookupError(f"no persisted log for Ray job {submission_id!r}")
     if may_read is not None:
         may_read(row.team)
-    return _log_storage(log_storage_uri).read(row.log_uri)
+    return log_storage(log_storage_uri).read(row.log_uri)
 
 
-def _log_storage(log_storage_uri: str | None) -> ObjectStorage:
+def log_storage(log_storage_uri: str | None) -> ObjectStorage:
+    """Where finished jobs' logs are (None: the embedded file:// default)."""
     return ObjectStorage(log_storage_uri or default_object_storage_uri())

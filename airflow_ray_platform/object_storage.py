@@ -103,21 +103,48 @@ class ObjectStorage:
             raise ObjectStorageError(f"writing {key!r} to {self.base_uri}: {error}") from None
         return self.uri(key)
 
-    def read(self, uri: str) -> Iterator[bytes]:
-        """The object at ``uri``, in chunks."""
+    def _key(self, uri: str) -> str:
+        """The key of ``uri`` below this storage's base; a stored URI never leaves the base."""
         if not uri.startswith(self.base_uri + "/"):
             raise ObjectStorageError(f"{uri!r} is not below this storage's {self.base_uri!r}")
         key = uri[len(self.base_uri) + 1 :]
-        if any(part in ("", ".", "..") for part in key.split("/")):  # a stored URI never leaves the base
+        if any(part in ("", ".", "..") for part in key.split("/")):
             raise ObjectStorageError(f"{uri!r} is not below this storage's {self.base_uri!r} (empty, '.' or '..' part)")
+        return key
+
+    def read(self, uri: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The object at ``uri``, in chunks; from byte ``start``, at most ``length`` bytes (a page of a
+        log too large to load whole: a ranged read on S3, a seek in a file)."""
+        key = self._key(uri)
         try:
             if self.scheme == "file":
                 with open(Path(urlsplit(self.base_uri).path) / key, "rb") as handle:
-                    while chunk := handle.read(CHUNK_BYTES):
+                    handle.seek(start)
+                    left = length
+                    while (left is None or left > 0) and (
+                        chunk := handle.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+                    ):
+                        left = None if left is None else left - len(chunk)
                         yield chunk
             else:
                 object_key = f"{self._prefix}/{key}" if self._prefix else key
-                body = self._s3().get_object(Bucket=self._bucket, Key=object_key)["Body"]
+                ranged = (
+                    {}
+                    if start == 0 and length is None
+                    else {"Range": f"bytes={start}-{'' if length is None else start + length - 1}"}
+                )
+                body = self._s3().get_object(Bucket=self._bucket, Key=object_key, **ranged)["Body"]
                 yield from body.iter_chunks(CHUNK_BYTES)
         except Exception as error:
             raise ObjectStorageError(f"reading {uri!r}: {error}") from None
+
+    def size(self, uri: str) -> int:
+        """The object's size in bytes."""
+        key = self._key(uri)
+        try:
+            if self.scheme == "file":
+                return (Path(urlsplit(self.base_uri).path) / key).stat().st_size
+            object_key = f"{self._prefix}/{key}" if self._prefix else key
+            return int(self._s3().head_object(Bucket=self._bucket, Key=object_key)["ContentLength"])
+        except Exception as error:
+            raise ObjectStorageError(f"reading the size of {uri!r}: {error}") from None

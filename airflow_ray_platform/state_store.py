@@ -55,6 +55,8 @@ clusters = sa.Table(
     sa.Column("deleted_reason", sa.Text),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_arp_clusters_backend_name", "backend", "name"),
+    sa.Index("ix_arp_clusters_requested_at", "requested_at"),
+    sa.Index("ix_arp_clusters_team_requested_at", "team", "requested_at"),
 )
 
 jobs = sa.Table(
@@ -83,6 +85,12 @@ jobs = sa.Table(
     sa.Column("measured_gpu_utilisation", sa.Float),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_arp_jobs_ended_at", "ended_at"),
+    sa.Index("ix_arp_jobs_submission_id", "submission_id"),
+    sa.Index("ix_arp_jobs_submitted_at", "submitted_at"),
+    sa.Index("ix_arp_jobs_team_submitted_at", "team", "submitted_at"),
+    sa.Index("ix_arp_jobs_dag_submitted_at", "dag_id", "submitted_at"),
+    sa.Index("ix_arp_jobs_state_submitted_at", "state", "submitted_at"),
+    sa.Index("ix_arp_jobs_team_ended_at", "team", "ended_at"),
 )
 
 events = sa.Table(
@@ -106,7 +114,7 @@ events = sa.Table(
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "arp_alembic_version"
 #: The newest migration's revision (a test checks it against Alembic's head).
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 MIGRATION_LOCK_KEY = 0x41525053  # "ARPS": the advisory lock PostgreSQL migrations take
 
 

@@ -248,20 +248,6 @@ def interval_tables(
     return job_rows, cluster_table(raw_clusters, job_rows, start, end)
 
 
-def usage_summary(
-    store: StateStore, start: datetime, end: datetime, prices: Mapping[str, float] | None = None
-) -> list[dict[str, Any]]:
-    """Per team, over [start, end): the team rollup (jobs, success rate, cluster wait p50/p95) with the
-    CPU-hours, GPU-hours and cost its jobs used: the export's numbers, without writing them."""
-    job_rows, cluster_rows = interval_tables(store, start, end, prices)
-    summary = team_rollup(job_rows, cluster_rows).to_pylist()
-    for row in summary:
-        mine = job_rows.filter(pc.equal(job_rows["team"], row["team"])) if job_rows.num_rows else job_rows
-        for column in ("cpu_hours", "gpu_hours", "cost_estimate"):
-            row[column] = (pc.sum(mine[column]).as_py() or 0.0) if mine.num_rows else 0.0
-    return summary
-
-
 def export_interval(
     store: StateStore,
     output: str | Path,

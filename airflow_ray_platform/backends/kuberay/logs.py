@@ -73,16 +73,17 @@ class FollowedLog:
             self._ended.set()
 
     def _reopen_if_due(self, *, job_running: bool) -> None:
-        """Follow again if the last follow ended and REOPEN_SECONDS passed: if it never ran to its end,
-        or if it did but the job still runs CUT_FOLLOW_SECONDS later (the server cut a long follow; a
-        container's exit is followed by the job's end within moments)."""
+        """Follow again if the last follow ended (and, while the job runs, REOPEN_SECONDS passed): if it
+        never ran to its end, or if it did but the job still runs CUT_FOLLOW_SECONDS later (the server cut
+        a long follow; a container's exit is followed by the job's end within moments)."""
         with self._opening:  # readers in several threads: one opens
             self._reopen_locked(job_running)
 
     def _reopen_locked(self, job_running: bool) -> None:
         now = time.monotonic()
         cut = job_running and self.complete and now - self.completed_at >= CUT_FOLLOW_SECONDS
-        if (cut or not self.complete) and self._ended.is_set() and now - self.opened_at >= REOPEN_SECONDS:
+        due = not job_running or now - self.opened_at >= REOPEN_SECONDS  # a final read never waits for it
+        if (cut or not self.complete) and self._ended.is_set() and due:
             self.complete = False
             self.opened_at = now
             self.opens += 1
