@@ -16,6 +16,8 @@ BENCHMARKS = [
     "bench.deployment_latency",
     "bench.trigger_scale",
     "bench.detection_lag",
+    "bench.record_queries",
+    "bench.cli_overhead",
 ]
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ TRIVIAL = {
     "job": {"entrypoint": "python -c \"print('ok')\""},
 }
 
+#: The job the CLI benchmark runs both ways (``bench/cli_overhead.py``): ten seconds of work.
+TEN_SECONDS = {**TRIVIAL, "name": "bench-cli", "job": {"entrypoint": 'python -c "import time; time.sleep(10)"'}}
+
+with DAG("bench_cli_operator", schedule=None, start_date=START) as bench_cli_operator:
+    RayJobOperator(task_id="job", job_configuration=TEN_SECONDS, deferrable=False, poll_interval=1.0)
+
 with DAG("bench_control_plane_blocking", schedule=None, start_date=START) as bench_control_plane_blocking:
     RayJobOperator(task_id="job", job_configuration=TRIVIAL, deferrable=False, poll_interval=0.2)
 
