@@ -374,26 +374,21 @@ def _job_view(info: Any, cluster_name: str, backend: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- jobs
-def _locate(platform: _Platform, submission_id: str, cluster: str | None) -> tuple[str | None, dict | None]:
-    """(cluster name, recorded row) of a job: ``--cluster`` if given, else from its newest record."""
+def _find(platform: _Platform, submission_id: str, cluster: str | None) -> tuple[Any, Any, dict | None]:
+    """(backend, the job as its cluster reports it now, its newest record) of a job on ``--cluster``, else
+    on the cluster its record names; the live job is None once its cluster (or the job on it) is gone."""
+    from airflow_ray_platform.backends.base import ClusterNotFoundError
+
     row = platform.store.latest_job(submission_id)
     if cluster is None and row is None:
         raise LookupError(f"no Ray job {submission_id!r} is recorded; name its cluster with --cluster")
-    return cluster or (row or {}).get("cluster_name"), row
-
-
-def _live(backend: Any, cluster: str | None, submission_id: str) -> Any:
-    """The job as its cluster reports it now; None when the cluster (or the job on it) is gone."""
-    from airflow_ray_platform.backends.base import ClusterNotFoundError
-
-    if cluster is None:
-        return None
+    cluster = cluster or row["cluster_name"]
+    backend = platform.backend(platform.actor())
     try:
-        if backend.describe_cluster(cluster) is None:
-            return None
-        return backend.describe_job(cluster, submission_id)
+        live = backend.describe_job(cluster, submission_id) if backend.describe_cluster(cluster) else None
     except ClusterNotFoundError:
-        return None
+        live = None
+    return backend, live, row
 
 
 @main.command()
@@ -404,9 +399,7 @@ def _live(backend: Any, cluster: str | None, submission_id: str) -> Any:
 @_handle_errors
 def status(platform: _Platform, submission_id: str, cluster: str | None, as_json: bool) -> None:
     """A job's state: live from its cluster, else as last recorded (its cluster gone)."""
-    cluster, row = _locate(platform, submission_id, cluster)
-    backend = platform.backend(platform.actor())
-    live = _live(backend, cluster, submission_id)
+    backend, live, row = _find(platform, submission_id, cluster)
     if live is not None:
         view = {**_job_view(live, live.cluster_name, backend.name), "source": "live"}
     elif row is not None:
@@ -452,9 +445,7 @@ def logs(platform: _Platform, submission_id: str, cluster: str | None, follow: b
     """A job's driver log: live while its cluster lives, else the copy persisted when it ended."""
     from airflow_ray_platform.job_run import RayJobRun
 
-    cluster, _ = _locate(platform, submission_id, cluster)
-    backend = platform.backend(platform.actor())
-    live = _live(backend, cluster, submission_id)
+    backend, live, _ = _find(platform, submission_id, cluster)
     if live is None:
         for chunk in _persisted(platform, submission_id):
             sys.stdout.buffer.write(chunk)
@@ -480,9 +471,7 @@ def stop(platform: _Platform, submission_id: str, cluster: str | None) -> None:
     """Stop a running job, recording it STOPPED."""
     from airflow_ray_platform.job_run import RayJobRun
 
-    cluster, _ = _locate(platform, submission_id, cluster)
-    backend = platform.backend(platform.actor())
-    live = _live(backend, cluster, submission_id)
+    backend, live, _ = _find(platform, submission_id, cluster)
     if live is None or live.state.is_terminal:
         state = "gone" if live is None else str(live.state)
         raise CliError(f"Ray job {submission_id!r} is not running ({state}): nothing to stop")

@@ -52,7 +52,7 @@ def _hours_postgresql(element: hours_between, compiler: Any, **kw: Any) -> str:
 @compiles(hours_between, "mariadb")
 def _hours_mysql(element: hours_between, compiler: Any, **kw: Any) -> str:
     start, end = (compiler.process(arg, **kw) for arg in element.clauses)
-    return f"(TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 3600000000.0)"
+    return f"(TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 3.6e9)"  # a float literal: DECIMAL division rounds
 
 
 @dataclass(frozen=True)

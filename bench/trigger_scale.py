@@ -141,6 +141,16 @@ async def _trigger_wait(trigger: RayJobTrigger) -> float:
     raise AssertionError("the trigger ended without an event")
 
 
+def _waits(
+    mode: str, targets: list[str], baseline: Callable[[str], Awaitable[float]]
+) -> list[Callable[[], Awaitable[float]]]:
+    """One wait per target: the baseline's, or a ``RayJobTrigger`` run as a triggerer runs it."""
+    if mode == "per_trigger_baseline":
+        return [lambda sid=sid: baseline(sid) for sid in targets]
+    triggers = [RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid) for sid in targets]
+    return [lambda trigger=trigger: _trigger_wait(trigger) for trigger in triggers]
+
+
 async def _measure(waits: list[Callable[[], Awaitable[float]]]) -> dict:
     lags: list[float] = []
     peak = [psutil.Process().memory_info().rss]
@@ -198,13 +208,7 @@ def _local_case(backend: LocalBackend, n: int, mode: str, index: int) -> dict:
     ids = [f"bench-{mode}-{n}-{index}-{job}".replace("_", "-") for job in range(JOBS)]
     _submit_and_wait_running(backend, ids)
     targets = [ids[i % JOBS] for i in range(n)]
-    if mode == "per_trigger_baseline":
-        waits = [lambda sid=sid: _baseline_local_wait(backend, sid) for sid in targets]
-    else:
-        triggers = [
-            RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid) for sid in targets
-        ]
-        waits = [lambda trigger=trigger: _trigger_wait(trigger) for trigger in triggers]
+    waits = _waits(mode, targets, lambda sid: _baseline_local_wait(backend, sid))
     calls.clear()
     log_bytes.clear()
     measured = asyncio.run(_measure(waits))
@@ -257,13 +261,7 @@ def _kuberay_case(backend, commands, n: int, mode: str, index: int) -> dict:
     ids = [f"bench-k-{mode}-{n}-{index}-{job}".replace("_", "-") for job in range(JOBS)]
     _submit_and_wait_running(backend, ids)
     targets = [ids[i % JOBS] for i in range(n)]
-    if mode == "per_trigger_baseline":
-        waits = [lambda sid=sid: _baseline_kuberay_wait(backend, sid) for sid in targets]
-    else:
-        triggers = [
-            RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid) for sid in targets
-        ]
-        waits = [lambda trigger=trigger: _trigger_wait(trigger) for trigger in triggers]
+    waits = _waits(mode, targets, lambda sid: _baseline_kuberay_wait(backend, sid))
     log_bytes.clear()
     commands.send("requests")
     before = commands.recv()

@@ -17,6 +17,7 @@ and jobs long after the clusters are gone; nothing here writes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 import json
 from collections.abc import Collection
@@ -28,7 +29,7 @@ from urllib.parse import quote, urlencode
 
 # Airflow's own authentication (the UI's session cookie, or a bearer token): 401 without, on every route.
 from airflow.api_fastapi.core_api.security import GetUserDep as UserDep
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 HERE = Path(__file__).parent
@@ -96,10 +97,22 @@ def _day(value: str | None, name: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _job_filter(user: Any, team, owner, dag_id, state, since, until) -> Any:
-    from airflow_ray_platform.record_queries import JobFilter
+@dataclasses.dataclass
+class JobQuery:
+    """A jobs list's filters, as query parameters (the page and the JSON endpoint take the same)."""
 
-    return JobFilter(visible_teams(user), team, owner, dag_id, state, _day(since, "since"), _day(until, "until"))
+    team: str | None = None
+    owner: str | None = None
+    dag_id: str | None = None
+    state: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def where(self, user: Any) -> Any:
+        from airflow_ray_platform.record_queries import JobFilter
+
+        days = _day(self.since, "since"), _day(self.until, "until")
+        return JobFilter(visible_teams(user), self.team, self.owner, self.dag_id, self.state, *days)
 
 
 def _task_link(job: dict[str, Any]) -> str | None:
@@ -135,20 +148,14 @@ def create_app() -> FastAPI:
     @app.get("/api/jobs")
     async def api_jobs(
         user: UserDep,
-        team: str | None = None,
-        owner: str | None = None,
-        dag_id: str | None = None,
-        state: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        chosen: Annotated[JobQuery, Depends()],
         page: Annotated[int, Query(ge=1)] = 1,
         page_size: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> JSONResponse:
         """Jobs, newest first, filtered and paged on the server."""
         from airflow_ray_platform.record_queries import list_jobs
 
-        where = _job_filter(user, team, owner, dag_id, state, since, until)
-        rows, total = await asyncio.to_thread(list_jobs, _store(), where, page, page_size)
+        rows, total = await asyncio.to_thread(list_jobs, _store(), chosen.where(user), page, page_size)
         for row in rows:
             row["task_link"], row["dashboard_link"] = _task_link(row), _dashboard_link(row)
         return _json({"total": total, "page": page, "page_size": page_size, "jobs": rows})
@@ -192,21 +199,12 @@ def create_app() -> FastAPI:
     # ------------------------------------------------------------------ pages
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
     async def jobs_page(
-        request: Request,
-        user: UserDep,
-        team: str | None = None,
-        owner: str | None = None,
-        dag_id: str | None = None,
-        state: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        page: Annotated[int, Query(ge=1)] = 1,
+        user: UserDep, chosen: Annotated[JobQuery, Depends()], page: Annotated[int, Query(ge=1)] = 1
     ) -> HTMLResponse:
         from airflow_ray_platform.record_queries import list_jobs
 
-        where = _job_filter(user, team, owner, dag_id, state, since, until)
-        rows, total = await asyncio.to_thread(list_jobs, _store(), where, page, 50)
-        filters = {"team": team, "owner": owner, "dag_id": dag_id, "state": state, "since": since, "until": until}
+        rows, total = await asyncio.to_thread(list_jobs, _store(), chosen.where(user), page, 50)
+        filters = dataclasses.asdict(chosen)
         return _render(
             "jobs.html",
             jobs=[{**row, "task_link": _task_link(row), "dashboard_link": _dashboard_link(row)} for row in rows],
