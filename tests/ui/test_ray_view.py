@@ -23,6 +23,7 @@ from ..waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("shared_cluster", "airflow_db")
 
+#: Where the screenshots go: the README's (docs/) when ARP_UPDATE_SCREENSHOTS=1, else the test's own folder.
 DOCS = Path(__file__).parents[2] / "docs"
 PASSWORD = secrets.token_urlsafe(12)
 #: About 170 kB of driver log: three pages of the job page's 64 KiB.
@@ -131,10 +132,10 @@ def test_the_json_endpoints_serve_the_records_paged_and_the_log_a_page_at_a_time
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"), reason="no chromium here")
-def test_the_four_pages_in_headless_chromium(api_server, finished_job):
+def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    DOCS.mkdir(exist_ok=True)
+    shots = DOCS if os.environ.get("ARP_UPDATE_SCREENSHOTS") == "1" else tmp_path
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=shutil.which("chromium"),
@@ -164,24 +165,24 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job):
         row = page.locator("#jobs tbody tr", has_text=finished_job["submission_id"])
         row.wait_for()
         assert "deleted" in row.inner_text() and "SUCCEEDED" in row.inner_text()
-        page.screenshot(path=str(DOCS / "ray-view-jobs.png"))
+        page.screenshot(path=str(shots / "ray-view-jobs.png"))
         row.get_by_role("link", name=finished_job["submission_id"]).click()
         page.wait_for_selector("pre#log")
         assert (
             page.locator("pre#log").inner_text().startswith("2026") or "0 xxx" in page.locator("pre#log").inner_text()
         )
         assert page.get_by_role("link", name="next page").count() == 1  # paged, not loaded whole
-        page.screenshot(path=str(DOCS / "ray-view-job.png"))
+        page.screenshot(path=str(shots / "ray-view-job.png"))
 
         page.goto(f"{api_server}/ray/clusters")
         page.locator("#clusters tbody tr", has_text="e2e-ephemeral").first.wait_for()
-        page.screenshot(path=str(DOCS / "ray-view-clusters.png"))
+        page.screenshot(path=str(shots / "ray-view-clusters.png"))
 
         page.goto(f"{api_server}/ray/usage?since=2026-01-01")
         for name in ("cpu_hours", "cost", "success_rate", "cluster_wait"):
             page.wait_for_selector(f"#chart-{name}[data-drawn=true] svg", timeout=30_000)
         assert page.locator("#chart-cpu_hours svg .mark-rect path").count() >= 1  # bars drawn, not only a 200
-        page.screenshot(path=str(DOCS / "ray-view-usage.png"), full_page=True)
+        page.screenshot(path=str(shots / "ray-view-usage.png"), full_page=True)
         browser.close()
     outside = [url for url in requested if not url.startswith((api_server, "data:", f"blob:{api_server}"))]
     assert outside == [], outside  # no CDN: everything the pages load is served by the API server
