@@ -106,6 +106,8 @@ def release_and_delete(
     released = backend.release_leases(name, mine)
     if released is None:
         return Teardown(False, "did not exist")
+    if recorder is not None:  # who still holds it, on its record (the Ray view shows it)
+        recorder.cluster_seen(released)
     live = [lease for lease in released.leases if lease_is_live(lease)]
     if live:
         return Teardown(

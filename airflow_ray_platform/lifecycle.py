@@ -79,6 +79,7 @@ class LifecycleRecorder:
             "dashboard_url": info.dashboard_url,
             "labels": dict(info.labels),
             "resources": dict(info.resources),
+            "leases": [{"holder": lease.key, "acquired_at": to_text(lease.acquired_at)} for lease in info.leases],
             "requested_at": info.created_at,
             "last_active_at": info.last_active_at,
         }
@@ -118,6 +119,7 @@ class LifecycleRecorder:
             ephemeral=info.labels.get(EPHEMERAL_LABEL) == "true",
             deleted_at=now,
             deleted_reason=reason,
+            leases=[],
         )
 
     @_never_fails

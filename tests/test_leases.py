@@ -185,3 +185,33 @@ def test_leases_survive_the_round_trip_through_a_backend_record():
     assert Lease.from_dict(lease.to_dict()) == lease
     info = ClusterInfo("c", "local", ClusterState.READY, None, leases=(lease,))
     assert info.leases[0].held_by_run("d", "manual__2026-01-01T00:00:00+00:00")
+
+
+def test_who_holds_a_cluster_is_on_its_record_as_leases_are_taken_and_released(shared, tmp_path):
+    """What the Ray view's clusters page shows without asking the backend: the record's leases, as the
+    operators record them (taken with create-or-get, released by a run's teardown, gone with the cluster)."""
+    from airflow_ray_platform.lifecycle import LifecycleRecorder
+    from airflow_ray_platform.record_queries import list_clusters
+    from airflow_ray_platform.state_store import StateStore
+
+    backend, spec, name = shared
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    recorder = LifecycleRecorder(None)
+    recorder._store = StateStore(url)
+    recorder.store.migrate()
+
+    def holders() -> list[str]:
+        (row,) = [row for row in list_clusters(recorder.store, None)[0] if row["name"] == name]
+        return [lease["holder"] for lease in row["leases"]]
+
+    recorder.cluster_seen(backend.create_or_get_cluster(name, spec, LABELS, _lease("run-1")), requested=True)
+    recorder.cluster_seen(backend.acquire_lease(name, _lease("run-2")))
+    assert holders() == ["backfill/create_cluster/run-1/-1", "backfill/create_cluster/run-2/-1"]
+    kept = release_and_delete(
+        backend, name, dag_id="backfill", run_id="run-1", lease_is_live=every_lease_live, recorder=recorder
+    )
+    assert not kept.deleted and holders() == ["backfill/create_cluster/run-2/-1"]
+    gone = release_and_delete(
+        backend, name, dag_id="backfill", run_id="run-2", lease_is_live=every_lease_live, recorder=recorder
+    )
+    assert gone.deleted and holders() == []

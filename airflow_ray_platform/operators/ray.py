@@ -199,12 +199,14 @@ class _RayOperator(_RecordingOperator):
         """The existing cluster ``field`` names, leased for this DAG run; an error naming that field if
         there is none."""
         try:
-            return self.backend.acquire_lease(name, _lease(context))
+            info = self.backend.acquire_lease(name, _lease(context))
         except ClusterNotFoundError:
             why = " (a configuration with only a name reuses, never creates)" if "." in field else ""
             raise AirflowException(
                 f"{field}: Ray cluster {name!r} does not exist on backend {self.backend.name!r}{why}"
             ) from None
+        self.recorder.cluster_seen(info)  # who holds it now, on its record
+        return info
 
 
 class RayClusterOperator(_RayOperator):
