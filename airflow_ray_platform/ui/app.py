@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
 import json
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
@@ -306,7 +305,6 @@ def _templates() -> Any:
     environment.filters["when"] = lambda value: "-" if value is None else str(value)[:19].replace("T", " ")
     environment.filters["seconds"] = lambda value: "-" if value is None else str(timedelta(seconds=round(value)))
     environment.filters["number"] = lambda value, digits=2: "-" if value is None else f"{value:.{digits}f}"
-    environment.filters["escape_attr"] = html.escape
     return environment
 
 

@@ -45,8 +45,7 @@ class FollowedLog:
         self.complete = False
         self.completed_at = float("-inf")
         self.read_at = time.monotonic()
-        #: Followed reads opened, and bytes received: what a benchmark counts.
-        self.opens = 0
+        #: Bytes received (skipped ones included): what a benchmark counts.
         self.received = 0
 
     def _follow(self, skip: int) -> None:
@@ -86,7 +85,6 @@ class FollowedLog:
         if (cut or not self.complete) and self._ended.is_set() and due:
             self.complete = False
             self.opened_at = now
-            self.opens += 1
             self._ended.clear()
             with self._lock:
                 skip = len(self._data)

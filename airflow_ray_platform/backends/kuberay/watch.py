@@ -56,8 +56,6 @@ class RayJobWatch:
         self._waits = 0
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
-        #: Kubernetes API calls made (lists, watches, single reads): what a benchmark counts.
-        self.calls = 0
 
     @classmethod
     def shared(cls, kubernetes_conn_id: str, namespace: str, get_conn: Callable[[], Any]) -> RayJobWatch:
@@ -141,7 +139,6 @@ class RayJobWatch:
         from kubernetes_asyncio import client as async_client
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        self.calls += 1
         try:
             async with self._get_conn() as api_client:
                 obj = await async_client.CustomObjectsApi(api_client).get_namespaced_custom_object(
@@ -169,7 +166,6 @@ class RayJobWatch:
             try:
                 async with self._get_conn() as api_client:
                     custom = async_client.CustomObjectsApi(api_client)
-                    self.calls += 1
                     listing = await custom.list_namespaced_custom_object(
                         GROUP, VERSION, self.namespace, PLURAL, label_selector=selector
                     )
@@ -179,7 +175,6 @@ class RayJobWatch:
                     self._synced.set()
                     self._wake()
                     while True:
-                        self.calls += 1
                         async with watch.Watch().stream(
                             custom.list_namespaced_custom_object,
                             GROUP,
