@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -24,9 +25,11 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection, Iterator, Mapping
@@ -37,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from ray import __path__ as ray_package_path
 from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
 
+from airflow_ray_platform.backends import sandbox
 from airflow_ray_platform.backends.base import (
     LOG_CHUNK_BYTES,
     BackendError,
@@ -70,9 +75,15 @@ READY_MARKER = "Ray runtime started"
 #: Ray refuses an object store smaller than this.
 MIN_OBJECT_STORE_BYTES = 80 * 1024**2
 #: Environment a cluster must not inherit: it would point Ray at another cluster or another token.
-#: The private folder of a local cluster's temp files: ``<tmp>/arp-<10 hex>`` (short: Ray's unix
-#: sockets live under it, at most 108 bytes of path).
+#: The private folders of local clusters' temp files: ``<tmp>/arp-<8 hex>/arp-<8 hex>``, one parent per
+#: registry and one folder per cluster (short: Ray's unix sockets live under it, at most 108 bytes of path).
 PRIVATE_DIR_PREFIX = "arp-"
+#: What a sandboxed cluster never sees besides the registry and other clusters' temp dirs: where the
+#: worker's user keeps credentials (relative to ``$HOME``) and Airflow's home and configuration.
+HIDDEN_HOME_PATHS = (".aws", ".azure", ".config/gcloud", ".kube", ".docker", ".ssh", ".netrc", ".pgpass", ".my.cnf")
+SANDBOX_MODES = ("auto", "required", "off")
+#: How long a sandbox may take to start its nodes (not to make them ready: that is the startup timeout).
+SANDBOX_START_SECONDS = 30.0
 INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 #: What a local cluster's processes (and so its jobs) inherit from the worker's environment: what
 #: programs need to run, never Airflow's settings, connections, Fernet key or cloud credentials.
@@ -155,6 +166,9 @@ class LocalClusterRecord:
 
     resources: dict[str, float]
     nodes: list[NodeProcess] = field(default_factory=list)
+    #: The sandbox process every node runs under (0: started without a sandbox).
+    sandbox_pid: int = 0
+    sandbox_create_time: float = 0.0
     #: ``ClusterSpec.recorded()`` of the spec it was started from.
     spec: dict[str, Any] | None = None
     #: Leases by key (``Lease.to_dict()``).
@@ -236,6 +250,38 @@ class LocalClusterRegistry:
         shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
 
 
+def _short_hash(text: str) -> str:
+    return sha256(text.encode()).hexdigest()[:8]
+
+
+@contextlib.contextmanager
+def _private_log(path: Path) -> Iterator[Any]:
+    """``path`` opened for appending, created 0600."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+        yield log
+
+
+def _outer_pids(ancestor: int) -> dict[int, int]:
+    """Pid inside its PID namespace -> pid here, for every descendant of ``ancestor`` (``/proc``'s NSpid)."""
+    found = {}
+    for process in psutil.Process(ancestor).children(recursive=True):
+        with contextlib.suppress(OSError, psutil.Error):
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("NSpid:"):
+                    found[int(line.split()[-1])] = process.pid
+    return found
+
+
+@functools.cache
+def _sandbox_refusal() -> str | None:
+    """Why this machine refuses a sandbox (None: it allows one); asked once per process."""
+    try:
+        sandbox.probe()
+    except sandbox.SandboxUnavailableError as error:
+        return str(error)
+    return None
+
+
 def _environment_has(pid: int, entry: str) -> bool:
     """Whether process ``pid``'s environment holds ``entry`` (``NAME=value``): read from ``/proc``, where
     the kernel lets a user read only its own processes' environments."""
@@ -261,11 +307,24 @@ class LocalBackend:
     name = "local"
 
     def __init__(
-        self, root_dir: str | Path | None = None, probe_timeout: float = 2.0, pass_env: Collection[str] = ()
+        self,
+        root_dir: str | Path | None = None,
+        probe_timeout: float = 2.0,
+        pass_env: Collection[str] = (),
+        sandbox: str = "auto",
+        hide_paths: Collection[str] = (),
     ) -> None:
+        """:param sandbox: ``auto`` (each cluster in namespaces of its own where the kernel allows it, else
+            as plain processes, with a warning), ``required`` (refuse to start a cluster without) or ``off``.
+        :param hide_paths: more paths a sandboxed cluster must not see, besides the defaults.
+        """
+        if sandbox not in SANDBOX_MODES:
+            raise BackendError(f"local backend option 'sandbox' must be one of {list(SANDBOX_MODES)}, not {sandbox!r}")
         self.registry = LocalClusterRegistry(Path(root_dir) if root_dir else default_root())
         self.probe_timeout = probe_timeout
         self.pass_env = frozenset(pass_env)
+        self.sandbox = sandbox
+        self.hide_paths = tuple(hide_paths)
         self._clients: dict[tuple[str, str], JobsApiClient] = {}
 
     # ----------------------------------------------------------------- clusters
@@ -331,21 +390,62 @@ class LocalBackend:
         )
         return env
 
-    def _start(self, name: str, spec: ClusterSpec, labels: dict[str, str], lease: Lease | None) -> LocalClusterRecord:
-        cluster_dir = self.registry.cluster_dir(name)
-        cluster_dir.mkdir(mode=0o700, exist_ok=True)
-        self.registry.write_token(name, secrets.token_urlsafe(32))
-        # Ray's unix sockets live under the temp dir and must stay short (108 bytes).
-        key = sha256(f"{self.registry.root.resolve()}/{name}".encode()).hexdigest()[:10]
-        private_dir = Path(tempfile.gettempdir()) / f"{PRIVATE_DIR_PREFIX}{key}"
+    def _private_dir(self, name: str) -> Path:
+        """The cluster's private temp folder, created exclusively inside this registry's own 0700 parent
+        (which a sandbox hides whole, its own cluster's folder bound back)."""
+        parent = Path(tempfile.gettempdir()) / f"{PRIVATE_DIR_PREFIX}{_short_hash(str(self.registry.root.resolve()))}"
+        with contextlib.suppress(FileExistsError):
+            parent.mkdir(mode=0o700)
+        found = parent.lstat()
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or stat.S_IMODE(found.st_mode) != 0o700:
+            raise BackendError(
+                f"cannot start local Ray cluster {name!r}: {parent} is not this user's private folder "
+                "(another user's, or a link?)"
+            )
+        private_dir = parent / f"{PRIVATE_DIR_PREFIX}{_short_hash(name)}"
         shutil.rmtree(private_dir, ignore_errors=True)
         try:  # ours alone, created here: another local user cannot have prepared it, nor enter it
             private_dir.mkdir(mode=0o700)
         except FileExistsError:
             raise BackendError(
-                f"cannot start local Ray cluster {name!r}: its temp dir {private_dir} exists and cannot be "
-                "removed (another user's?)"
+                f"cannot start local Ray cluster {name!r}: its temp dir {private_dir} exists and cannot be removed"
             ) from None
+        return private_dir
+
+    def _sandboxed(self) -> bool:
+        """Whether new clusters start in a sandbox (``auto``: where this machine allows it)."""
+        if self.sandbox == "off":
+            return False
+        refusal = _sandbox_refusal()
+        if refusal is None:
+            return True
+        if self.sandbox == "required":
+            raise BackendError(f"cannot start a sandboxed local Ray cluster (sandbox: required): {refusal}")
+        _log.warning("Local Ray clusters start without a sandbox: %s", refusal)
+        return False
+
+    def _hidden_paths(self, private_parent: Path) -> list[str]:
+        """What a sandboxed cluster must not see; never a folder holding this interpreter (Ray runs from it)."""
+        home = Path.home()
+        paths = [self.registry.root, private_parent, Path(os.environ.get("AIRFLOW_HOME") or home / "airflow")]
+        paths += [home / path for path in HIDDEN_HOME_PATHS]
+        paths += [Path(os.environ["AIRFLOW_CONFIG"])] if os.environ.get("AIRFLOW_CONFIG") else []
+        paths += [Path(path) for path in self.hide_paths]
+        needed = [Path(path).resolve() for path in (sys.prefix, Path(sys.executable).parent, ray_package_path[0])]
+        hidden = []
+        for path in (path.resolve() for path in paths):
+            if any(path == kept or path in kept.parents for kept in needed):
+                _log.warning("Not hiding %s from local Ray clusters: Ray itself runs from it", path)
+            else:
+                hidden.append(str(path))
+        return hidden
+
+    def _start(self, name: str, spec: ClusterSpec, labels: dict[str, str], lease: Lease | None) -> LocalClusterRecord:
+        sandboxed = self._sandboxed()  # before anything is made: a refusal leaves nothing behind
+        cluster_dir = self.registry.cluster_dir(name)
+        cluster_dir.mkdir(mode=0o700, exist_ok=True)
+        self.registry.write_token(name, secrets.token_urlsafe(32))
+        private_dir = self._private_dir(name)
         temp_dir = private_dir / "r"  # Ray makes its own temp dir world-writable: keep it inside ours
         env = self._ray_environment(name)
         ray_bin = str(Path(sys.executable).parent / "ray")
@@ -374,7 +474,8 @@ class LocalBackend:
         )
         self.registry.save(record)
 
-        def launch(role: str, node_spec: NodeResources, role_args: list[str]) -> NodeProcess:
+        def node(role: str, node_spec: NodeResources, role_args: list[str]) -> tuple[sandbox.NodeLaunch, int, int]:
+            """A node's ``ray start`` command line, with its agent's and metrics' ports."""
             cpus, mem, store, gpus = _node_resources(node_spec)
             manager, objects, agent_http, agent_grpc, runtime_env, metrics = (node_ports.pop() for _ in range(6))
             args = [
@@ -410,45 +511,101 @@ class LocalBackend:
             ]
             for key, value in node_spec.ray_start_params.items():
                 args += [f"--{key.replace('_', '-')}", value]
-            log_path = cluster_dir / f"{role}.log"
-            with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as log:
+            log_path = str(cluster_dir / f"{role}.log")
+            # its working directory: never the registry folder, which holds the token
+            return sandbox.NodeLaunch(role, args, log_path, str(private_dir)), agent_http, metrics
+
+        head_args = [
+            "--head",
+            "--port",
+            str(gcs_port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--ray-client-server-port",
+            str(client_port),
+            "--include-dashboard",
+            "true",
+        ]
+        nodes = [node("head", spec.head, head_args)] + [
+            node(f"worker-{group.group_name}-{index}", group, ["--address", f"127.0.0.1:{gcs_port}"])
+            for group in spec.worker_groups
+            for index in range(group.replicas)
+        ]
+        if sandboxed:
+            self._start_sandboxed(record, nodes, env, private_dir)
+            return record
+        for launch, agent_port, metrics_port in nodes:
+            with _private_log(Path(launch.log_path)) as log:
                 process = subprocess.Popen(
-                    args,
+                    launch.args,
                     env=env,
-                    cwd=private_dir,  # never the registry folder, which holds the token
+                    cwd=launch.cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-            node = NodeProcess(
-                role, process.pid, psutil.Process(process.pid).create_time(), str(log_path), agent_http, metrics
-            )
-            record.nodes.append(node)
+            created = psutil.Process(process.pid).create_time()
+            node_process = NodeProcess(launch.role, process.pid, created, launch.log_path, agent_port, metrics_port)
+            record.nodes.append(node_process)
             self.registry.save(record)
-            return node
-
-        launch(
-            "head",
-            spec.head,
-            [
-                "--head",
-                "--port",
-                str(gcs_port),
-                "--dashboard-host",
-                "127.0.0.1",
-                "--dashboard-port",
-                str(dashboard_port),
-                "--ray-client-server-port",
-                str(client_port),
-                "--include-dashboard",
-                "true",
-            ],
-        )
-        for group in spec.worker_groups:
-            for index in range(group.replicas):
-                launch(f"worker-{group.group_name}-{index}", group, ["--address", f"127.0.0.1:{gcs_port}"])
         return record
+
+    def _start_sandboxed(
+        self,
+        record: LocalClusterRecord,
+        nodes: list[tuple[sandbox.NodeLaunch, int, int]],
+        env: dict[str, str],
+        private_dir: Path,
+    ) -> None:
+        """Start every node inside one sandbox (:mod:`.sandbox`), which relays to this machine's loopback
+        only the ports used from outside: the dashboard, and each node's agent and metrics."""
+        cluster_dir = self.registry.cluster_dir(record.name)
+        started_path = cluster_dir / "sandbox-started.json"
+        sandbox_spec = sandbox.SandboxSpec(
+            hide=self._hidden_paths(private_dir.parent),
+            keep=[str(cluster_dir), str(private_dir)],
+            forward_ports=[record.dashboard_port] + [port for _, agent, metrics in nodes for port in (agent, metrics)],
+            nodes=[launch for launch, _, _ in nodes],
+            started_path=str(started_path),
+            env=env,
+        )
+        for launch, _, _ in nodes:  # created here, private, before the sandbox appends to them
+            with _private_log(Path(launch.log_path)):
+                pass
+        log_path = cluster_dir / "sandbox.log"
+        with _private_log(log_path) as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "airflow_ray_platform.backends.sandbox"],
+                env=env,
+                cwd=private_dir,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        record.sandbox_pid, record.sandbox_create_time = process.pid, psutil.Process(process.pid).create_time()
+        self.registry.save(record)
+        assert process.stdin is not None
+        with process.stdin:
+            process.stdin.write(sandbox_spec.to_json().encode())
+        deadline = time.monotonic() + SANDBOX_START_SECONDS
+        while not started_path.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise BackendError(
+                    f"cannot start local Ray cluster {record.name!r} in its sandbox: " + (" ".join(tail) or "no output")
+                )
+            time.sleep(0.05)
+        inside = json.loads(started_path.read_text())
+        outside = _outer_pids(process.pid)
+        for launch, agent_port, metrics_port in nodes:
+            pid = outside[inside[launch.role]]
+            created = psutil.Process(pid).create_time()
+            record.nodes.append(NodeProcess(launch.role, pid, created, launch.log_path, agent_port, metrics_port))
+        self.registry.save(record)
 
     def _probe(self, url: str, token: str) -> bool:
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
@@ -567,6 +724,8 @@ class LocalBackend:
         environment, which names this cluster alone.
         """
         sessions = {node.pid: node.create_time for node in record.nodes}
+        if record.sandbox_pid:  # its PID namespace ends with its init, taking every process inside along
+            sessions[record.sandbox_pid] = record.sandbox_create_time
         created = datetime.fromisoformat(record.created_at).timestamp()
         token_variable = f"RAY_AUTH_TOKEN_PATH={self.registry.token_path(record.name)}"
         processes = list(psutil.process_iter(["pid", "create_time", "cmdline"]))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shlex
+import socket
 import stat
 import time
 import urllib.error
@@ -12,7 +15,13 @@ import urllib.request
 import psutil
 import pytest
 
-from airflow_ray_platform.backends.base import ClusterSpecMismatchError, ClusterState, DeleteCondition, JobState
+from airflow_ray_platform.backends.base import (
+    BackendError,
+    ClusterSpecMismatchError,
+    ClusterState,
+    DeleteCondition,
+    JobState,
+)
 from airflow_ray_platform.backends.local import LocalBackend
 from airflow_ray_platform.config import ClusterSpec, JobSpec
 from airflow_ray_platform.job_run import wait_for_cluster
@@ -220,7 +229,7 @@ def test_one_unreadable_record_is_listed_as_broken_and_the_sweep_goes_on(tmp_pat
             }
         ],
     }
-    (tokenless / "record.json").write_text(__import__("json").dumps(record))
+    (tokenless / "record.json").write_text(json.dumps(record))
     listed = {info.name: info for info in backend.list_clusters()}
     assert listed["corrupt"].state == ClusterState.FAILED
     assert "registry record cannot be read" in listed["corrupt"].message
@@ -231,9 +240,35 @@ def test_one_unreadable_record_is_listed_as_broken_and_the_sweep_goes_on(tmp_pat
     assert backend.list_clusters({"purpose": "x"}) == []
 
 
+PROBE_SCRIPT = """
+import json, os, sys
+other_token, airflow_config, credentials, worker = sys.argv[1:]
+
+def read(path):
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.read()
+    except OSError as error:
+        return type(error).__name__
+
+print(json.dumps({
+    "env": dict(os.environ),
+    "cwd": os.getcwd(),
+    "own_token": read(os.environ["RAY_AUTH_TOKEN_PATH"]),
+    "other_token": read(other_token),
+    "airflow_config": read(airflow_config),
+    "credentials": read(credentials),
+    "worker_cmdline": read(f"/proc/{worker}/cmdline"),
+    "processes": len([entry for entry in os.listdir("/proc") if entry.isdigit()]),
+}))
+"""
+
+
 def test_a_probe_job_sees_none_of_the_workers_secrets(tmp_path, monkeypatch):
     """Found by review: a job inherited the worker's whole environment (cloud keys, Airflow connections,
-    the Fernet key) and ran in the registry folder, next to every cluster's token."""
+    the Fernet key), ran in the registry folder next to every cluster's token, and could read whatever
+    the worker's user reads: other clusters' tokens, Airflow's configuration, cloud credential files,
+    the worker's own process. In its sandbox it sees its own token and none of those."""
     secrets = {
         "AWS_SECRET_ACCESS_KEY": "probe-aws-secret",
         "AIRFLOW_CONN_WAREHOUSE": "postgresql://user:probe-db-password@db/x",
@@ -243,17 +278,27 @@ def test_a_probe_job_sees_none_of_the_workers_secrets(tmp_path, monkeypatch):
     for key, value in secrets.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("ARP_PASSED_ON_PURPOSE", "visible")
-    backend = LocalBackend(tmp_path / "root", pass_env=["ARP_PASSED_ON_PURPOSE"])
+    airflow_home, home = tmp_path / "airflow", tmp_path / "home"
+    (airflow_home).mkdir()
+    (airflow_home / "airflow.cfg").write_text("[core]\nfernet_key = probe-config-fernet\n")
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "credentials").write_text("aws_secret_access_key = probe-file-secret\n")
+    monkeypatch.setenv("AIRFLOW_HOME", str(airflow_home))
+    monkeypatch.setenv("HOME", str(home))
+    backend = LocalBackend(tmp_path / "root", pass_env=["ARP_PASSED_ON_PURPOSE"], sandbox="required")
+    other = backend.registry.write_token("other-cluster", "probe-other-clusters-token")
     spec = ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"})
-    probe = "python -c \"import os, json; print(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd()}))\""
+    arguments = [str(other), str(airflow_home / "airflow.cfg"), str(home / ".aws" / "credentials"), str(os.getpid())]
+    probe = shlex.join(["python", "-c", PROBE_SCRIPT, *arguments])
     try:
         backend.create_or_get_cluster("probe", spec, {})
         wait_for_cluster(backend, "probe", timeout=180, poll_interval=0.5)
         backend.submit_job("probe", "probe-env", JobSpec(entrypoint=probe), {})
         assert _wait_job(backend, "probe", "probe-env").state == JobState.SUCCEEDED
         output = backend.job_logs("probe", "probe-env")
-        seen = __import__("json").loads(output.strip().splitlines()[-1])
+        seen = json.loads(output.strip().splitlines()[-1])
         record = backend.registry.load("probe")
+        own_token = backend.registry.read_token("probe")
         temp_mode = stat.S_IMODE(os.stat(record.private_dir).st_mode)
         log_modes = {stat.S_IMODE(os.stat(node.log_path).st_mode) for node in record.nodes}
     finally:
@@ -264,28 +309,65 @@ def test_a_probe_job_sees_none_of_the_workers_secrets(tmp_path, monkeypatch):
     assert seen["env"]["ARP_PASSED_ON_PURPOSE"] == "visible"
     assert not seen["cwd"].startswith(str(backend.registry.root))
     assert temp_mode == 0o700 and log_modes == {0o600}
+    assert seen["own_token"] == own_token  # a job needs its own cluster's token, and has it
+    hidden = {name: seen[name] for name in ("other_token", "airflow_config", "credentials")}
+    assert hidden == dict.fromkeys(hidden, "FileNotFoundError"), hidden
+    assert "pytest" not in seen["worker_cmdline"]  # the worker's process is not there to read
+    assert seen["processes"] < len(psutil.pids())
 
 
-def _listening_ports(backend: LocalBackend, name: str) -> set[int]:
-    """Every TCP port a process of the cluster's node sessions listens on."""
-    sessions = {node.pid for node in backend.registry.load(name).nodes}
+def test_a_sandboxed_cluster_listens_on_this_machines_loopback_only_where_it_is_used(backend, shared_cluster):
+    """Found by review: Ray's GCS, raylet and agents listened on every interface. Outside its sandbox, a
+    cluster answers only on 127.0.0.1 and only at its dashboard and its nodes' agent and metrics ports;
+    the GCS and every other Ray port are not reachable from this machine at all."""
+    record = backend.registry.load(SHARED_CLUSTER)
+    assert record.sandbox_pid
+    sessions = {node.pid for node in record.nodes} | {record.sandbox_pid}
+    used = {record.dashboard_port} | {port for node in record.nodes for port in (node.agent_port, node.metrics_port)}
+    assert _listening_ports(sessions) == _listening_ports(sessions, "127.0.0.1") == used
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", record.gcs_port), timeout=5)
+
+
+def test_a_sandbox_that_is_required_where_none_can_be_made_refuses_before_anything_starts(tmp_path, monkeypatch):
+    """``sandbox: required`` on a machine that refuses namespaces: a clear error, and no cluster."""
+    from airflow_ray_platform.backends import local
+
+    monkeypatch.setattr(local, "_sandbox_refusal", lambda: "unprivileged namespaces are refused here: EPERM")
+    backend = LocalBackend(tmp_path / "root", sandbox="required")
+    with pytest.raises(BackendError, match=r"sandbox: required.*EPERM"):
+        backend.create_or_get_cluster("refused", ClusterSpec(head={"cpu": "1", "memory": "1Gi"}), {})
+    assert backend.registry.names() == [] and backend.list_clusters() == []
+    with pytest.raises(BackendError, match="'sandbox' must be one of"):
+        LocalBackend(tmp_path / "root", sandbox="sometimes")
+
+
+def _listening_ports(sessions: set[int], address: str | None = None) -> set[int]:
+    """Every TCP port on this machine's network that a process of these sessions listens on (at ``address``)."""
     ports = set()
-    for connection in psutil.net_connections(kind="tcp"):
+    for connection in psutil.net_connections(kind="inet"):
         if connection.status != psutil.CONN_LISTEN or not connection.pid:
             continue
-        try:
-            if os.getsid(connection.pid) in sessions:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getsid(connection.pid) in sessions and address in (None, connection.laddr.ip):
                 ports.add(connection.laddr.port)
-        except ProcessLookupError:
-            continue
     return ports
 
 
-def test_the_heads_own_metrics_servers_are_on_ports_chosen_free(backend, shared_cluster):
-    """Ray's dashboard and autoscaler serve metrics on 44227 and 44217 unless told otherwise: a second head
-    on the machine would clash with the first, and a fixed port is one anybody can predict."""
-    ports = _listening_ports(backend, SHARED_CLUSTER)
-    assert ports and not ports & {44217, 44227}, sorted(ports)
+def test_without_a_sandbox_the_heads_own_metrics_servers_are_on_ports_chosen_free(tmp_path):
+    """Where a cluster runs without a sandbox (``sandbox: off``, or a machine refusing namespaces), its
+    ports are this machine's: Ray's dashboard and autoscaler serve metrics on 44227 and 44217 unless told
+    otherwise, so a second head would clash with the first, and a fixed port is one anybody can predict."""
+    backend = LocalBackend(tmp_path / "root", sandbox="off")
+    try:
+        backend.create_or_get_cluster("plain", ClusterSpec(head={"cpu": "1", "memory": "1Gi"}), {})
+        wait_for_cluster(backend, "plain", timeout=180, poll_interval=0.5)
+        record = backend.registry.load("plain")
+        ports = _listening_ports({node.pid for node in record.nodes})
+    finally:
+        backend.delete_cluster("plain")
+    assert record.sandbox_pid == 0
+    assert record.dashboard_port in ports and not ports & {44217, 44227}, sorted(ports)
 
 
 def test_a_running_jobs_log_is_read_from_its_offset_each_byte_once(backend, shared_cluster):
