@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -22,6 +22,7 @@ from airflow_ray_platform.config import JobConfiguration
 from airflow_ray_platform.naming import EPHEMERAL_LABEL, TaskIdentity
 from airflow_ray_platform.object_storage import ObjectStorage, log_key
 from airflow_ray_platform.paths import default_object_storage_uri
+from airflow_ray_platform.policy import Actor
 from airflow_ray_platform.state_store import Event, StateStore, cluster_uid, jobs
 from airflow_ray_platform.timestamps import to_text, utc_now
 from airflow_ray_platform.utilisation import Utilisation
@@ -152,6 +153,24 @@ class LifecycleRecorder:
                 },
                 discriminator=f"{actor.key}/{to_text(now)}",
                 team="cleanup" if actor.cleanup else actor.team,
+                actor=str(actor),
+            )
+        )
+
+    @_never_fails
+    def task_state_set(self, job: Mapping[str, Any], actor: Actor, state: str) -> None:
+        """A user set the state of the task running ``job`` (its record) by hand: who, and to what."""
+        now = utc_now()
+        self.store.record_event(
+            Event(
+                job["cluster_uid"],
+                f"task_marked_{state}",
+                now,
+                submission_id=job["submission_id"],
+                reason=f"the task was marked {state} in Airflow by user {actor.user!r}",
+                detail={"action": "mark_task", "state": state, "actor": actor.to_dict()},
+                discriminator=f"{actor.key}/{to_text(now)}",
+                team=actor.team,
                 actor=str(actor),
             )
         )

@@ -1,11 +1,13 @@
 """The provider's Airflow plugin: the Ray view (``ui.app``), mounted by Airflow's API server under
-``/ray`` and linked from Airflow's navigation. Registered through ``get_provider_info()["plugins"]``, so
+``/ray`` and linked from Airflow's navigation, and the listener that audits who set a Ray task's state
+by hand (``listeners``). Registered through ``get_provider_info()["plugins"]``, so
 installing the package is enough."""
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_ray_platform import listeners
 from airflow_ray_platform.ui.app import create_app
 
 URL_PREFIX = "/ray"
@@ -14,6 +16,7 @@ URL_PREFIX = "/ray"
 class RayPlatformPlugin(AirflowPlugin):
     name = "airflow_ray_platform"
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Ray"}]
+    listeners = [listeners]
     external_views = [
         {
             "name": "Ray",

@@ -343,6 +343,23 @@ class StateStore:
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
+    def latest_job_of_task(self, dag_id: str, task_id: str, run_id: str, map_index: int) -> dict[str, Any] | None:
+        """The newest record of the Ray job a task instance runs (any try), or None."""
+        query = (
+            sa.select(jobs)
+            .where(
+                jobs.c.dag_id == dag_id,
+                jobs.c.task_id == task_id,
+                jobs.c.run_id == run_id,
+                jobs.c.map_index == map_index,
+            )
+            .order_by(jobs.c.updated_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        return dict(row) if row is not None else None
+
     def audit_trail(
         self, team: str | None = None, since: datetime | None = None, until: datetime | None = None
     ) -> list[dict[str, Any]]:

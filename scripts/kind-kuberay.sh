@@ -25,6 +25,10 @@ kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -
 kubectl create namespace airflow --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n airflow create serviceaccount airflow-worker --dry-run=client -o yaml | kubectl apply -f -
 sed "s/namespace: ray-jobs/namespace: $NAMESPACE/" deploy/kuberay-rbac.yaml | kubectl apply -f -
+# The test clusters' Ray pods run as the namespace's default ServiceAccount: let their heads check
+# callers' Kubernetes tokens (ray_auth: kubernetes).
+kubectl create clusterrolebinding "ray-authenticator-$NAMESPACE-default" --clusterrole ray-authenticator \
+  --serviceaccount "$NAMESPACE:default" --dry-run=client -o yaml | kubectl apply -f -
 
 # A kubeconfig that is only the ServiceAccount: the tests run with exactly the documented Role.
 TOKEN=$(kubectl -n airflow create token airflow-worker --duration 2h)

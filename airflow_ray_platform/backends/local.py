@@ -427,9 +427,11 @@ class LocalBackend:
     def _hidden_paths(self, private_parent: Path) -> list[str]:
         """What a sandboxed cluster must not see; never a folder holding this interpreter (Ray runs from it)."""
         home = Path.home()
-        paths = [self.registry.root, private_parent, Path(os.environ.get("AIRFLOW_HOME") or home / "airflow")]
+        airflow_home = Path(os.environ.get("AIRFLOW_HOME") or home / "airflow")
+        # the configuration on its own too: hidden even where Airflow's home cannot be (it holds the venv)
+        airflow_config = Path(os.environ.get("AIRFLOW_CONFIG") or airflow_home / "airflow.cfg")
+        paths = [self.registry.root, private_parent, airflow_home, airflow_config]
         paths += [home / path for path in HIDDEN_HOME_PATHS]
-        paths += [Path(os.environ["AIRFLOW_CONFIG"])] if os.environ.get("AIRFLOW_CONFIG") else []
         paths += [Path(path) for path in self.hide_paths]
         needed = [Path(path).resolve() for path in (sys.prefix, Path(sys.executable).parent, ray_package_path[0])]
         hidden = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from airflow_ray_platform.naming import CLUSTER_LABEL
 from ..conftest import SHARED_CLUSTER
 from ..kube_emulator.api_server import KubernetesApiEmulator
 from ..kube_emulator.kuberay_controller import UNPULLABLE_IMAGE
+from ..kube_emulator.ray_kubernetes_auth import KubernetesTokenAuthHead
 from ..waiting import wait_for
 
 LABELS = {"app.kubernetes.io/managed-by": "airflow-ray-platform", "airflow-ray-platform.io/team": "platform"}
@@ -173,7 +175,10 @@ def test_submitting_to_a_missing_cluster_is_a_clear_error(kuberay):
 
 
 def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay, local_backend):
-    """deploy/kuberay-rbac.yaml (quoted in the README) against every call of every backend method."""
+    """deploy/kuberay-rbac.yaml (quoted in the README) against every call of every backend method: the
+    Kubernetes API calls, and ``ray:write`` on the RayCluster, which the Ray head checks of the caller's
+    Kubernetes credentials for a Jobs API call. Found by review: ``secrets: get`` on the whole namespace
+    let every DAG read every cluster's token; no rule grants any Secret now."""
     import asyncio
     from pathlib import Path
 
@@ -195,7 +200,7 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
     assert KubeRayBackend(kuberay.connection).job_logs("rbac-check", "rbac-check-job") == ""
     assert KubeRayBackend(kuberay.connection).job_log_since("rbac-check", "rbac-check-job", 0) == ("", 0)
     kuberay.emulator.store.delete("pods", "default", "rbac-check-job-x")
-    with pytest.raises(BackendError):  # the dashboard is not there; the token Secret was read first
+    with pytest.raises(BackendError):  # the dashboard is not there (no Secret is read to find out)
         backend.job_logs("rbac-check", "rbac-check-job")
     asyncio.run(backend.await_job("rbac-check", "rbac-check-job", 1))
     asyncio.run(backend.await_cluster("rbac-check", 1))
@@ -207,22 +212,90 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
         if count > before.get(key, 0):
             method, resource, *listing = key.split(" ")
             used.add((resource, "list" if listing else verbs.get(method, "get")))
-    assert used == granted
+    assert used | {("rayclusters", "ray:write")} == granted
+    assert not [rule for rule in role["rules"] if "secrets" in rule["resources"]]
 
 
-def test_logs_through_the_jobs_api_where_the_dashboard_is_reachable(kuberay, shared_cluster, local_backend):
-    """With ``dashboard_url_template``, logs come from the Jobs API, authenticated with the token
-    from the Secret KubeRay made for the cluster (the simulated controller writes the real one)."""
-    backend = KubeRayBackend(kuberay.connection, dashboard_url_template=shared_cluster.dashboard_url)
-    job = JobSpec(entrypoint="python -c \"print('via the dashboard')\"")
-    backend.submit_job(SHARED_CLUSTER, "kuberay-backend-jobs-api", job, {})
-    wait_for(lambda: backend.describe_job(SHARED_CLUSTER, "kuberay-backend-jobs-api").state == JobState.SUCCEEDED)
-    # Without the submitter pod, only the Jobs API has the log.
-    kuberay.emulator.store.delete("pods", "default", "kuberay-backend-jobs-api-submitter")
-    logs = backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
+def test_logs_through_the_jobs_api_authenticated_by_the_connections_kubernetes_credentials(
+    kuberay, shared_cluster, local_backend
+):
+    """With ``dashboard_url_template``, logs come from the Jobs API. Found by review: reading a cluster's
+    token needed ``secrets: get`` on the whole namespace, which lets every DAG read every cluster's token.
+    A cluster created with ``ray_auth: kubernetes`` (the default) checks the connection's own Kubernetes
+    credentials instead (``ray:write`` on that RayCluster), and no Secret is read at all."""
+    shared = kuberay.emulator.store.get("rayclusters", "default", SHARED_CLUSTER)
+    assert shared["spec"]["authOptions"] == {"mode": "token", "enableK8sTokenAuth": True}
+    token = local_backend.registry.read_token(SHARED_CLUSTER)
+    secret_reads = _secret_reads(kuberay)
+    with KubernetesTokenAuthHead(SHARED_CLUSTER, shared_cluster.dashboard_url, token) as head:
+        backend = KubeRayBackend(kuberay.connection, dashboard_url_template=head.url)
+        job = JobSpec(entrypoint="python -c \"print('via the dashboard')\"")
+        backend.submit_job(SHARED_CLUSTER, "kuberay-backend-jobs-api", job, {})
+        wait_for(lambda: backend.describe_job(SHARED_CLUSTER, "kuberay-backend-jobs-api").state == JobState.SUCCEEDED)
+        # Without the submitter pod, only the Jobs API has the log.
+        kuberay.emulator.store.delete("pods", "default", "kuberay-backend-jobs-api-submitter")
+        logs = backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
+        assert head.access_reviews and set(head.access_reviews) == {("ray:write", "rayclusters", SHARED_CLUSTER)}
+        assert backend.job_dashboard_url(SHARED_CLUSTER, "kuberay-backend-jobs-api") == (
+            f"{head.url}/#/jobs/kuberay-backend-jobs-api"
+        )
+        assert backend.describe_cluster(SHARED_CLUSTER).dashboard_url == head.url
     assert "via the dashboard" in logs
     assert logs == local_backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
-    assert backend.job_dashboard_url(SHARED_CLUSTER, "kuberay-backend-jobs-api") == (
-        f"{shared_cluster.dashboard_url}/#/jobs/kuberay-backend-jobs-api"
+    assert _secret_reads(kuberay) == secret_reads == 0
+    assert not [key for key in kuberay.emulator.store.objects if key[0] == "secrets"]
+
+
+def test_a_cluster_with_a_static_token_is_read_with_the_token_from_its_secret(kuberay, shared_cluster, local_backend):
+    """``ray_auth: secret`` (KubeRay before 1.7, Ray before 2.55): the cluster's static token from the
+    Secret KubeRay made for it, which is then the one Secret the Jobs API calls read."""
+    shared = kuberay.emulator.store.get("rayclusters", "default", SHARED_CLUSTER)
+    static = copy.deepcopy(shared)
+    static["spec"]["authOptions"] = {"mode": "token"}  # as ray_auth 'secret' creates it
+    kuberay.emulator.store.update("rayclusters", "default", SHARED_CLUSTER, static, status=False)
+    try:
+        wait_for(lambda: ("secrets", "default", SHARED_CLUSTER) in kuberay.emulator.store.objects)
+        backend = KubeRayBackend(
+            kuberay.connection, dashboard_url_template=shared_cluster.dashboard_url, ray_auth="secret"
+        )
+        job = JobSpec(entrypoint="python -c \"print('with the static token')\"")
+        backend.submit_job(SHARED_CLUSTER, "kuberay-backend-jobs-api-secret", job, {})
+        wait_for(
+            lambda: backend.describe_job(SHARED_CLUSTER, "kuberay-backend-jobs-api-secret").state == JobState.SUCCEEDED
+        )
+        kuberay.emulator.store.delete("pods", "default", "kuberay-backend-jobs-api-secret-submitter")
+        before = _secret_reads(kuberay)
+        assert "with the static token" in backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api-secret")
+        assert _secret_reads(kuberay) == before + 1
+    finally:
+        current = kuberay.emulator.store.get("rayclusters", "default", SHARED_CLUSTER)
+        current["spec"]["authOptions"] = shared["spec"]["authOptions"]
+        kuberay.emulator.store.update("rayclusters", "default", SHARED_CLUSTER, current, status=False)
+        kuberay.emulator.store.delete("secrets", "default", SHARED_CLUSTER)
+    with pytest.raises(BackendError, match="'ray_auth' must be one of"):
+        KubeRayBackend(kuberay.connection, ray_auth="anyone")
+
+
+def _secret_reads(kuberay) -> int:
+    return sum(count for key, count in kuberay.emulator.requests.items() if key.split(" ")[1:2] == ["secrets"])
+
+
+def test_kubernetes_token_auth_refuses_a_ray_that_cannot_check_kubernetes_tokens(kuberay):
+    """``ray_auth: kubernetes`` needs Ray >= 2.55 on every token-auth cluster: refused at task start,
+    naming the field, before anything is created; ``ray_auth: secret`` takes Ray 2.52 as before."""
+    from airflow_ray_platform.config import JobConfigurationError, load_job_configuration
+
+    config = load_job_configuration(
+        {
+            "name": "old-ray",
+            "owner": "data-science",
+            "team": "forecasting",
+            "cluster": {"ray_version": "2.53.0", "head": {"cpu": "1", "memory": "1Gi"}},
+            "job": {"entrypoint": "true"},
+        }
     )
-    assert backend.describe_cluster(SHARED_CLUSTER).dashboard_url == shared_cluster.dashboard_url
+    before = dict(kuberay.emulator.requests)
+    with pytest.raises(JobConfigurationError, match=r"cluster\.ray_version: 2\.53\.0 cannot check Kubernetes tokens"):
+        KubeRayBackend(kuberay.connection).validate_configuration(config)
+    KubeRayBackend(kuberay.connection, ray_auth="secret").validate_configuration(config)
+    assert not [key for key, count in kuberay.emulator.requests.items() if count > before.get(key, 0)]

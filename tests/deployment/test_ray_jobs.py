@@ -3,6 +3,7 @@ resumption in a new task process; users act through the REST API; processes die.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -64,10 +65,27 @@ def _recorded_state(deployment: Deployment, submission_id: str) -> str | None:
         return connection.execute(query, {"id": submission_id}).scalar()
 
 
+def _audited_marks(deployment: Deployment, submission_id: str) -> list[tuple[str, str | None]]:
+    """(kind, Airflow user) of each audited state set by hand on the task running this job."""
+    with deployment.state_store().connect() as connection:
+        query = sa.text("SELECT kind, detail FROM arp_events WHERE submission_id = :id AND kind LIKE 'task_marked_%'")
+        rows = connection.execute(query, {"id": submission_id}).all()
+    details = [(kind, json.loads(detail) if isinstance(detail, str) else detail) for kind, detail in rows]
+    return [(kind, detail["actor"]["user"]) for kind, detail in details]
+
+
+def _airflow_audit_user(deployment: Deployment, run_id: str) -> str | None:
+    """Who Airflow's own audit log says patched a task instance of this run."""
+    with deployment.state_store().connect() as connection:
+        query = sa.text("SELECT owner FROM log WHERE event = 'patch_task_instance' AND run_id = :run")
+        return connection.execute(query, {"run": run_id}).scalar()
+
+
 def test_a_deferred_task_marked_failed_stops_its_ray_job_and_records_it(deployment: Deployment, cluster: str):
     """Through the trigger's on_kill when a triggerer runs the trigger; through the cleanup DAG's sweep
     when the task was marked failed before any triggerer picked its trigger up (Airflow then calls no
-    on_kill at all, and the job would run on with no one waiting for it)."""
+    on_kill at all, and the job would run on with no one waiting for it). Found by review: the audit
+    did not say who marked the task failed; now the user Airflow's API server acted for is the actor."""
     api, backend = deployment.api, deployment.backend
     running = api.trigger("ray_job_deferred", {"entrypoint": SLEEP.format(seconds=600)})
     job = _mark_failed_once_deferred(deployment, running, after_trigger_started=True)
@@ -78,6 +96,9 @@ def test_a_deferred_task_marked_failed_stops_its_ray_job_and_records_it(deployme
         interval=0.5,
     )
     api.wait("the job recorded STOPPED", lambda: _recorded_state(deployment, job.submission_id) == "STOPPED", 30)
+    user = _airflow_audit_user(deployment, running)
+    assert user
+    assert _audited_marks(deployment, job.submission_id) == [("task_marked_failed", user)]
 
     early = api.trigger("ray_job_deferred", {"entrypoint": SLEEP.format(seconds=600)})
     job = _mark_failed_once_deferred(deployment, early, after_trigger_started=False)

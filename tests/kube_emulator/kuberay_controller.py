@@ -237,20 +237,23 @@ class SimulatedKubeRay:
                 },
             )
             return
-        token = self.local.registry.read_token(name)
-        try:
-            self.store.get("secrets", namespace, name)
-        except ApiError:
-            self.store.create(
-                "secrets",
-                namespace,
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": name, "labels": {"ray.io/cluster": name}},
-                    "data": {"auth_token": base64.b64encode(token.encode()).decode()},
-                },
-            )
+        auth_options = spec.get("authOptions") or {}
+        # KubeRay makes a token Secret for static-token auth only, not for Kubernetes token auth
+        if auth_options.get("mode") == "token" and not auth_options.get("enableK8sTokenAuth"):
+            token = self.local.registry.read_token(name)
+            try:
+                self.store.get("secrets", namespace, name)
+            except ApiError:
+                self.store.create(
+                    "secrets",
+                    namespace,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": name, "labels": {"ray.io/cluster": name}},
+                        "data": {"auth_token": base64.b64encode(token.encode()).decode()},
+                    },
+                )
         self._pod(namespace, head_pod, labels, {"phase": "Running", "podIP": "127.0.0.1"})
         port = (info.dashboard_url or "").rsplit(":", 1)[-1]
         self._write_status(

@@ -1,4 +1,4 @@
-"""Opt-in: the kuberay backend against a real Kubernetes cluster with the KubeRay operator (>= 1.5.1).
+"""Opt-in: the kuberay backend against a real Kubernetes cluster with the KubeRay operator (>= 1.7).
 
 Run with ``pytest -m kubernetes tests/kubernetes_real`` and ``KUBECONFIG`` pointing at the cluster
 (``scripts/kind-kuberay.sh`` makes one with kind and helm, binds the provider's Role from

@@ -9,8 +9,10 @@ Everything goes through the Kubernetes API, so an Airflow worker that cannot rea
 service still creates, waits, reads logs (from the RayJob's submitter pod, a running job's log followed
 once for every reader in the process: ``logs``) and stops. Job waits in one event loop share one watch
 of the namespace's RayJobs (``watch``). Where the
-dashboard is reachable (``dashboard_url_template``), logs come from the Jobs API instead, with the
-token KubeRay keeps in the cluster's Secret; the token is never logged.
+dashboard is reachable (``dashboard_url_template``), logs come from the Jobs API instead, authenticated
+by the connection's own Kubernetes credentials (``ray_auth: kubernetes``, the default: Ray checks them
+with Kubernetes RBAC, so no cluster's token is ever read) or, on older KubeRay and Ray, by the token
+KubeRay keeps in the cluster's Secret (``ray_auth: secret``); a token is never logged.
 
 Choices:
 
@@ -68,7 +70,7 @@ from airflow_ray_platform.backends.kuberay.manifests import (
 from airflow_ray_platform.backends.kuberay.schema import validate_manifest
 from airflow_ray_platform.backends.kuberay.status import cluster_info, job_info
 from airflow_ray_platform.backends.kuberay.watch import RayJobWatch
-from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
+from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobConfigurationError, JobSpec
 from airflow_ray_platform.naming import (
     CLUSTER_LABEL,
     CLUSTER_SPEC_ANNOTATION,
@@ -82,6 +84,10 @@ from airflow_ray_platform.naming import (
 from airflow_ray_platform.timestamps import to_text
 
 GROUP, VERSION = "ray.io", "v1"
+#: How a token-auth cluster authenticates the Jobs API's callers (``KubeRayBackend``'s ``ray_auth``).
+RAY_AUTH_MODES = ("kubernetes", "secret")
+#: The first Ray whose head checks Kubernetes tokens (``RAY_ENABLE_K8S_TOKEN_AUTH``).
+MIN_KUBERNETES_TOKEN_AUTH_RAY = (2, 55)
 #: Label the Kubernetes Job controller puts on its pods: finds a RayJob's submitter pod.
 SUBMITTER_POD_LABEL = "job-name"
 SUBMITTER_CONTAINER = "ray-job-submitter"
@@ -115,7 +121,11 @@ class KubeRayBackend:
         unset, jobs are watched and their logs read through the Kubernetes API only.
     :param validate_manifests: check each manifest against the vendored CRD schema before sending it
         (the API server is also asked for strict field validation).
-    :param token_secret_key: key of the token in the Secret KubeRay creates for a token-auth cluster.
+    :param ray_auth: how a token-auth cluster authenticates callers: ``kubernetes`` (KubeRay ≥ 1.7's
+        ``authOptions.enableK8sTokenAuth``, Ray ≥ 2.55: by their Kubernetes credentials, which need the
+        custom verb ``ray:write`` on the RayCluster) or ``secret`` (a static token in a Secret KubeRay
+        makes, which the Jobs API calls read: ``secrets: get``).
+    :param token_secret_key: with ``ray_auth: secret``, the token's key in that Secret.
     """
 
     name = "kuberay"
@@ -126,14 +136,22 @@ class KubeRayBackend:
         namespace: str | None = None,
         dashboard_url_template: str | None = None,
         validate_manifests: bool = True,
+        ray_auth: str = "kubernetes",
         token_secret_key: str = "auth_token",
     ) -> None:
+        if ray_auth not in RAY_AUTH_MODES:
+            raise BackendError(
+                f"kuberay backend option 'ray_auth' must be one of {list(RAY_AUTH_MODES)}, not {ray_auth!r}"
+            )
         self.kubernetes_conn_id = kubernetes_conn_id
+        self.ray_auth = ray_auth
         self._namespace = namespace
         self.dashboard_url_template = dashboard_url_template
         self.validate_manifests = validate_manifests
         self.token_secret_key = token_secret_key
         self._jobs_api: dict[str, JobsApiClient] = {}
+        self._jobs_api_tokens: dict[str, str | None] = {}
+        self._cluster_auths: dict[str, str] = {}
 
     # ------------------------------------------------------------ plumbing
     @cached_property
@@ -162,7 +180,7 @@ class KubeRayBackend:
                 raise BackendError(
                     f"{doing}: the KubeRay CRDs (ray.io/v1 RayCluster, RayJob) are not installed in the "
                     f"Kubernetes cluster of connection {self.kubernetes_conn_id!r}; install the KubeRay "
-                    "operator (v1.5.1 or later) first: this provider never installs it"
+                    "operator (v1.7 or later; v1.5.1 with ray_auth 'secret') first: this provider never installs it"
                 ) from None
             raise
         except (HTTPError, OSError) as error:
@@ -266,7 +284,16 @@ class KubeRayBackend:
 
     # ----------------------------------------------------------------- clusters
     def validate_configuration(self, config: JobConfiguration) -> None:
-        """Render what ``config`` creates here and check it strictly against KubeRay's CRDs."""
+        """Render what ``config`` creates here and check it strictly against KubeRay's CRDs; with
+        ``ray_auth: kubernetes``, a token-auth cluster needs a Ray that checks Kubernetes tokens."""
+        cluster = config.cluster
+        version = tuple(int(part) for part in (cluster.ray_version or "999").split("."))
+        if self.ray_auth == "kubernetes" and cluster.auth == "token" and version < MIN_KUBERNETES_TOKEN_AUTH_RAY:
+            raise JobConfigurationError(
+                f"cluster.ray_version: {cluster.ray_version} cannot check Kubernetes tokens (needs Ray >= 2.55, "
+                "for this connection's ray_auth 'kubernetes'); use a newer ray_version, or a connection with "
+                "ray_auth 'secret'"
+            )
         if self.validate_manifests:
             validate_configuration_manifests(config)
 
@@ -286,7 +313,9 @@ class KubeRayBackend:
             CLUSTER_SPEC_ANNOTATION: json.dumps(spec.recorded(), sort_keys=True),
             LEASES_ANNOTATION: json.dumps(leases_to_mapping([lease] if lease is not None else [])),
         }
-        manifest = render_ray_cluster(name, self.namespace, spec, labels, annotations)
+        manifest = render_ray_cluster(
+            name, self.namespace, spec, labels, annotations, kubernetes_token_auth=self.ray_auth == "kubernetes"
+        )
         for _ in range(5):
             obj = self._create("rayclusters", manifest)
             info = cluster_info(obj, self.name, None)
@@ -357,7 +386,8 @@ class KubeRayBackend:
         # This provider's RayJobs of the cluster go with it: their records live on in the state store.
         for job in self._list("rayjobs", {CLUSTER_LABEL: name}):
             self._delete("rayjobs", job["metadata"]["name"])
-        self._jobs_api.pop(name, None)
+        for cache in (self._jobs_api, self._jobs_api_tokens, self._cluster_auths):
+            cache.pop(name, None)
         return deleted
 
     # --------------------------------------------------------------------- jobs
@@ -417,8 +447,37 @@ class KubeRayBackend:
     def list_jobs(self, cluster_name: str) -> list[JobInfo]:
         return [job_info(obj) for obj in self._list("rayjobs", {CLUSTER_LABEL: cluster_name})]
 
-    def _token(self, cluster_name: str) -> str | None:
-        """The cluster's Ray token from the Secret KubeRay made (None for a cluster without auth)."""
+    def _cluster_auth(self, cluster_name: str) -> str:
+        """How the cluster authenticates callers: ``kubernetes``, ``secret`` or ``disabled`` (from its
+        ``authOptions``, read once: a cluster's are fixed at its creation)."""
+        if cluster_name not in self._cluster_auths:
+            obj = self._get("rayclusters", cluster_name)
+            if obj is None:
+                raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.namespace!r}")
+            options = (obj.get("spec") or {}).get("authOptions") or {}
+            self._cluster_auths[cluster_name] = (
+                "disabled"
+                if options.get("mode") != "token"
+                else "kubernetes"
+                if options.get("enableK8sTokenAuth")
+                else "secret"
+            )
+        return self._cluster_auths[cluster_name]
+
+    def _kubernetes_bearer_token(self, cluster_name: str) -> str:
+        """The connection's own Kubernetes bearer token (refreshed by the client once it expires)."""
+        configuration = self.kubernetes_hook.api_client.configuration
+        bearer = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+        if not bearer:
+            raise BackendError(
+                f"reading the Jobs API of {cluster_name!r}, which authenticates by Kubernetes credentials: "
+                f"Kubernetes connection {self.kubernetes_conn_id!r} has no bearer token (a client certificate "
+                "cannot authenticate to Ray); use a token-based identity"
+            )
+        return bearer.removeprefix("Bearer ").strip()
+
+    def _secret_token(self, cluster_name: str) -> str | None:
+        """The cluster's Ray token from the Secret KubeRay made (clusters created with ``ray_auth: secret``)."""
         try:
             secret = self._call(
                 f"reading the token Secret of {cluster_name!r}",
@@ -434,11 +493,24 @@ class KubeRayBackend:
         return base64.b64decode(encoded).decode() if encoded else None
 
     def _jobs_api_client(self, cluster_name: str) -> JobsApiClient | None:
+        """The cluster's Jobs API client, with what authenticates to it: the connection's Kubernetes token
+        (a new client whenever it was refreshed), a Secret's token (read once), or nothing at all for a
+        cluster without auth (no credential is ever sent where none is checked)."""
         url = self._dashboard_url(cluster_name)
         if url is None:
             return None
-        if cluster_name not in self._jobs_api:
-            self._jobs_api[cluster_name] = JobsApiClient(cluster_name, url, self._token(cluster_name))
+        auth = self._cluster_auth(cluster_name)
+        cached = self._jobs_api.get(cluster_name)
+        if auth == "kubernetes":
+            token = self._kubernetes_bearer_token(cluster_name)
+            if cached is not None and self._jobs_api_tokens.get(cluster_name) == token:
+                return cached
+        elif cached is not None:
+            return cached
+        else:
+            token = self._secret_token(cluster_name) if auth == "secret" else None
+        self._jobs_api[cluster_name] = JobsApiClient(cluster_name, url, token)
+        self._jobs_api_tokens[cluster_name] = token
         return self._jobs_api[cluster_name]
 
     def _submitter_pods(self, submission_id: str) -> Iterator[dict[str, Any]]:

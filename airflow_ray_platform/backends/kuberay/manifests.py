@@ -84,12 +84,19 @@ def _start_params(node: NodeResources, head: bool) -> dict[str, str]:
     return params
 
 
-def ray_cluster_spec(spec: ClusterSpec, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The ``RayCluster.spec`` (also a RayJob's ``rayClusterSpec``)."""
+def ray_cluster_spec(
+    spec: ClusterSpec, labels: Mapping[str, str], *, kubernetes_token_auth: bool = False
+) -> dict[str, Any]:
+    """The ``RayCluster.spec`` (also a RayJob's ``rayClusterSpec``); ``kubernetes_token_auth``: Ray
+    authenticates callers by their Kubernetes credentials (TokenReview, and ``ray:write`` on the
+    RayCluster by SubjectAccessReview) instead of a static token in a Secret."""
+    auth_options: dict[str, Any] = {"mode": spec.auth}
+    if kubernetes_token_auth and spec.auth == "token":
+        auth_options["enableK8sTokenAuth"] = True
     body: dict[str, Any] = {
         "rayVersion": _ray_version(spec),
         "enableInTreeAutoscaling": spec.autoscaling,
-        "authOptions": {"mode": spec.auth},
+        "authOptions": auth_options,
         "headGroupSpec": {
             "rayStartParams": _start_params(spec.head, head=True),
             "template": _pod_template(spec, spec.head, "ray-head", labels, ports=True),
@@ -120,13 +127,19 @@ def _metadata(name: str, namespace: str, labels: Mapping[str, str], annotations:
 
 
 def render_ray_cluster(
-    name: str, namespace: str, spec: ClusterSpec, labels: Mapping[str, str], annotations: Mapping[str, str]
+    name: str,
+    namespace: str,
+    spec: ClusterSpec,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    *,
+    kubernetes_token_auth: bool = False,
 ) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "RayCluster",
         "metadata": _metadata(name, namespace, labels, annotations),
-        "spec": ray_cluster_spec(spec, labels),
+        "spec": ray_cluster_spec(spec, labels, kubernetes_token_auth=kubernetes_token_auth),
     }
 
 
