@@ -1,7 +1,9 @@
 """Cluster cold start: the local backend (create + wait until ready) against a raw ``ray start --head``.
 
 Both start one head with the same caps and token auth, alternating, several rounds. The raw baseline
-is timed twice: until ``ray start`` returns, and until its Jobs API answers (what a job needs).
+is timed twice: until ``ray start`` returns, and until its Jobs API answers (what a job needs). The
+local backend is timed in its sandbox (the default where the machine allows it) and without one
+(``sandbox: off``), start and delete, so the sandbox's own cost is a ratio of the same run.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def _sid(pid: int) -> int | None:
         return None
 
 
-def local_backend_start(backend: LocalBackend, index: int) -> float:
+def local_backend_start(backend: LocalBackend, index: int) -> tuple[float, float]:
+    """(create until ready, delete) of one cluster, in seconds."""
     name = f"cold-{index}"
 
     def start() -> None:
@@ -116,15 +119,19 @@ def local_backend_start(backend: LocalBackend, index: int) -> float:
         wait_for_cluster(backend, name, timeout=300, poll_interval=0.1)
 
     elapsed = timed(start)
-    backend.delete_cluster(name)
-    return elapsed
+    return elapsed, timed(lambda: backend.delete_cluster(name))
 
 
 def main() -> None:
-    backend = LocalBackend()
-    ours, raw_returned, raw_usable = [], [], []
+    sandboxed, plain = LocalBackend(sandbox="required"), LocalBackend(sandbox="off")
+    ours, ours_delete, unsandboxed, unsandboxed_delete, raw_returned, raw_usable = [], [], [], [], [], []
     for index in range(ROUNDS):
-        ours.append(local_backend_start(backend, index))
+        ready, deleted = local_backend_start(sandboxed, index)
+        ours.append(ready)
+        ours_delete.append(deleted)
+        ready, deleted = local_backend_start(plain, index)
+        unsandboxed.append(ready)
+        unsandboxed_delete.append(deleted)
         returned, usable = raw_ray_start(index)
         raw_returned.append(returned)
         raw_usable.append(usable)
@@ -133,15 +140,22 @@ def main() -> None:
         {
             "rounds": ROUNDS,
             "local_backend_ready_s": round(median(ours), 2),
+            "local_backend_unsandboxed_ready_s": round(median(unsandboxed), 2),
             "raw_ray_start_returns_s": round(median(raw_returned), 2),
             "raw_ray_start_jobs_api_answers_s": round(median(raw_usable), 2),
             "ratio_vs_ray_start_returns": round(median(ours) / median(raw_returned), 3),
             "ratio_vs_jobs_api_answers": round(median(ours) / median(raw_usable), 3),
+            "sandbox_start_ratio": round(median(ours) / median(unsandboxed), 3),
+            "delete_s": round(median(ours_delete), 2),
+            "unsandboxed_delete_s": round(median(unsandboxed_delete), 2),
             "target": "ratio <= 1.2",
             "samples": {
                 "local_backend": [round(x, 2) for x in ours],
+                "local_backend_unsandboxed": [round(x, 2) for x in unsandboxed],
                 "raw_returns": [round(x, 2) for x in raw_returned],
                 "raw_jobs_api": [round(x, 2) for x in raw_usable],
+                "delete": [round(x, 2) for x in ours_delete],
+                "unsandboxed_delete": [round(x, 2) for x in unsandboxed_delete],
             },
         },
     )
