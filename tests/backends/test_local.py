@@ -251,7 +251,13 @@ def read(path):
     except OSError as error:
         return type(error).__name__
 
+import ctypes, pathlib
+libc = ctypes.CDLL(None, use_errno=True)
+registry = str(pathlib.Path(other_token).parents[2])
+unmounted = libc.umount2(registry.encode(), 2) == 0  # MNT_DETACH: what a job would do to see behind
 print(json.dumps({
+    "unmounted": unmounted,
+    "other_token_after_umount": read(other_token),
     "env": dict(os.environ),
     "cwd": os.getcwd(),
     "own_token": read(os.environ["RAY_AUTH_TOKEN_PATH"]),
@@ -312,6 +318,8 @@ def test_a_probe_job_sees_none_of_the_workers_secrets(tmp_path, monkeypatch):
     assert seen["own_token"] == own_token  # a job needs its own cluster's token, and has it
     hidden = {name: seen[name] for name in ("other_token", "airflow_config", "credentials")}
     assert hidden == dict.fromkeys(hidden, "FileNotFoundError"), hidden
+    # and a job cannot lift what hides them: the sandbox dropped the privilege to unmount, even for uid 0
+    assert not seen["unmounted"] and seen["other_token_after_umount"] == "FileNotFoundError"
     assert "pytest" not in seen["worker_cmdline"]  # the worker's process is not there to read
     assert seen["processes"] < len(psutil.pids())
 
