@@ -574,9 +574,6 @@ class LocalBackend:
             started_path=str(started_path),
             env=env,
         )
-        for launch, _, _ in nodes:  # created here, private, before the sandbox appends to them
-            with _private_log(Path(launch.log_path)):
-                pass
         log_path = cluster_dir / "sandbox.log"
         with _private_log(log_path) as log:
             process = subprocess.Popen(

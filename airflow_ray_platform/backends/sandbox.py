@@ -103,8 +103,8 @@ def _check(result: int, what: str) -> None:
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    encode = lambda value: value.encode() if value is not None else None  # noqa: E731
-    _check(_libc.mount(encode(source), target.encode(), encode(fstype), flags, encode(data)), f"mount {target}")
+    source_b, fstype_b, data_b = (value.encode() if value is not None else None for value in (source, fstype, data))
+    _check(_libc.mount(source_b, target.encode(), fstype_b, flags, data_b), f"mount {target}")
 
 
 def _enter_namespaces() -> None:

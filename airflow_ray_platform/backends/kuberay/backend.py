@@ -149,8 +149,8 @@ class KubeRayBackend:
         self.dashboard_url_template = dashboard_url_template
         self.validate_manifests = validate_manifests
         self.token_secret_key = token_secret_key
-        self._jobs_api: dict[str, JobsApiClient] = {}
-        self._jobs_api_tokens: dict[str, str | None] = {}
+        #: Per cluster: (the token it was made with, the Jobs API client).
+        self._jobs_api: dict[str, tuple[str | None, JobsApiClient]] = {}
         self._cluster_auths: dict[str, str] = {}
 
     # ------------------------------------------------------------ plumbing
@@ -386,7 +386,7 @@ class KubeRayBackend:
         # This provider's RayJobs of the cluster go with it: their records live on in the state store.
         for job in self._list("rayjobs", {CLUSTER_LABEL: name}):
             self._delete("rayjobs", job["metadata"]["name"])
-        for cache in (self._jobs_api, self._jobs_api_tokens, self._cluster_auths):
+        for cache in (self._jobs_api, self._cluster_auths):
             cache.pop(name, None)
         return deleted
 
@@ -503,15 +503,13 @@ class KubeRayBackend:
         cached = self._jobs_api.get(cluster_name)
         if auth == "kubernetes":
             token = self._kubernetes_bearer_token(cluster_name)
-            if cached is not None and self._jobs_api_tokens.get(cluster_name) == token:
-                return cached
         elif cached is not None:
-            return cached
+            return cached[1]
         else:
             token = self._secret_token(cluster_name) if auth == "secret" else None
-        self._jobs_api[cluster_name] = JobsApiClient(cluster_name, url, token)
-        self._jobs_api_tokens[cluster_name] = token
-        return self._jobs_api[cluster_name]
+        if cached is None or cached[0] != token:
+            cached = self._jobs_api[cluster_name] = (token, JobsApiClient(cluster_name, url, token))
+        return cached[1]
 
     def _submitter_pods(self, submission_id: str) -> Iterator[dict[str, Any]]:
         pods = self._pods(f"{SUBMITTER_POD_LABEL}={submission_id}")
