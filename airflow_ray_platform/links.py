@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
-from airflow_ray_platform.naming import XCOM_DASHBOARD_LINK
+from airflow_ray_platform.spec.naming import XCOM_DASHBOARD_LINK
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from airflow_ray_platform.backends.local import LocalBackend
-from airflow_ray_platform.config import ClusterSpec
-from airflow_ray_platform.job_run import wait_for_cluster
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.spec.models import ClusterSpec
 from bench import WORK
 from bench.common import median, migrate_airflow_db, record
 from bench.control_plane import operator_run

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from airflow_ray_platform.config import ClusterSpec
-from airflow_ray_platform.job_run import wait_for_cluster
-from airflow_ray_platform.naming import RUN_ID_METADATA
+from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.spec.models import ClusterSpec
+from airflow_ray_platform.spec.naming import RUN_ID_METADATA
 from bench.common import median, record
 from tests.deployment.harness import Deployment, start_deployment
 

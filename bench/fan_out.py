@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from airflow_ray_platform.backends.local import LocalBackend
-from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.job_run import wait_for_cluster
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from bench.common import migrate_airflow_db, record
 
 ZONES = int(os.environ.get("BENCH_ZONES", "1000"))

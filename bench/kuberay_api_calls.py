@@ -14,8 +14,8 @@ import json
 import os
 
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
-from airflow_ray_platform.backends.local import LocalBackend
-from airflow_ray_platform.config import ClusterSpec
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.spec.models import ClusterSpec
 from bench import WORK
 from bench.common import migrate_airflow_db, record
 from bench.dags import bench_dags

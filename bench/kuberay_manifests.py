@@ -7,7 +7,7 @@ import time
 
 from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster, render_ray_job
 from airflow_ray_platform.backends.kuberay.schema import validate_manifest
-from airflow_ray_platform.config import load_job_configuration
+from airflow_ray_platform.spec.models import load_job_configuration
 from bench.common import record
 
 COUNT = int(os.environ.get("BENCH_MANIFESTS", "1000"))

@@ -21,10 +21,17 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
-from airflow_ray_platform.garbage_collection import decide
-from airflow_ray_platform.naming import KEEP_LABEL, MANAGED_BY_LABEL, cluster_labels
-from airflow_ray_platform.state_store import StateStore, jobs
-from airflow_ray_platform.usage_export import DEFAULT_PRICES, JOB_COLUMNS, _read, _selected, export_interval, job_table
+from airflow_ray_platform.maintenance.garbage_collection import decide
+from airflow_ray_platform.records.state_store import StateStore, jobs
+from airflow_ray_platform.records.usage_export import (
+    DEFAULT_PRICES,
+    JOB_COLUMNS,
+    _read,
+    _selected,
+    export_interval,
+    job_table,
+)
+from airflow_ray_platform.spec.naming import KEEP_LABEL, MANAGED_BY_LABEL, cluster_labels
 from bench import WORK
 from bench.common import record
 
@@ -84,10 +91,10 @@ def _population(rng: random.Random, now: datetime) -> list[tuple[ClusterInfo, li
 def gc_kuberay() -> dict:
     """The same kind of population as RayClusters and RayJobs in the emulated API server."""
     from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
-    from airflow_ray_platform.config import ClusterSpec
-    from airflow_ray_platform.garbage_collection import plan
     from airflow_ray_platform.hooks.ray import RayHook
-    from airflow_ray_platform.naming import CLUSTER_LABEL, LAST_ACTIVE_ANNOTATION
+    from airflow_ray_platform.maintenance.garbage_collection import plan
+    from airflow_ray_platform.spec.models import ClusterSpec
+    from airflow_ray_platform.spec.naming import CLUSTER_LABEL, LAST_ACTIVE_ANNOTATION
     from tests.kube_emulator.api_server import KubernetesApiEmulator
 
     now = datetime.now(UTC)

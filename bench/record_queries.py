@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from airflow_ray_platform.record_queries import JobFilter, job_detail, list_clusters, list_jobs, usage_by_team_day
-from airflow_ray_platform.state_store import StateStore, clusters, jobs
+from airflow_ray_platform.records.queries import JobFilter, job_detail, list_clusters, list_jobs, usage_by_team_day
+from airflow_ray_platform.records.state_store import StateStore, clusters, jobs
 from bench import WORK
 from bench.common import record
 

@@ -33,11 +33,11 @@ from collections.abc import Awaitable, Callable
 
 import psutil
 
-from airflow_ray_platform import utilisation
 from airflow_ray_platform.backends.base import BackendError, JobState
-from airflow_ray_platform.backends.local import LocalBackend
-from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.job_run import wait_for_cluster
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.records import utilisation
+from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from airflow_ray_platform.triggers.ray import LOG_STREAM_WINDOW, MAX_CONSECUTIVE_ERRORS, RayJobTrigger
 from bench import WORK
 from bench.common import migrate_airflow_db, record
@@ -83,7 +83,7 @@ def _count() -> None:
         return real_scrape(urls)
 
     utilisation.scrape = scrape
-    import airflow_ray_platform.job_polling as polling
+    import airflow_ray_platform.runs.job_polling as polling
 
     polling.scrape = scrape
 

@@ -41,12 +41,12 @@ with DAG(
     def sweep_backend(ray_conn_id: str, params=None, run_id=None, ti=None) -> dict:
         from airflow.configuration import conf
 
-        from airflow_ray_platform.garbage_collection import no_hard_lifetime, report, sweep
         from airflow_ray_platform.hooks.ray import RayHook
-        from airflow_ray_platform.job_run import stop_abandoned_jobs, task_state_lookup
-        from airflow_ray_platform.leases import DagRunLiveness
-        from airflow_ray_platform.lifecycle import LifecycleRecorder
-        from airflow_ray_platform.policy import configured_policy
+        from airflow_ray_platform.maintenance.garbage_collection import no_hard_lifetime, report, sweep
+        from airflow_ray_platform.maintenance.leases import DagRunLiveness
+        from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+        from airflow_ray_platform.runs.job_run import stop_abandoned_jobs, task_state_lookup
+        from airflow_ray_platform.tenancy.policy import configured_policy
 
         store = params["state_store_conn_id"] or conf.get("ray_platform", "state_store_conn_id", fallback=None)
         recorder = LifecycleRecorder(store or None)

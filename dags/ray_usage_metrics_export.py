@@ -32,7 +32,7 @@ with DAG(
             None,
             type=["null", "object"],
             description="Per-hour prices (cpu_hour, gpu_hour, memory_gib_hour); null or missing keys: "
-            "airflow_ray_platform.usage_export.DEFAULT_PRICES",
+            "airflow_ray_platform.records.usage_export.DEFAULT_PRICES",
         ),
         "include_audit": Param(False, type="boolean", description="Also export the interval's audit trail."),
     },
@@ -40,8 +40,8 @@ with DAG(
 
     @task
     def export_usage(params=None, data_interval_start=None, data_interval_end=None) -> dict:
-        from airflow_ray_platform.state_store import StateStore
-        from airflow_ray_platform.usage_export import export_interval
+        from airflow_ray_platform.records.state_store import StateStore
+        from airflow_ray_platform.records.usage_export import export_interval
 
         start, end = data_interval_start, data_interval_end
         if start == end:  # a run without a data interval exports the day that ends at its date

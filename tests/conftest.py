@@ -25,7 +25,7 @@ os.environ.update(
 )
 (_SESSION_DIR / "home").mkdir()
 
-from airflow_ray_platform.backends.local import INHERITED_RAY_VARIABLES, LocalBackend, free_ports  # noqa: E402
+from airflow_ray_platform.backends.local.backend import INHERITED_RAY_VARIABLES, LocalBackend, free_ports  # noqa: E402
 
 for variable in INHERITED_RAY_VARIABLES:
     os.environ.pop(variable, None)
@@ -40,8 +40,8 @@ from dataclasses import dataclass  # noqa: E402
 import pytest  # noqa: E402
 
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend  # noqa: E402
-from airflow_ray_platform.config import ClusterSpec  # noqa: E402
-from airflow_ray_platform.job_run import wait_for_cluster  # noqa: E402
+from airflow_ray_platform.runs.job_run import wait_for_cluster  # noqa: E402
+from airflow_ray_platform.spec.models import ClusterSpec  # noqa: E402
 
 from .kube_emulator.api_server import KubernetesApiEmulator  # noqa: E402
 from .kube_emulator.kuberay_controller import SimulatedKubeRay  # noqa: E402

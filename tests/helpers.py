@@ -10,8 +10,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import JobState
-from airflow_ray_platform.naming import TASK_KEY_METADATA, TaskIdentity
-from airflow_ray_platform.state_store import StateStore, jobs
+from airflow_ray_platform.records.state_store import StateStore, jobs
+from airflow_ray_platform.spec.naming import TASK_KEY_METADATA, TaskIdentity
 
 from .conftest import SHARED_CLUSTER, TEST_DAGS
 

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 
 import airflow_ray_platform
-from airflow_ray_platform.config import JobConfigurationError
 from airflow_ray_platform.operators.ray import RayClusterOperator, RayJobOperator
+from airflow_ray_platform.spec.models import JobConfigurationError
 
 
 def test_entry_point_returns_provider_info_that_airflow_accepts():
@@ -74,8 +74,8 @@ def test_parse_time_kuberay_manifest_validation(monkeypatch):
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from airflow_ray_platform.config import JobConfigurationError
     from airflow_ray_platform.operators.ray import RayClusterOperator
+    from airflow_ray_platform.spec.models import JobConfigurationError
 
     monkeypatch.setenv("AIRFLOW__RAY_PLATFORM__VALIDATE_KUBERAY_MANIFESTS", "True")
     config = {"name": "a", "owner": "o", "team": "t", "cluster": {"head": {"cpu": "1_000"}}}
@@ -88,7 +88,7 @@ def test_parse_time_kuberay_manifest_validation(monkeypatch):
 def test_the_models_quantity_rule_is_the_crds_own():
     """The quantity text the model accepts is exactly what KubeRay's vendored CRDs accept."""
     from airflow_ray_platform.backends.kuberay.schema import CRD_FILES, CRDS
-    from airflow_ray_platform.config import QUANTITY_TEXT
+    from airflow_ray_platform.spec.quantities import QUANTITY_TEXT
 
     text = (CRDS / CRD_FILES["RayCluster"]).read_text()
     patterns = {line.split("pattern: ", 1)[1] for line in text.splitlines() if "pattern: ^(\\+|-)?" in line}
@@ -98,7 +98,7 @@ def test_the_models_quantity_rule_is_the_crds_own():
 def test_a_sub_second_timeout_renders_a_deadline_of_one_second():
     """KubeRay refuses ``activeDeadlineSeconds: 0``."""
     from airflow_ray_platform.backends.kuberay.manifests import render_ray_job
-    from airflow_ray_platform.config import JobSpec
+    from airflow_ray_platform.spec.models import JobSpec
 
     manifest = render_ray_job("j", "default", JobSpec(entrypoint="x", timeout=0.5), {}, {}, {}, cluster_name="c")
     assert manifest["spec"]["activeDeadlineSeconds"] == 1

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 from airflow_ray_platform.backends.base import RayBackend
 
 if TYPE_CHECKING:
-    from airflow_ray_platform.config import JobConfiguration
+    from airflow_ray_platform.spec.models import JobConfiguration
 
 #: Backend name -> "module:Class". Imported lazily: the kuberay backend pulls in Kubernetes clients.
 BACKENDS = {
-    "local": "airflow_ray_platform.backends.local:LocalBackend",
+    "local": "airflow_ray_platform.backends.local.backend:LocalBackend",
     "dashboard": "airflow_ray_platform.backends.dashboard:DashboardBackend",
     "kuberay": "airflow_ray_platform.backends.kuberay.backend:KubeRayBackend",
 }

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
-from airflow_ray_platform.naming import OWNER_LABEL, TEAM_LABEL, TaskIdentity
-from airflow_ray_platform.timestamps import parse as parse_time
-from airflow_ray_platform.timestamps import to_text
+from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
+from airflow_ray_platform.spec.naming import OWNER_LABEL, TEAM_LABEL, TaskIdentity
+from airflow_ray_platform.spec.timestamps import parse as parse_time
+from airflow_ray_platform.spec.timestamps import to_text
 
 #: The size of the chunks a backend streams a finished job's driver log in (never the whole log at once).
 LOG_CHUNK_BYTES = 8 * 1024 * 1024

@@ -27,7 +27,7 @@ from airflow_ray_platform.backends.base import (
     Lease,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
-from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobSpec
+from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
 
 
 def _is_loopback(host: str | None) -> bool:

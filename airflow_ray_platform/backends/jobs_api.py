@@ -28,7 +28,7 @@ from airflow_ray_platform.backends.base import (
     JobInfo,
     JobState,
 )
-from airflow_ray_platform.config import JobSpec
+from airflow_ray_platform.spec.models import JobSpec
 
 _NOT_FOUND = re.compile(r"status code 404")
 _ALREADY_EXISTS = re.compile(r"already exists")

@@ -20,15 +20,22 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
-from airflow.configuration import conf
 from airflow.exceptions import AirflowNotFoundException
 from airflow.sdk.bases.hook import BaseHook
 
-from airflow_ray_platform.authorization import Action, AuditEntry, AuditSink, AuthorizationError, authorize, authorized
+from airflow_ray_platform import settings
 from airflow_ray_platform.backends import get_backend
 from airflow_ray_platform.backends.base import RayBackend
-from airflow_ray_platform.lifecycle import LifecycleRecorder, read_job_log
-from airflow_ray_platform.policy import Actor, Policy, configured_policy
+from airflow_ray_platform.records.lifecycle import LifecycleRecorder, read_job_log
+from airflow_ray_platform.tenancy.authorization import (
+    Action,
+    AuditEntry,
+    AuditSink,
+    AuthorizationError,
+    authorize,
+    authorized,
+)
+from airflow_ray_platform.tenancy.policy import Actor, Policy, configured_policy
 
 
 def current_actor(policy: Policy | None) -> Actor:
@@ -99,7 +106,7 @@ class RayHook(BaseHook):
     def audit(self) -> AuditSink:
         if self._audit is not None:
             return self._audit
-        return LifecycleRecorder(conf.get("ray_platform", "state_store_conn_id", fallback=None) or None).audit
+        return LifecycleRecorder(settings.state_store_conn_id()).audit
 
     @cached_property
     def backend(self) -> RayBackend:

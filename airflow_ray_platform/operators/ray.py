@@ -7,7 +7,7 @@ job that finished FAILED is resubmitted, under a new id recorded in the job's me
 real retry; ``on_kill`` stops the job (and the task's ephemeral cluster); waits are deferrable.
 
 The operators only orchestrate Airflow (XCom, deferral, extra links, the task log); every decision
-about the job is :class:`~airflow_ray_platform.job_run.RayJobRun`'s, shared with the trigger and the
+about the job is :class:`~airflow_ray_platform.runs.job_run.RayJobRun`'s, shared with the trigger and the
 sensor.
 """
 
@@ -20,21 +20,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 from airflow.sdk import BaseOperator, Context
 
-from airflow_ray_platform.authorization import Action, AuditEntry, Verdict
+from airflow_ray_platform import settings
 from airflow_ray_platform.backends import validate_configuration_offline
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterNotFoundError, ClusterState, Lease, RayBackend
-from airflow_ray_platform.config import JobConfiguration, load_job_configuration, validate_cluster_name
-from airflow_ray_platform.events import ClusterEvent, JobEvent
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.job_run import RayJobRun, create_or_get_cluster, wait_for_cluster
-from airflow_ray_platform.leases import DagRunLiveness, release_and_delete
-from airflow_ray_platform.lifecycle import LifecycleRecorder
 from airflow_ray_platform.links import RayDashboardLink
-from airflow_ray_platform.naming import (
+from airflow_ray_platform.maintenance.leases import DagRunLiveness, release_and_delete
+from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.runs.events import ClusterEvent, JobEvent
+from airflow_ray_platform.runs.job_run import RayJobRun, create_or_get_cluster, wait_for_cluster
+from airflow_ray_platform.spec.models import JobConfiguration, load_job_configuration, validate_cluster_name
+from airflow_ray_platform.spec.naming import (
     XCOM_BACKEND,
     XCOM_CLUSTER_NAME,
     XCOM_DASHBOARD_LINK,
@@ -42,9 +41,10 @@ from airflow_ray_platform.naming import (
     XCOM_SUBMISSION_ID,
     TaskIdentity,
 )
-from airflow_ray_platform.policy import Actor, PolicyViolation, configured_policy
-from airflow_ray_platform.timestamps import utc_now
-from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger, deferral_settle_seconds
+from airflow_ray_platform.spec.timestamps import utc_now
+from airflow_ray_platform.tenancy.authorization import Action, AuditEntry, Verdict
+from airflow_ray_platform.tenancy.policy import Actor, PolicyViolation, configured_policy
+from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
 
 JobConfigurationArg = JobConfiguration | Mapping[str, Any] | str | Path
 
@@ -67,7 +67,7 @@ def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
     if _is_templated(job_configuration):
         return
     config = load_job_configuration(job_configuration)
-    if conf.getboolean("ray_platform", "validate_kuberay_manifests", fallback=False):
+    if settings.validate_kuberay_manifests():
         validate_configuration_offline("kuberay", config)
 
 
@@ -75,17 +75,12 @@ def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
 
-def _platform_option(key: str) -> str | None:
-    """``[ray_platform] <key>`` from Airflow's configuration; unset means the embedded default."""
-    return conf.get("ray_platform", key, fallback=None) or None
-
-
 def _settling(operator: _RayOperator) -> float | None:
     """How long a deferrable operator waits in its task before deferring (None: a blocking one waits
     all along). A wait that ends this soon never defers: deferring would cost a triggerer round trip,
     and on Airflow 3.3.2 a trigger that fires this soon after the deferral can fail the resumed task
-    (see ``triggers.ray.DEFERRAL_SETTLE_SECONDS``)."""
-    return deferral_settle_seconds() if operator.deferrable else None
+    (see ``settings.deferral_settle_seconds``)."""
+    return settings.deferral_settle_seconds() if operator.deferrable else None
 
 
 def _lease(context: Context) -> Lease:
@@ -106,8 +101,8 @@ class _RecordingOperator(BaseOperator):
         self, *, state_store_conn_id: str | None = None, log_storage_uri: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.state_store_conn_id = state_store_conn_id or _platform_option("state_store_conn_id")
-        self.log_storage_uri = log_storage_uri or _platform_option("log_storage_uri")
+        self.state_store_conn_id = state_store_conn_id or settings.state_store_conn_id()
+        self.log_storage_uri = log_storage_uri or settings.log_storage_uri()
 
     @cached_property
     def recorder(self) -> LifecycleRecorder:
@@ -132,7 +127,7 @@ class _RayOperator(_RecordingOperator):
         *,
         job_configuration: JobConfigurationArg,
         ray_conn_id: str = RayHook.default_conn_name,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool = settings.default_deferrable(),
         poll_interval: float = 2.0,
         **kwargs: Any,
     ) -> None:
@@ -252,7 +247,7 @@ class RayClusterOperator(_RayOperator):
                     timeout_at=deadline,
                     startup_timeout=self._startup_timeout(),
                     poll_interval=self.poll_interval,
-                    not_before=time.time() + deferral_settle_seconds(),
+                    not_before=time.time() + settings.deferral_settle_seconds(),
                     actor=self._acting_as(),
                     state_store_conn_id=self.state_store_conn_id,
                 ),
@@ -417,7 +412,7 @@ class RayJobOperator(_RayOperator):
                         startup_timeout=self._startup_timeout(),
                         poll_interval=interval,
                         ephemeral_cluster=ephemeral,
-                        not_before=time.time() + deferral_settle_seconds(),
+                        not_before=time.time() + settings.deferral_settle_seconds(),
                         actor=self._acting_as(),
                         state_store_conn_id=self.state_store_conn_id,
                     ),
@@ -464,7 +459,7 @@ class RayJobOperator(_RayOperator):
                     state_store_conn_id=self.state_store_conn_id,
                     finish_job=True,
                     log_storage_uri=self.log_storage_uri,
-                    not_before=time.time() + deferral_settle_seconds(),
+                    not_before=time.time() + settings.deferral_settle_seconds(),
                     actor=self._acting_as(),
                 ),
                 method_name="execute_complete",

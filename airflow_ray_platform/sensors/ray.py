@@ -6,15 +6,15 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.configuration import conf
 from airflow.exceptions import AirflowException
 from airflow.sdk import BaseSensorOperator, Context
 
-from airflow_ray_platform.config import validate_cluster_name
-from airflow_ray_platform.events import JobEvent
+from airflow_ray_platform import settings
 from airflow_ray_platform.hooks.ray import RayHook, current_actor
-from airflow_ray_platform.job_run import RayJobRun
-from airflow_ray_platform.policy import configured_policy
+from airflow_ray_platform.runs.events import JobEvent
+from airflow_ray_platform.runs.job_run import RayJobRun
+from airflow_ray_platform.spec.models import validate_cluster_name
+from airflow_ray_platform.tenancy.policy import configured_policy
 from airflow_ray_platform.triggers.ray import RayJobTrigger
 
 
@@ -38,7 +38,7 @@ class RayJobSensor(BaseSensorOperator):
         submission_id: str,
         cluster_name: str,
         ray_conn_id: str = RayHook.default_conn_name,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool = settings.default_deferrable(),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

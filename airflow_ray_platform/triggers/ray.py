@@ -22,17 +22,16 @@ from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
-from airflow.configuration import conf
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, RayBackend, WatchingBackend
-from airflow_ray_platform.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.job_polling import ClusterPoller
-from airflow_ray_platform.job_run import SCRAPE_HERE, RayJobRun, cluster_outcome, log_job_output
-from airflow_ray_platform.lifecycle import LifecycleRecorder
-from airflow_ray_platform.policy import Actor
-from airflow_ray_platform.utilisation import Utilisation
+from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.records.utilisation import Utilisation
+from airflow_ray_platform.runs.events import ClusterEvent, JobEvent, WaitStatus
+from airflow_ray_platform.runs.job_polling import ClusterPoller
+from airflow_ray_platform.runs.job_run import SCRAPE_HERE, RayJobRun, cluster_outcome, log_job_output
+from airflow_ray_platform.tenancy.policy import Actor
 
 #: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
 MAX_CONSECUTIVE_ERRORS = 5
@@ -41,19 +40,6 @@ MAX_CONSECUTIVE_ERRORS = 5
 LOG_STREAM_WINDOW = 10.0
 MAX_WATCH_WINDOW = 300.0
 CLUSTER_WATCH_WINDOW = 30.0
-#: The soonest a trigger fires after its task deferred (the operators also wait this long in the task
-#: before deferring), by default; ``[ray_platform] deferral_settle_seconds`` overrides it (0 on an
-#: Airflow whose scheduler has the fix). Airflow 3.3.2 fails a resumed task whose trigger fired before
-#: the scheduler had processed the deferring task process's exit: its guard for that case
-#: (``process_executor_events``, "resume-after-defer", apache/airflow#66374) accepts the task instance
-#: SCHEDULED, not yet QUEUED (apache/airflow#67287) or RUNNING (#71580, #72716), and that exit was
-#: measured up to ~6 s after the deferral on a loaded 2-core machine.
-DEFERRAL_SETTLE_SECONDS = 10.0
-
-
-def deferral_settle_seconds() -> float:
-    """``[ray_platform] deferral_settle_seconds``, else :data:`DEFERRAL_SETTLE_SECONDS`."""
-    return conf.getfloat("ray_platform", "deferral_settle_seconds", fallback=DEFERRAL_SETTLE_SECONDS)
 
 
 class _RayTrigger(BaseTrigger):
@@ -75,7 +61,7 @@ class _RayTrigger(BaseTrigger):
         self.state_store_conn_id = state_store_conn_id
 
     async def _fire(self, payload: dict[str, Any]) -> TriggerEvent:
-        """The event, not sooner than ``not_before`` (epoch seconds; see DEFERRAL_SETTLE_SECONDS)."""
+        """The event, not sooner than ``not_before`` (epoch seconds; see ``settings.deferral_settle_seconds``)."""
         if self.not_before is not None:
             await asyncio.sleep(max(0.0, self.not_before - time.time()))
         return TriggerEvent(payload)

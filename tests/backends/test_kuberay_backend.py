@@ -14,9 +14,9 @@ from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, C
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
 from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
 from airflow_ray_platform.backends.kuberay.status import job_state
-from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.job_run import cluster_outcome
-from airflow_ray_platform.naming import CLUSTER_LABEL
+from airflow_ray_platform.runs.job_run import cluster_outcome
+from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
+from airflow_ray_platform.spec.naming import CLUSTER_LABEL
 
 from ..conftest import SHARED_CLUSTER
 from ..kube_emulator.api_server import KubernetesApiEmulator
@@ -283,7 +283,7 @@ def _secret_reads(kuberay) -> int:
 def test_kubernetes_token_auth_refuses_a_ray_that_cannot_check_kubernetes_tokens(kuberay):
     """``ray_auth: kubernetes`` needs Ray >= 2.55 on every token-auth cluster: refused at task start,
     naming the field, before anything is created; ``ray_auth: secret`` takes Ray 2.52 as before."""
-    from airflow_ray_platform.config import JobConfigurationError, load_job_configuration
+    from airflow_ray_platform.spec.models import JobConfigurationError, load_job_configuration
 
     config = load_job_configuration(
         {

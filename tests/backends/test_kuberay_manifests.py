@@ -12,8 +12,8 @@ import yaml
 
 from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster, render_ray_job
 from airflow_ray_platform.backends.kuberay.schema import CRD_FILES, CRDS, ManifestValidationError, validate_manifest
-from airflow_ray_platform.config import JobConfigurationError, load_job_configuration
-from airflow_ray_platform.naming import TaskIdentity, cluster_labels
+from airflow_ray_platform.spec.models import JobConfigurationError, load_job_configuration
+from airflow_ray_platform.spec.naming import TaskIdentity, cluster_labels
 
 GOLDEN = Path(__file__).parent / "kuberay_golden"
 SHARED_CRDS = Path(__file__).parents[3] / "shared" / "kuberay" / "v1.7.0"

@@ -22,9 +22,9 @@ from airflow_ray_platform.backends.base import (
     DeleteCondition,
     JobState,
 )
-from airflow_ray_platform.backends.local import LocalBackend
-from airflow_ray_platform.config import ClusterSpec, JobSpec
-from airflow_ray_platform.job_run import wait_for_cluster
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 
 from ..conftest import SHARED_CLUSTER, SHARED_SPEC
 
@@ -202,7 +202,7 @@ def test_a_cluster_name_that_is_a_path_is_refused_and_nothing_is_touched(tmp_pat
 
 
 def test_one_unreadable_record_is_listed_as_broken_and_the_sweep_goes_on(tmp_path):
-    from airflow_ray_platform.garbage_collection import apply, plan
+    from airflow_ray_platform.maintenance.garbage_collection import apply, plan
 
     backend = LocalBackend(tmp_path / "root")
     corrupt = backend.registry.cluster_dir("corrupt")
@@ -339,7 +339,7 @@ def test_a_sandboxed_cluster_listens_on_this_machines_loopback_only_where_it_is_
 
 def test_a_sandbox_that_is_required_where_none_can_be_made_refuses_before_anything_starts(tmp_path, monkeypatch):
     """``sandbox: required`` on a machine that refuses namespaces: a clear error, and no cluster."""
-    from airflow_ray_platform.backends import local
+    from airflow_ray_platform.backends.local import backend as local
 
     monkeypatch.setattr(local, "_sandbox_refusal", lambda: "unprivileged namespaces are refused here: EPERM")
     backend = LocalBackend(tmp_path / "root", sandbox="required")

@@ -74,9 +74,9 @@ def test_params_never_run_as_commands_and_a_failed_training_fails_the_run(tmp_pa
     from airflow.utils.state import TaskInstanceState
 
     from airflow_ray_platform.backends.base import Lease
-    from airflow_ray_platform.config import load_job_configuration
-    from airflow_ray_platform.naming import TaskIdentity, cluster_labels
-    from airflow_ray_platform.timestamps import utc_now
+    from airflow_ray_platform.spec.models import load_job_configuration
+    from airflow_ray_platform.spec.naming import TaskIdentity, cluster_labels
+    from airflow_ray_platform.spec.timestamps import utc_now
 
     from ..test_dags.shipped_dags import example_zone_training
 

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import JobState
-from airflow_ray_platform.config import ClusterSpec
-from airflow_ray_platform.job_run import wait_for_cluster
-from airflow_ray_platform.naming import RUN_ID_METADATA
+from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.spec.models import ClusterSpec
+from airflow_ray_platform.spec.naming import RUN_ID_METADATA
 
 from .harness import Deployment
 

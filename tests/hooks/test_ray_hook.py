@@ -8,12 +8,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from airflow_ray_platform.authorization import AuthorizedBackend
 from airflow_ray_platform.backends.base import BackendError
 from airflow_ray_platform.backends.dashboard import DashboardBackend
-from airflow_ray_platform.backends.local import LocalBackend
-from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.backends.local.backend import LocalBackend
 from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
+from airflow_ray_platform.tenancy.authorization import AuthorizedBackend
 
 from ..conftest import SHARED_CLUSTER
 
@@ -96,7 +96,7 @@ def test_wrong_token_is_a_clear_error_that_does_not_echo_it(monkeypatch, shared_
 def test_a_refused_token_fails_the_cluster_at_once(monkeypatch, shared_cluster):
     """Found by review: 401/403 read as "still provisioning", so the task waited out its startup timeout."""
     from airflow_ray_platform.backends.base import ClusterState
-    from airflow_ray_platform.job_run import wait_for_cluster
+    from airflow_ray_platform.runs.job_run import wait_for_cluster
 
     address = urlsplit(shared_cluster.dashboard_url)
     _connection(monkeypatch, "ray_refused", host=address.hostname, port=address.port, password="wrong-token")
@@ -118,7 +118,7 @@ def test_a_dashboard_beyond_this_machine_needs_https_unless_told_otherwise(monke
 
 
 def test_on_kuberay_a_team_works_in_the_namespace_and_with_the_credentials_its_policy_names(monkeypatch, tmp_path):
-    from airflow_ray_platform.policy import Actor
+    from airflow_ray_platform.tenancy.policy import Actor
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(

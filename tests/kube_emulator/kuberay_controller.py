@@ -26,8 +26,9 @@ import yaml
 
 from airflow_ray_platform.backends.base import BackendError, ClusterState
 from airflow_ray_platform.backends.kuberay.schema import validate_manifest
-from airflow_ray_platform.backends.local import LocalBackend
-from airflow_ray_platform.config import ClusterSpec, JobSpec, quantity_value
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
+from airflow_ray_platform.spec.quantities import parse_quantity
 
 from .api_server import ApiError, KubernetesApiEmulator
 
@@ -160,7 +161,7 @@ class SimulatedKubeRay:
         head_pod = f"{name}-head"
         labels = {"ray.io/cluster": name, "ray.io/node-type": "head"}
         container = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
-        requested_cpu = quantity_value(str(container.get("resources", {}).get("requests", {}).get("cpu", "1")))
+        requested_cpu = parse_quantity(str(container.get("resources", {}).get("requests", {}).get("cpu", "1")))
         not_ready = {"state": "", "conditions": [_condition("HeadPodReady", False, "HeadPodNotFound")]}
         if UNPULLABLE_IMAGE in container.get("image", ""):
             self._pod(

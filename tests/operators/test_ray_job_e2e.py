@@ -15,9 +15,9 @@ from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_ray_platform.backends.base import ClusterState, JobState
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.lifecycle import read_job_log
-from airflow_ray_platform.naming import TaskIdentity
-from airflow_ray_platform.state_store import StateStore, clusters, jobs
+from airflow_ray_platform.records.lifecycle import read_job_log
+from airflow_ray_platform.records.state_store import StateStore, clusters, jobs
+from airflow_ray_platform.spec.naming import TaskIdentity
 
 from ..conftest import SHARED_CLUSTER
 from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, task_state, wait_for_running_job
@@ -162,7 +162,7 @@ def test_an_unreachable_state_store_only_warns(backend, monkeypatch, caplog):
     )
     run = dags.ray_job_unreachable_store.test(run_conf={"entrypoint": "python -c 'print(2)'"})
     assert run.state == DagRunState.SUCCESS
-    warnings = [r.getMessage() for r in caplog.records if r.name == "airflow_ray_platform.lifecycle"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "airflow_ray_platform.records.lifecycle"]
     assert warnings and all("Connection refused" in w for w in warnings), warnings
 
 
@@ -198,7 +198,7 @@ def test_measured_utilisation_of_the_cluster_is_recorded(dag):
 
 
 def test_unreachable_metrics_give_no_number():
-    from airflow_ray_platform.utilisation import scrape
+    from airflow_ray_platform.records.utilisation import scrape
 
     assert scrape(["http://127.0.0.1:9/metrics"], timeout=0.5) == (None, None)
 

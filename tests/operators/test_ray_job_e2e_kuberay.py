@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from airflow.utils.state import DagRunState
 
 from airflow_ray_platform.backends.base import JobState
-from airflow_ray_platform.state_store import StateStore, jobs
+from airflow_ray_platform.records.state_store import StateStore, jobs
 
 from ..conftest import SHARED_CLUSTER
 from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, wait_for_running_job

@@ -15,14 +15,14 @@ from datetime import timedelta
 import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
 
-from airflow_ray_platform.authorization import authorized
 from airflow_ray_platform.backends.base import ClusterState
-from airflow_ray_platform.garbage_collection import apply, decide
-from airflow_ray_platform.lifecycle import LifecycleRecorder
-from airflow_ray_platform.naming import TEAM_LABEL, TEAM_METADATA
-from airflow_ray_platform.policy import Actor, load_policy
-from airflow_ray_platform.state_store import StateStore
-from airflow_ray_platform.timestamps import utc_now
+from airflow_ray_platform.maintenance.garbage_collection import apply, decide
+from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.records.state_store import StateStore
+from airflow_ray_platform.spec.naming import TEAM_LABEL, TEAM_METADATA
+from airflow_ray_platform.spec.timestamps import utc_now
+from airflow_ray_platform.tenancy.authorization import authorized
+from airflow_ray_platform.tenancy.policy import Actor, load_policy
 
 from ..helpers import recorded_job
 from ..test_dags import tenancy_dags as dags

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
-from airflow_ray_platform.config import ClusterSpec, JobSpec
+from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
 
 from ..conftest import SHARED_CLUSTER

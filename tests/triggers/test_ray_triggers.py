@@ -11,7 +11,7 @@ import time
 import pytest
 
 from airflow_ray_platform.backends.base import JobState
-from airflow_ray_platform.config import JobSpec
+from airflow_ray_platform.spec.models import JobSpec
 from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
 
 from ..conftest import SHARED_CLUSTER
@@ -132,8 +132,8 @@ def test_cluster_trigger_reports_ready(shared_cluster):
 
 
 def test_cluster_trigger_times_out_naming_the_startup_timeout(monkeypatch, tmp_path):
-    from airflow_ray_platform.backends.local import LocalBackend
-    from airflow_ray_platform.config import ClusterSpec
+    from airflow_ray_platform.backends.local.backend import LocalBackend
+    from airflow_ray_platform.spec.models import ClusterSpec
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_RAY_TIMEOUT_TEST",
@@ -187,7 +187,7 @@ def test_a_stuck_backend_call_never_blocks_the_event_loop(monkeypatch):
 def test_the_operators_trigger_records_the_end_and_persists_the_log_before_its_event(backend, tmp_path):
     """So that the task resumed in a fresh process has nothing left to ask Ray (the deferred path's
     detection lag); a sensor's trigger only watches."""
-    from airflow_ray_platform.lifecycle import read_job_log
+    from airflow_ray_platform.records.lifecycle import read_job_log
 
     from ..helpers import recorded_job
 
@@ -210,7 +210,7 @@ def test_many_triggers_on_one_cluster_share_one_status_call_per_interval(backend
     cluster is asked once per interval for all of them, never once per trigger."""
     from collections import Counter
 
-    from airflow_ray_platform.backends.local import LocalBackend
+    from airflow_ray_platform.backends.local.backend import LocalBackend
 
     calls: Counter[str] = Counter()
     for name in ("list_jobs", "describe_job", "job_logs", "metrics_urls"):

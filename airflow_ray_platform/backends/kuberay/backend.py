@@ -70,8 +70,8 @@ from airflow_ray_platform.backends.kuberay.manifests import (
 from airflow_ray_platform.backends.kuberay.schema import validate_manifest
 from airflow_ray_platform.backends.kuberay.status import cluster_info, job_info
 from airflow_ray_platform.backends.kuberay.watch import RayJobWatch
-from airflow_ray_platform.config import ClusterSpec, JobConfiguration, JobConfigurationError, JobSpec
-from airflow_ray_platform.naming import (
+from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobConfigurationError, JobSpec
+from airflow_ray_platform.spec.naming import (
     CLUSTER_LABEL,
     CLUSTER_SPEC_ANNOTATION,
     LAST_ACTIVE_ANNOTATION,
@@ -81,7 +81,7 @@ from airflow_ray_platform.naming import (
     job_annotations,
     job_labels,
 )
-from airflow_ray_platform.timestamps import to_text
+from airflow_ray_platform.spec.timestamps import to_text
 
 GROUP, VERSION = "ray.io", "v1"
 #: How a token-auth cluster authenticates the Jobs API's callers (``KubeRayBackend``'s ``ray_auth``).

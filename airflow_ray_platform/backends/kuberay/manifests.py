@@ -18,15 +18,15 @@ from typing import Any
 
 import yaml
 
-from airflow_ray_platform.config import (
+from airflow_ray_platform.spec.models import (
     DEFAULT_IMAGE_REPOSITORY,
     ClusterSpec,
     JobConfiguration,
     JobSpec,
     NodeResources,
-    quantity_value,
+    parse_quantity,
 )
-from airflow_ray_platform.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from airflow_ray_platform.spec.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 API_VERSION = "ray.io/v1"
 #: Ports of the head container, by KubeRay's names.
@@ -79,7 +79,7 @@ def _pod_template(
 def _start_params(node: NodeResources, head: bool) -> dict[str, str]:
     params = {"dashboard-host": "0.0.0.0"} if head else {}
     if node.object_store_memory is not None:
-        params["object-store-memory"] = str(int(quantity_value(node.object_store_memory)))
+        params["object-store-memory"] = str(int(parse_quantity(node.object_store_memory)))
     params.update(node.ray_start_params)
     return params
 

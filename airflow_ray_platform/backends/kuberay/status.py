@@ -13,14 +13,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState, leases_from_mapping
-from airflow_ray_platform.config import requested_resources
-from airflow_ray_platform.naming import (
+from airflow_ray_platform.spec.models import requested_resources
+from airflow_ray_platform.spec.naming import (
     CLUSTER_LABEL,
     CLUSTER_SPEC_ANNOTATION,
     LAST_ACTIVE_ANNOTATION,
     LEASES_ANNOTATION,
 )
-from airflow_ray_platform.timestamps import parse as parse_time
+from airflow_ray_platform.spec.timestamps import parse as parse_time
 
 #: Container states after which a pod will not start without someone changing the manifest.
 FATAL_WAITING_REASONS = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from airflow_ray_platform.backends.base import BackendError
-from airflow_ray_platform.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from airflow_ray_platform.spec.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 #: How long the API server keeps one watch open before it is resumed (a call every this many seconds).

@@ -1,0 +1,839 @@
+"""The embedded default backend: real Ray clusters as local processes.
+
+A cluster is one ``ray start --head --block`` process (plus one ``ray start --address=… --block``
+per local worker node), each in its own session so that every process Ray spawns stays in a process
+group this backend owns. Every port is chosen free (two heads on one machine otherwise clash on the
+agent's defaults, and Redis often holds 6379), resources are capped from the spec, usage stats are
+off and token authentication is on, with a token generated per cluster.
+
+The registry below is this backend's private runtime data (pids, ports, token): how to find and stop
+its processes from any Airflow process. It is not the platform's record of clusters and jobs (that
+is the lifecycle state store). It lives in a directory only its owner can read, since it holds
+tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import psutil
+from ray import __path__ as ray_package_path
+from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
+
+from airflow_ray_platform.backends.base import (
+    LOG_CHUNK_BYTES,
+    BackendError,
+    ClusterInfo,
+    ClusterNotFoundError,
+    ClusterState,
+    DeleteCondition,
+    JobInfo,
+    Lease,
+    check_same_spec,
+    leases_from_mapping,
+    leases_to_mapping,
+    with_lease,
+)
+from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.backends.local import sandbox
+from airflow_ray_platform.settings import default_root
+from airflow_ray_platform.spec.models import (
+    ClusterSpec,
+    JobConfiguration,
+    JobConfigurationError,
+    JobSpec,
+    NodeResources,
+    parse_quantity,
+    validate_cluster_name,
+)
+from airflow_ray_platform.spec.timestamps import to_text
+
+READY_MARKER = "Ray runtime started"
+#: Ray refuses an object store smaller than this.
+MIN_OBJECT_STORE_BYTES = 80 * 1024**2
+#: Environment a cluster must not inherit: it would point Ray at another cluster or another token.
+#: The private folders of local clusters' temp files: ``<tmp>/arp-<8 hex>/arp-<8 hex>``, one parent per
+#: registry and one folder per cluster (short: Ray's unix sockets live under it, at most 108 bytes of path).
+PRIVATE_DIR_PREFIX = "arp-"
+#: What a sandboxed cluster never sees besides the registry and other clusters' temp dirs: where the
+#: worker's user keeps credentials (relative to ``$HOME``) and Airflow's home and configuration.
+HIDDEN_HOME_PATHS = (".aws", ".azure", ".config/gcloud", ".kube", ".docker", ".ssh", ".netrc", ".pgpass", ".my.cnf")
+SANDBOX_MODES = ("auto", "required", "off")
+#: How long a sandbox may take to start its nodes (not to make them ready: that is the startup timeout).
+SANDBOX_START_SECONDS = 30.0
+INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+#: What a local cluster's processes (and so its jobs) inherit from the worker's environment: what
+#: programs need to run, never Airflow's settings, connections, Fernet key or cloud credentials.
+#: Anything else a job needs goes in its ``runtime_env.env_vars``, or the backend's ``pass_env``.
+INHERITED_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "LD_LIBRARY_PATH"}
+)
+INHERITED_ENVIRONMENT_PREFIXES = ("LC_", "RAY_", "CUDA_", "NVIDIA_")
+
+
+_log = logging.getLogger(__name__)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel reports free right now, all distinct (held open together while chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class NodeProcess:
+    """One ``ray start --block`` process; the session it leads holds every process of that node."""
+
+    role: str
+    pid: int
+    create_time: float
+    log_path: str
+    agent_port: int
+    #: Where this node's Prometheus metrics are served (0 in records written before it was kept).
+    metrics_port: int = 0
+
+    def process(self) -> psutil.Process | None:
+        """The live process, or None if it exited or its pid now belongs to someone else."""
+        try:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.create_time) > 1 or process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return process
+        except psutil.NoSuchProcess:
+            return None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def started(self) -> bool:
+        try:
+            return READY_MARKER in Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return False
+
+
+@dataclass
+class LocalClusterRecord:
+    name: str
+    labels: dict[str, str]
+    created_at: str
+    last_active_at: str
+    dashboard_port: int
+    gcs_port: int
+    #: Ray's ``--temp-dir`` (which Ray makes world-writable), inside a private folder of this cluster.
+    temp_dir: str
+
+    @property
+    def private_dir(self) -> Path:
+        """The 0700 folder around Ray's temp dir (records from before it existed have none: the temp dir)."""
+        parent = Path(self.temp_dir).parent
+        return parent if parent.name.startswith(PRIVATE_DIR_PREFIX) else Path(self.temp_dir)
+
+    resources: dict[str, float]
+    nodes: list[NodeProcess] = field(default_factory=list)
+    #: The sandbox process every node runs under (0: started without a sandbox).
+    sandbox_pid: int = 0
+    sandbox_create_time: float = 0.0
+    #: ``ClusterSpec.recorded()`` of the spec it was started from.
+    spec: dict[str, Any] | None = None
+    #: Leases by key (``Lease.to_dict()``).
+    leases: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @classmethod
+    def from_json(cls, text: str) -> LocalClusterRecord:
+        data = json.loads(text)
+        data["nodes"] = [NodeProcess(**node) for node in data["nodes"]]
+        return cls(**data)
+
+
+class LocalClusterRegistry:
+    """Cluster records on disk: ``<root>/clusters/<name>/`` holds the record, token and node logs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.clusters_dir = root / "clusters"
+        self.clusters_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self.clusters_dir):
+            directory.chmod(0o700)
+
+    def cluster_dir(self, name: str) -> Path:
+        """The cluster's folder; a name that is not a cluster name (a path, ``..``) is refused first."""
+        try:
+            validate_cluster_name(name)
+        except JobConfigurationError as error:
+            raise BackendError(str(error)) from None
+        return self.clusters_dir / name
+
+    def token_path(self, name: str) -> Path:
+        return self.cluster_dir(name) / "auth_token"
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Serialise create and delete of one cluster across processes."""
+        lock_path = self.cluster_dir(name).with_name(f".{name}.lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def load(self, name: str) -> LocalClusterRecord | None:
+        try:
+            return LocalClusterRecord.from_json((self.cluster_dir(name) / "record.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def save(self, record: LocalClusterRecord) -> None:
+        directory = self.cluster_dir(record.name)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        tmp = directory / "record.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(record), handle, indent=2)
+        tmp.replace(directory / "record.json")
+
+    def write_token(self, name: str, token: str) -> Path:
+        path = self.token_path(name)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        return path
+
+    def read_token(self, name: str) -> str:
+        return self.token_path(name).read_text().strip()
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.clusters_dir.iterdir() if (p / "record.json").exists())
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
+
+
+def _short_hash(text: str) -> str:
+    return sha256(text.encode()).hexdigest()[:8]
+
+
+@contextlib.contextmanager
+def _private_log(path: Path) -> Iterator[Any]:
+    """``path`` opened for appending, created 0600."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+        yield log
+
+
+def _outer_pids(ancestor: int) -> dict[int, int]:
+    """Pid inside its PID namespace -> pid here, for every descendant of ``ancestor`` (``/proc``'s NSpid)."""
+    found = {}
+    for process in psutil.Process(ancestor).children(recursive=True):
+        with contextlib.suppress(OSError, psutil.Error):
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("NSpid:"):
+                    found[int(line.split()[-1])] = process.pid
+    return found
+
+
+@functools.cache
+def _sandbox_refusal() -> str | None:
+    """Why this machine refuses a sandbox (None: it allows one); asked once per process."""
+    try:
+        sandbox.probe()
+    except sandbox.SandboxUnavailableError as error:
+        return str(error)
+    return None
+
+
+def _environment_has(pid: int, entry: str) -> bool:
+    """Whether process ``pid``'s environment holds ``entry`` (``NAME=value``): read from ``/proc``, where
+    the kernel lets a user read only its own processes' environments."""
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        return entry.encode() in environ.read().split(b"\0")
+
+
+def _node_resources(resources: NodeResources) -> tuple[int, int, int, int]:
+    """(num_cpus, memory, object_store_memory, num_gpus) for ``ray start``: whole CPUs, rounded up (the
+    record keeps what was requested, by the configuration's rule)."""
+    num_cpus = max(1, math.ceil(parse_quantity(resources.cpu)))
+    memory = int(parse_quantity(resources.memory))
+    if resources.object_store_memory is not None:
+        object_store = int(parse_quantity(resources.object_store_memory))
+    else:
+        object_store = int(memory * 0.3)
+    return num_cpus, memory, max(object_store, MIN_OBJECT_STORE_BYTES), resources.gpu
+
+
+class LocalBackend:
+    """Ray clusters as local processes, found again by any process through the registry."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        root_dir: str | Path | None = None,
+        probe_timeout: float = 2.0,
+        pass_env: Collection[str] = (),
+        sandbox: str = "auto",
+        hide_paths: Collection[str] = (),
+    ) -> None:
+        """:param sandbox: ``auto`` (each cluster in namespaces of its own where the kernel allows it, else
+            as plain processes, with a warning), ``required`` (refuse to start a cluster without) or ``off``.
+        :param hide_paths: more paths a sandboxed cluster must not see, besides the defaults.
+        """
+        if sandbox not in SANDBOX_MODES:
+            raise BackendError(f"local backend option 'sandbox' must be one of {list(SANDBOX_MODES)}, not {sandbox!r}")
+        self.registry = LocalClusterRegistry(Path(root_dir) if root_dir else default_root())
+        self.probe_timeout = probe_timeout
+        self.pass_env = frozenset(pass_env)
+        self.sandbox = sandbox
+        self.hide_paths = tuple(hide_paths)
+        self._clients: dict[tuple[str, str], JobsApiClient] = {}
+
+    # ----------------------------------------------------------------- clusters
+    def validate_configuration(self, config: JobConfiguration) -> None:
+        """Nothing beyond the model's rules: any valid configuration starts locally."""
+
+    def create_or_get_cluster(
+        self, name: str, spec: ClusterSpec, labels: Mapping[str, str], lease: Lease | None = None
+    ) -> ClusterInfo:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is not None:
+                if record.nodes and record.nodes[0].process() is not None:
+                    check_same_spec(name, record.spec, spec)
+                    if lease is not None:
+                        self._lease(record, lease)
+                    return self._describe(record)
+                # The head is gone (a reboot, a kill): clear what is left, then start afresh.
+                self._stop_processes(record)
+                self.registry.remove(name)
+            return self._describe(self._start(name, spec, dict(labels), lease))
+
+    def _lease(self, record: LocalClusterRecord, lease: Lease) -> None:
+        """Record ``lease`` and mark activity (under the cluster's lock, held by the caller)."""
+        record.leases = leases_to_mapping(with_lease(leases_from_mapping(record.leases), lease))
+        record.last_active_at = to_text()
+        self.registry.save(record)
+
+    def acquire_lease(self, name: str, lease: Lease) -> ClusterInfo:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is None:
+                raise ClusterNotFoundError(f"no local Ray cluster named {name!r}")
+            self._lease(record, lease)
+            return self._describe(record)
+
+    def release_leases(self, name: str, keys: Collection[str]) -> ClusterInfo | None:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is None:
+                return None
+            kept = {key: value for key, value in record.leases.items() if key not in set(keys)}
+            if kept != record.leases:
+                record.leases = kept
+                self.registry.save(record)
+            return self._describe(record)
+
+    def _ray_environment(self, name: str) -> dict[str, str]:
+        """The environment of the cluster's processes and jobs: an allow-list of the worker's, plus the
+        cluster's own token path (a job needs its cluster's token, and no other secret)."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if (key in INHERITED_ENVIRONMENT or key.startswith(INHERITED_ENVIRONMENT_PREFIXES) or key in self.pass_env)
+            and key not in INHERITED_RAY_VARIABLES
+        }
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(self.registry.token_path(name)),
+            RAY_USAGE_STATS_ENABLED="0",
+            # Job drivers run ``python`` from the raylet's PATH: make it this interpreter.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        )
+        return env
+
+    def _private_dir(self, name: str) -> Path:
+        """The cluster's private temp folder, created exclusively inside this registry's own 0700 parent
+        (which a sandbox hides whole, its own cluster's folder bound back)."""
+        parent = Path(tempfile.gettempdir()) / f"{PRIVATE_DIR_PREFIX}{_short_hash(str(self.registry.root.resolve()))}"
+        with contextlib.suppress(FileExistsError):
+            parent.mkdir(mode=0o700)
+        found = parent.lstat()
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or stat.S_IMODE(found.st_mode) != 0o700:
+            raise BackendError(
+                f"cannot start local Ray cluster {name!r}: {parent} is not this user's private folder "
+                "(another user's, or a link?)"
+            )
+        private_dir = parent / f"{PRIVATE_DIR_PREFIX}{_short_hash(name)}"
+        shutil.rmtree(private_dir, ignore_errors=True)
+        try:  # ours alone, created here: another local user cannot have prepared it, nor enter it
+            private_dir.mkdir(mode=0o700)
+        except FileExistsError:
+            raise BackendError(
+                f"cannot start local Ray cluster {name!r}: its temp dir {private_dir} exists and cannot be removed"
+            ) from None
+        return private_dir
+
+    def _sandboxed(self) -> bool:
+        """Whether new clusters start in a sandbox (``auto``: where this machine allows it)."""
+        if self.sandbox == "off":
+            return False
+        refusal = _sandbox_refusal()
+        if refusal is None:
+            return True
+        if self.sandbox == "required":
+            raise BackendError(f"cannot start a sandboxed local Ray cluster (sandbox: required): {refusal}")
+        _log.warning("Local Ray clusters start without a sandbox: %s", refusal)
+        return False
+
+    def _hidden_paths(self, private_parent: Path) -> list[str]:
+        """What a sandboxed cluster must not see; never a folder holding this interpreter (Ray runs from it)."""
+        home = Path.home()
+        airflow_home = Path(os.environ.get("AIRFLOW_HOME") or home / "airflow")
+        # the configuration on its own too: hidden even where Airflow's home cannot be (it holds the venv)
+        airflow_config = Path(os.environ.get("AIRFLOW_CONFIG") or airflow_home / "airflow.cfg")
+        paths = [self.registry.root, private_parent, airflow_home, airflow_config]
+        paths += [home / path for path in HIDDEN_HOME_PATHS]
+        paths += [Path(path) for path in self.hide_paths]
+        needed = [Path(path).resolve() for path in (sys.prefix, Path(sys.executable).parent, ray_package_path[0])]
+        hidden = []
+        for path in (path.resolve() for path in paths):
+            if any(path == kept or path in kept.parents for kept in needed):
+                _log.warning("Not hiding %s from local Ray clusters: Ray itself runs from it", path)
+            else:
+                hidden.append(str(path))
+        return hidden
+
+    def _start(self, name: str, spec: ClusterSpec, labels: dict[str, str], lease: Lease | None) -> LocalClusterRecord:
+        sandboxed = self._sandboxed()  # before anything is made: a refusal leaves nothing behind
+        cluster_dir = self.registry.cluster_dir(name)
+        cluster_dir.mkdir(mode=0o700, exist_ok=True)
+        self.registry.write_token(name, secrets.token_urlsafe(32))
+        private_dir = self._private_dir(name)
+        temp_dir = private_dir / "r"  # Ray makes its own temp dir world-writable: keep it inside ours
+        env = self._ray_environment(name)
+        ray_bin = str(Path(sys.executable).parent / "ray")
+
+        gcs_port, dashboard_port, client_port, dashboard_metrics, autoscaler_metrics, *node_ports = free_ports(
+            5 + 6 * (1 + sum(group.replicas for group in spec.worker_groups))
+        )
+        # Ray's head serves its dashboard's and autoscaler's own metrics on fixed default ports (44227,
+        # 44217) unless told otherwise: two heads on one machine would clash, and "every port free" would lie.
+        env.update(DASHBOARD_METRIC_PORT=str(dashboard_metrics), AUTOSCALER_METRIC_PORT=str(autoscaler_metrics))
+        now = to_text()
+        # Recorded before anything starts, each node as it starts: if this process dies half-way, the
+        # record (and the temp dir every Ray process names) still finds what it launched.
+        record = LocalClusterRecord(
+            name=name,
+            labels=labels,
+            created_at=now,
+            last_active_at=now,
+            dashboard_port=dashboard_port,
+            gcs_port=gcs_port,
+            temp_dir=str(temp_dir),
+            resources=spec.requested_resources,
+            nodes=[],
+            spec=spec.recorded(),
+            leases=leases_to_mapping([lease] if lease is not None else []),
+        )
+        self.registry.save(record)
+
+        def node(role: str, node_spec: NodeResources, role_args: list[str]) -> tuple[sandbox.NodeLaunch, int, int]:
+            """A node's ``ray start`` command line, with its agent's and metrics' ports."""
+            cpus, mem, store, gpus = _node_resources(node_spec)
+            manager, objects, agent_http, agent_grpc, runtime_env, metrics = (node_ports.pop() for _ in range(6))
+            args = [
+                ray_bin,
+                "start",
+                "--block",
+                *role_args,
+                "--node-ip-address",
+                "127.0.0.1",
+                "--node-manager-port",
+                str(manager),
+                "--object-manager-port",
+                str(objects),
+                "--dashboard-agent-listen-port",
+                str(agent_http),
+                "--dashboard-agent-grpc-port",
+                str(agent_grpc),
+                "--runtime-env-agent-port",
+                str(runtime_env),
+                "--metrics-export-port",
+                str(metrics),
+                "--num-cpus",
+                str(cpus),
+                "--num-gpus",
+                str(gpus),
+                "--memory",
+                str(mem),
+                "--object-store-memory",
+                str(store),
+                "--temp-dir",
+                str(temp_dir),
+                "--disable-usage-stats",
+            ]
+            for key, value in node_spec.ray_start_params.items():
+                args += [f"--{key.replace('_', '-')}", value]
+            log_path = str(cluster_dir / f"{role}.log")
+            # its working directory: never the registry folder, which holds the token
+            return sandbox.NodeLaunch(role, args, log_path, str(private_dir)), agent_http, metrics
+
+        head_args = [
+            "--head",
+            "--port",
+            str(gcs_port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--ray-client-server-port",
+            str(client_port),
+            "--include-dashboard",
+            "true",
+        ]
+        nodes = [node("head", spec.head, head_args)] + [
+            node(f"worker-{group.group_name}-{index}", group, ["--address", f"127.0.0.1:{gcs_port}"])
+            for group in spec.worker_groups
+            for index in range(group.replicas)
+        ]
+        if sandboxed:
+            self._start_sandboxed(record, nodes, env, private_dir)
+            return record
+        for launch, agent_port, metrics_port in nodes:
+            with _private_log(Path(launch.log_path)) as log:
+                process = subprocess.Popen(
+                    launch.args,
+                    env=env,
+                    cwd=launch.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            created = psutil.Process(process.pid).create_time()
+            node_process = NodeProcess(launch.role, process.pid, created, launch.log_path, agent_port, metrics_port)
+            record.nodes.append(node_process)
+            self.registry.save(record)
+        return record
+
+    def _start_sandboxed(
+        self,
+        record: LocalClusterRecord,
+        nodes: list[tuple[sandbox.NodeLaunch, int, int]],
+        env: dict[str, str],
+        private_dir: Path,
+    ) -> None:
+        """Start every node inside one sandbox (:mod:`.sandbox`), which relays to this machine's loopback
+        only the ports used from outside: the dashboard, and each node's agent and metrics."""
+        cluster_dir = self.registry.cluster_dir(record.name)
+        started_path = cluster_dir / "sandbox-started.json"
+        sandbox_spec = sandbox.SandboxSpec(
+            hide=self._hidden_paths(private_dir.parent),
+            keep=[str(cluster_dir), str(private_dir)],
+            forward_ports=[record.dashboard_port] + [port for _, agent, metrics in nodes for port in (agent, metrics)],
+            nodes=[launch for launch, _, _ in nodes],
+            started_path=str(started_path),
+            env=env,
+        )
+        log_path = cluster_dir / "sandbox.log"
+        with _private_log(log_path) as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "airflow_ray_platform.backends.local.sandbox"],
+                env=env,
+                cwd=private_dir,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        record.sandbox_pid, record.sandbox_create_time = process.pid, psutil.Process(process.pid).create_time()
+        self.registry.save(record)
+        assert process.stdin is not None
+        with process.stdin:
+            process.stdin.write(sandbox_spec.to_json().encode())
+        deadline = time.monotonic() + SANDBOX_START_SECONDS
+        while not started_path.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise BackendError(
+                    f"cannot start local Ray cluster {record.name!r} in its sandbox: " + (" ".join(tail) or "no output")
+                )
+            time.sleep(0.05)
+        inside = json.loads(started_path.read_text())
+        outside = _outer_pids(process.pid)
+        for launch, agent_port, metrics_port in nodes:
+            pid = outside[inside[launch.role]]
+            created = psutil.Process(pid).create_time()
+            record.nodes.append(NodeProcess(launch.role, pid, created, launch.log_path, agent_port, metrics_port))
+        self.registry.save(record)
+
+    def _probe(self, url: str, token: str) -> bool:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.probe_timeout) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _describe(self, record: LocalClusterRecord) -> ClusterInfo:
+        dead = [node for node in record.nodes if node.process() is None]
+        message = None
+        if not record.nodes:
+            state = ClusterState.PROVISIONING
+            message = "launching its head node"
+        elif dead:
+            state = ClusterState.FAILED
+            message = "; ".join(
+                f"{node.role} process {node.pid} exited: {node.log_tail() or 'no output'}" for node in dead
+            )
+        elif not self.registry.token_path(record.name).is_file():
+            state = ClusterState.FAILED
+            message = "its token file is missing from the registry: nothing can authenticate to it"
+        elif all(node.started() for node in record.nodes) and self._ray_healthy(record):
+            state = ClusterState.READY
+        else:
+            state = ClusterState.PROVISIONING
+            message = record.nodes[0].log_tail(3) or None
+        return ClusterInfo(
+            name=record.name,
+            backend=self.name,
+            state=state,
+            dashboard_url=record.dashboard_url,
+            labels=dict(record.labels),
+            resources=dict(record.resources),
+            created_at=datetime.fromisoformat(record.created_at),
+            last_active_at=datetime.fromisoformat(record.last_active_at),
+            message=message,
+            leases=leases_from_mapping(record.leases),
+            spec=record.spec,
+        )
+
+    def _ray_healthy(self, record: LocalClusterRecord) -> bool:
+        """Ray's own readiness probes (KubeRay's too): GCS through the dashboard, raylet via the agent."""
+        token = self.registry.read_token(record.name)
+        return self._probe(f"{record.dashboard_url}/api/gcs_healthz", token) and all(
+            self._probe(f"http://127.0.0.1:{node.agent_port}/api/local_raylet_healthz", token) for node in record.nodes
+        )
+
+    def describe_cluster(self, name: str) -> ClusterInfo | None:
+        record = self.registry.load(name)
+        return None if record is None else self._describe(record)
+
+    def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
+        """Every recorded cluster whose labels include ``labels``; one whose record cannot be read is
+        listed as FAILED with the reason (when no label is asked for), never failing the whole listing."""
+        wanted = dict(labels or {})
+        found = []
+        for name in self.registry.names():
+            try:
+                record = self.registry.load(name)
+            except (BackendError, OSError, ValueError, TypeError, KeyError) as error:
+                if not wanted:
+                    found.append(self._broken(name, f"its registry record cannot be read: {error!r}"))
+                continue
+            if record is not None and wanted.items() <= record.labels.items():
+                found.append(self._describe(record))
+        return found
+
+    def _broken(self, name: str, why: str) -> ClusterInfo:
+        _log.warning("Local Ray cluster %r: %s", name, why)
+        return ClusterInfo(name=name, backend=self.name, state=ClusterState.FAILED, dashboard_url=None, message=why)
+
+    def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
+        with self.registry.lock(name):
+            record = self.registry.load(name)
+            if record is None:
+                return False
+            if condition is not None:
+                self._check_condition(record, condition)
+            self._stop_processes(record)
+            shutil.rmtree(record.private_dir, ignore_errors=True)
+            self.registry.remove(name)
+            self._clients = {key: client for key, client in self._clients.items() if key[0] != name}
+            return True
+
+    def _check_condition(self, record: LocalClusterRecord, condition: DeleteCondition) -> None:
+        """Compare-and-delete: refuse if the cluster is leased, was touched after the condition's mark,
+        or has an active job.
+
+        Runs under the cluster's lock, which a submitter must take to mark activity before it submits
+        (and a task to take a lease), so neither can slip in between this check and the delete.
+        """
+        jobs: list[JobInfo] = []
+        if record.nodes and record.nodes[0].process() is not None:
+            try:
+                jobs = self._jobs(record.name).list()
+            except BackendError:
+                if self._describe(record).state == ClusterState.READY:
+                    raise  # a ready cluster whose jobs cannot be listed is kept
+                # Never became ready (its creator died while it started): nothing ran on it.
+        condition.check(
+            record.name,
+            datetime.fromisoformat(record.last_active_at),
+            leases_from_mapping(record.leases),
+            [job.submission_id for job in jobs if not job.state.is_terminal],
+        )
+
+    def _stop_processes(self, record: LocalClusterRecord) -> None:
+        """Stop every process this cluster's nodes started, and nothing else.
+
+        A node's processes are its ``ray start`` process, that process's session (Ray's daemons are
+        reparented to init once ``ray start`` dies, but keep its session id), and their descendants.
+        Job drivers start sessions of their own and outlive a head that was killed, orphaned: every
+        process of the cluster, drivers included, inherited the cluster's own token path in its
+        environment, which names this cluster alone.
+        """
+        sessions = {node.pid: node.create_time for node in record.nodes}
+        if record.sandbox_pid:  # its PID namespace ends with its init, taking every process inside along
+            sessions[record.sandbox_pid] = record.sandbox_create_time
+        created = datetime.fromisoformat(record.created_at).timestamp()
+        token_variable = f"RAY_AUTH_TOKEN_PATH={self.registry.token_path(record.name)}"
+        processes = list(psutil.process_iter(["pid", "create_time", "cmdline"]))
+        orphans: dict[int, psutil.Process] = {}
+        for process in processes:
+            # A node whose pid never reached the record (its creator died right after launching it)
+            # still names the cluster's own temp dir on its command line.
+            if process.info["create_time"] >= created - 1 and record.temp_dir in (process.info["cmdline"] or []):
+                sessions.setdefault(process.pid, process.info["create_time"])
+            elif process.info["create_time"] >= created - 1 and process.pid != os.getpid():
+                with contextlib.suppress(psutil.Error, OSError):
+                    if _environment_has(process.pid, token_variable):
+                        orphans[process.pid] = process
+        targets: dict[int, psutil.Process] = {}
+        for process in processes:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                sid = os.getsid(process.pid)
+                if sid in sessions and process.info["create_time"] >= sessions[sid] - 1:
+                    targets[process.pid] = process
+                    for child in process.children(recursive=True):
+                        targets[child.pid] = child
+        targets.update({pid: process for pid, process in orphans.items() if pid not in targets})
+        for process in targets.values():
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(list(targets.values()), timeout=3)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+    # --------------------------------------------------------------------- jobs
+    def _jobs(self, cluster_name: str) -> JobsApiClient:
+        record = self.registry.load(cluster_name)
+        if record is None:
+            raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
+        key = (cluster_name, record.created_at)
+        if key not in self._clients:
+            self._clients[key] = JobsApiClient(
+                cluster_name, record.dashboard_url, self.registry.read_token(cluster_name)
+            )
+        return self._clients[key]
+
+    def _touch(self, cluster_name: str) -> None:
+        with self.registry.lock(cluster_name):
+            record = self.registry.load(cluster_name)
+            if record is not None:
+                record.last_active_at = to_text()
+                self.registry.save(record)
+
+    def submit_job(self, cluster_name: str, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
+        # Mark activity first: a garbage collector's compare-and-delete then sees it and keeps the cluster.
+        self._touch(cluster_name)
+        return self._jobs(cluster_name).submit(submission_id, job, metadata)
+
+    def describe_job(self, cluster_name: str, submission_id: str) -> JobInfo | None:
+        info = self._jobs(cluster_name).describe(submission_id)
+        if info is not None and not info.state.is_terminal:
+            self._touch(cluster_name)
+        return info
+
+    def list_jobs(self, cluster_name: str) -> list[JobInfo]:
+        return self._jobs(cluster_name).list()
+
+    def job_logs(self, cluster_name: str, submission_id: str) -> str:
+        return self._jobs(cluster_name).logs(submission_id)
+
+    def _driver_log(self, cluster_name: str, submission_id: str) -> Path:
+        """The job's driver log file (what Ray's Jobs API reads too), under the cluster's temp dir, which
+        every node of a local cluster shares."""
+        record = self.registry.load(cluster_name)
+        if record is None:
+            raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
+        logs = Path(record.temp_dir) / "session_latest" / "logs"
+        return logs / JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
+
+    def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        """The driver log file itself, chunk by chunk (Ray's websocket log tail would also stream it, but
+        only ends ~5 s after a finished job's EOF); the Jobs API's when the file is not there."""
+        path = self._driver_log(cluster_name, submission_id)
+        if not path.is_file():
+            yield from self._jobs(cluster_name).log_chunks(submission_id)
+            return
+        with open(path, "rb") as log:
+            while chunk := log.read(LOG_CHUNK_BYTES):
+                yield chunk
+
+    def job_log_since(
+        self, cluster_name: str, submission_id: str, offset: int, *, complete_lines: bool = True
+    ) -> tuple[str, int]:
+        """The driver log after byte ``offset``, read from the file from there on: each byte once."""
+        try:
+            with open(self._driver_log(cluster_name, submission_id), "rb") as log:
+                log.seek(offset)
+                data = log.read()
+        except FileNotFoundError:  # no output yet
+            return "", offset
+        if complete_lines:  # a line still being written (or a character cut in two) waits for its end
+            data = data[: data.rfind(b"\n") + 1]
+        return data.decode(errors="replace"), offset + len(data)
+
+    def stop_job(self, cluster_name: str, submission_id: str) -> bool:
+        return self._jobs(cluster_name).stop(submission_id)
+
+    def metrics_urls(self, cluster_name: str) -> list[str]:
+        record = self.registry.load(cluster_name)
+        nodes = record.nodes if record is not None else []
+        return [f"http://127.0.0.1:{node.metrics_port}/metrics" for node in nodes if node.metrics_port]
+
+    def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
+        record = self.registry.load(cluster_name)
+        return None if record is None else f"{record.dashboard_url}/#/jobs/{submission_id}"

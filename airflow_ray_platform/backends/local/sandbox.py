@@ -1,0 +1,284 @@
+"""A local Ray cluster in Linux namespaces of its own: what its jobs can reach of the machine.
+
+Every process of a local cluster (its ``ray start`` nodes, Ray's daemons, job drivers and workers)
+runs as the Airflow worker's user, so without more it reads what that user reads: other clusters'
+tokens in the registry, the state store, Airflow's configuration, ``/proc/<pid>/environ`` of the
+worker itself. Ray's GCS, raylet and agents also listen where Ray chooses. The sandbox, started as
+``python -m airflow_ray_platform.backends.local.sandbox`` with a :class:`SandboxSpec` on stdin, puts the
+whole cluster in new user, mount, PID and network namespaces (unprivileged: the kernel's user
+namespaces, no setuid helper):
+
+* **files**: each ``hide`` path is covered (a directory by an empty private tmpfs, a file by
+  ``/dev/null``) and each ``keep`` path bound back at its place (the cluster's own registry folder,
+  token included, and its own temp dir);
+* **processes**: a PID namespace with its own ``/proc``, so no other process of the machine is
+  visible, and the whole cluster dies with its first process (the kernel's rule for a PID
+  namespace's init);
+* **network**: a network namespace with only its own loopback, so every Ray port (GCS, raylet,
+  agents, metrics, Ray Client) is reachable from inside alone; the ports the backend uses from
+  outside (dashboard, node agents, metrics) are listened on at ``127.0.0.1`` of the machine by the
+  sandbox's init, which relays each connection to the same port inside;
+* **privilege**: the capabilities a user namespace grants are dropped from the bounding set before
+  any node starts, so nothing inside can undo a mount (not even as uid 0).
+
+The user namespace maps the user to itself: files the cluster writes are the user's, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFF_UP, IFF_RUNNING = 0x1, 0x40
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+RELAY_CHUNK = 64 * 1024
+
+
+class SandboxUnavailableError(RuntimeError):
+    """The kernel (or a security module) refuses unprivileged namespaces here."""
+
+
+@dataclass
+class NodeLaunch:
+    """One ``ray start --block`` process the sandbox's init starts."""
+
+    role: str
+    args: list[str]
+    log_path: str
+    cwd: str
+
+
+@dataclass
+class SandboxSpec:
+    #: Paths covered inside (directories by an empty tmpfs, files by /dev/null); missing ones are skipped.
+    hide: list[str]
+    #: Paths under hidden ones bound back at their own place (must exist).
+    keep: list[str]
+    #: Ports listened on at 127.0.0.1 outside and relayed to the same port inside.
+    forward_ports: list[int]
+    nodes: list[NodeLaunch]
+    #: Where the init writes ``{role: pid inside}`` once every node is started.
+    started_path: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxSpec:
+        data = json.loads(text)
+        data["nodes"] = [NodeLaunch(**node) for node in data["nodes"]]
+        return cls(**data)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    source_b, fstype_b, data_b = (value.encode() if value is not None else None for value in (source, fstype, data))
+    _check(_libc.mount(source_b, target.encode(), fstype_b, flags, data_b), f"mount {target}")
+
+
+def _enter_namespaces() -> None:
+    """New user, mount, network and PID namespaces for this (single-threaded) process, the user mapped
+    to itself; the PID namespace takes effect for the next child."""
+    uid, gid = os.getuid(), os.getgid()
+    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def _hide_and_keep(hide: list[str], keep: list[str]) -> None:
+    """Cover each ``hide`` path, then bind each ``keep`` path back (opened before anything is covered)."""
+    kept = [(path, os.open(path, O_PATH)) for path in keep]
+    for path in sorted(hide, key=len):
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
+        elif os.path.exists(path):
+            _mount("/dev/null", path, None, MS_BIND)
+    for path, fd in kept:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Path(path).touch()
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        name = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, SIOCGIFFLAGS, name))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP | IFF_RUNNING))
+
+
+def _drop_privileges() -> None:
+    """Empty the capability bounding set (what a uid 0 regains at exec) and forbid gaining any back."""
+    for capability in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+
+
+def _relay(listener: socket.socket) -> None:
+    """Accept on ``listener`` (outside) and pump each connection to the same port inside."""
+    port = listener.getsockname()[1]
+    while True:
+        outside, _ = listener.accept()
+        try:
+            inside = socket.create_connection(("127.0.0.1", port))
+        except OSError:
+            outside.close()
+            continue
+        threading.Thread(target=_pump, args=(outside, inside), daemon=True).start()
+
+
+def _pump(first: socket.socket, second: socket.socket) -> None:
+    peers = {first: second, second: first}
+    with selectors.DefaultSelector() as selector:
+        for sock in peers:
+            selector.register(sock, selectors.EVENT_READ)
+        open_reads = 2
+        try:
+            while open_reads:
+                for key, _ in selector.select():
+                    data = key.fileobj.recv(RELAY_CHUNK)
+                    if data:
+                        peers[key.fileobj].sendall(data)
+                    else:  # one side is done sending: pass the end on, keep reading the other way
+                        selector.unregister(key.fileobj)
+                        open_reads -= 1
+                        peers[key.fileobj].shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            first.close()
+            second.close()
+
+
+def _init(spec: SandboxSpec, listeners: list[socket.socket]) -> int:
+    """PID 1 of the sandbox: its own /proc, the nodes, the relays; reaps every orphan until the nodes end."""
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _loopback_up()
+    _drop_privileges()
+    nodes = {}
+    for node in spec.nodes:
+        with os.fdopen(os.open(node.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+            nodes[node.role] = subprocess.Popen(
+                node.args,
+                env=spec.env,
+                cwd=node.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    started = Path(spec.started_path)
+    started.with_suffix(".tmp").write_text(json.dumps({role: process.pid for role, process in nodes.items()}))
+    started.with_suffix(".tmp").replace(started)
+    for listener in listeners:
+        threading.Thread(target=_relay, args=(listener,), daemon=True).start()
+    node_pids = {process.pid for process in nodes.values()}
+
+    def stop_nodes(*_: object) -> None:  # an init ignores SIGTERM without a handler: pass it on to the nodes
+        for pid in list(node_pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_nodes)
+    while node_pids:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            break
+        node_pids.discard(pid)
+    return 0
+
+
+def run(spec: SandboxSpec) -> int:
+    """Set the sandbox up and wait for its init (the kernel ends every process inside with it)."""
+    listeners = []
+    for port in spec.forward_ports:  # bound in the machine's network namespace, before leaving it
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        listeners.append(listener)
+    _enter_namespaces()
+    _hide_and_keep(spec.hide, spec.keep)
+    child = os.fork()
+    if child == 0:
+        try:
+            os._exit(_init(spec, listeners))
+        except BaseException as error:  # the init must never return into the parent's code
+            print(f"sandbox init failed: {error}", file=sys.stderr, flush=True)
+            os._exit(1)
+    for listener in listeners:
+        listener.close()
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def probe() -> None:
+    """Raise :class:`SandboxUnavailableError` unless this machine lets this user make the namespaces."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", __name__, "--probe"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SandboxUnavailableError(f"the namespace probe did not run: {error}") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise SandboxUnavailableError(f"unprivileged namespaces are refused here: {reason}")
+
+
+def _probe_here() -> int:
+    _enter_namespaces()
+    child = os.fork()
+    if child == 0:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _loopback_up()
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def main() -> int:
+    if sys.argv[1:] == ["--probe"]:
+        return _probe_here()
+    return run(SandboxSpec.from_json(sys.stdin.read()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

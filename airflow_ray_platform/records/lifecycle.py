@@ -1,0 +1,266 @@
+"""Recording lifecycle transitions from the Airflow side, without ever failing a job over bookkeeping.
+
+The job run (behind the operators, the triggers and the sensor) and garbage collection call a
+:class:`LifecycleRecorder`; it turns backend infos into state-store rows and events. If the store
+cannot be reached, each call logs a warning and returns: the Ray job's outcome never depends on the
+bookkeeping.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+
+from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
+from airflow_ray_platform.records.object_storage import ObjectStorage, log_key
+from airflow_ray_platform.records.state_store import Event, StateStore, cluster_uid, jobs
+from airflow_ray_platform.records.utilisation import Utilisation
+from airflow_ray_platform.settings import default_object_storage_uri
+from airflow_ray_platform.spec.models import JobConfiguration
+from airflow_ray_platform.spec.naming import EPHEMERAL_LABEL, TaskIdentity
+from airflow_ray_platform.spec.timestamps import to_text, utc_now
+from airflow_ray_platform.tenancy.authorization import AuditEntry
+from airflow_ray_platform.tenancy.policy import Actor
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _never_fails(method: Callable[P, R]) -> Callable[P, R | None]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return method(*args, **kwargs)
+        except Exception as error:  # the store is optional for the job's outcome
+            log.warning("Lifecycle state store unavailable, transition not recorded (%s): %s", method.__name__, error)
+            return None
+
+    return wrapper
+
+
+def _uid(info: ClusterInfo) -> str:
+    return cluster_uid(info.backend, info.name, info.created_at or datetime.fromtimestamp(0, UTC))
+
+
+class LifecycleRecorder:
+    """Writes transitions to the state store named by ``conn_id`` (None: the embedded SQLite file),
+    and terminal jobs' logs to ``log_storage_uri`` (None: ``file://`` under the local backend's root)."""
+
+    def __init__(self, conn_id: str | None, log_storage_uri: str | None = None) -> None:
+        self.conn_id = conn_id
+        self.log_storage_uri = log_storage_uri
+        self._store: StateStore | None = None
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            store = StateStore.from_airflow_connection(self.conn_id)
+            store.migrate()
+            self._store = store
+        return self._store
+
+    @_never_fails
+    def cluster_seen(self, info: ClusterInfo, *, requested: bool = False) -> None:
+        """The cluster was requested (created or got) or observed in a new state."""
+        now = utc_now()
+        values: dict[str, Any] = {
+            "cluster_uid": _uid(info),
+            "backend": info.backend,
+            "name": info.name,
+            "owner": info.owner,
+            "team": info.team,
+            "state": str(info.state),
+            "ephemeral": info.labels.get(EPHEMERAL_LABEL) == "true",
+            "dashboard_url": info.dashboard_url,
+            "labels": dict(info.labels),
+            "resources": dict(info.resources),
+            "leases": [{"holder": lease.key, "acquired_at": to_text(lease.acquired_at)} for lease in info.leases],
+            "requested_at": info.created_at,
+            "last_active_at": info.last_active_at,
+        }
+        kind = "requested" if requested else str(info.state).lower()
+        if str(info.state) == "READY":
+            values["ready_at"] = now
+        self.store.upsert_cluster(
+            Event(values["cluster_uid"], kind, now, reason=info.message, discriminator=kind), **values
+        )
+
+    @_never_fails
+    def persist_log(self, cluster: ClusterInfo, job: JobInfo, read_log: Callable[[], Iterable[bytes]]) -> str | None:
+        """Stream the terminal job's whole driver log to storage and record its URI on the job row.
+
+        ``read_log`` (the log's chunks) is called here, inside the never-failing wrapper: a log that
+        cannot be read is a warning, not a failed task.
+        """
+        storage = log_storage(self.log_storage_uri)
+        created = to_text(cluster.created_at or datetime.fromtimestamp(0, UTC))
+        uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), read_log())
+        self.store.upsert_job(
+            cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state), log_uri=uri
+        )
+        return uri
+
+    @_never_fails
+    def cluster_deleted(self, info: ClusterInfo, reason: str, *, by: str = "airflow") -> None:
+        now = utc_now()
+        uid = _uid(info)
+        kind = "deleted_by_gc" if by == "gc" else "deleted"
+        self.store.upsert_cluster(
+            Event(uid, kind, now, reason=reason),
+            cluster_uid=uid,
+            backend=info.backend,
+            name=info.name,
+            state="DELETED",
+            ephemeral=info.labels.get(EPHEMERAL_LABEL) == "true",
+            deleted_at=now,
+            deleted_reason=reason,
+            leases=[],
+        )
+
+    @_never_fails
+    def gc_decision(self, info: ClusterInfo, action: str, reason: str, sweep_id: str) -> None:
+        """A garbage-collection decision that deleted nothing (kept, dry run, refused), with its reason."""
+        self.store.record_event(
+            Event(_uid(info), f"gc_{action.replace(' ', '_')}", utc_now(), reason=reason, discriminator=sweep_id)
+        )
+
+    @_never_fails
+    def audit(self, entry: AuditEntry) -> None:
+        """One authorization decision, or an action on a cluster or job, with who did it."""
+        actor, verdict = entry.actor, entry.verdict
+        cluster = entry.cluster
+        uid = _uid(cluster) if cluster is not None else cluster_uid(entry.backend, entry.cluster_name, "-")
+        outcome = "allowed" if verdict.allowed else "refused"
+        now = utc_now()
+        self.store.record_event(
+            Event(
+                uid,
+                f"{entry.action}_{outcome}",
+                now,
+                submission_id=entry.submission_id,
+                reason=verdict.reason,
+                detail={
+                    "action": str(entry.action),
+                    "allowed": verdict.allowed,
+                    "actor": actor.to_dict(),
+                    "cluster_team": cluster.team if cluster is not None else None,
+                },
+                discriminator=f"{actor.key}/{to_text(now)}",
+                team="cleanup" if actor.cleanup else actor.team,
+                actor=str(actor),
+            )
+        )
+
+    @_never_fails
+    def task_state_set(self, job: Mapping[str, Any], actor: Actor, state: str) -> None:
+        """A user set the state of the task running ``job`` (its record) by hand: who, and to what."""
+        now = utc_now()
+        self.store.record_event(
+            Event(
+                job["cluster_uid"],
+                f"task_marked_{state}",
+                now,
+                submission_id=job["submission_id"],
+                reason=f"the task was marked {state} in Airflow by user {actor.user!r}",
+                detail={"action": "mark_task", "state": state, "actor": actor.to_dict()},
+                discriminator=f"{actor.key}/{to_text(now)}",
+                team=actor.team,
+                actor=str(actor),
+            )
+        )
+
+    @_never_fails
+    def job_seen(
+        self,
+        cluster: ClusterInfo,
+        job: JobInfo,
+        *,
+        identity: TaskIdentity | None = None,
+        config: JobConfiguration | None = None,
+        try_number: int | None = None,
+        utilisation: Utilisation | None = None,
+    ) -> None:
+        """A job was submitted, reattached to, or observed in a (new) state (with what was measured
+        of its cluster's utilisation while it ran, if anything was)."""
+        values: dict[str, Any] = {
+            "cluster_uid": _uid(cluster),
+            "submission_id": job.submission_id,
+            "state": str(job.state),
+            "message": job.message,
+            "entrypoint": job.entrypoint or None,
+            "started_at": job.start_time,
+            "ended_at": job.end_time,
+        }
+        if identity is not None:  # at submission (or reattach): who submitted, and when
+            values.update(
+                dag_id=identity.dag_id,
+                task_id=identity.task_id,
+                run_id=identity.run_id,
+                map_index=identity.map_index,
+                try_number=try_number,
+                submitted_at=job.start_time or utc_now(),
+            )
+        if config is not None and config.job is not None:
+            requested = config.requested_resources
+            memory = requested["memory"]
+            values.update(
+                owner=config.owner,
+                team=config.team,
+                requested_cpu=requested["CPU"],
+                requested_gpu=requested["GPU"],
+                requested_memory_bytes=None if memory is None else int(memory),
+            )
+        if utilisation is not None and utilisation.cpu_percent is not None:
+            values["measured_cpu_utilisation"] = utilisation.cpu_percent
+        if utilisation is not None and utilisation.gpu_percent is not None:
+            values["measured_gpu_utilisation"] = utilisation.gpu_percent
+        kind = f"job_{str(job.state).lower()}"
+        self.store.upsert_job(
+            Event(
+                values["cluster_uid"],
+                kind,
+                utc_now(),
+                submission_id=job.submission_id,
+                reason=job.message,
+                discriminator=str(job.state),
+            ),
+            **values,
+        )
+
+
+def read_job_log(
+    submission_id: str,
+    state_store_conn_id: str | None = None,
+    log_storage_uri: str | None = None,
+    may_read: Callable[[str | None], None] | None = None,
+) -> Iterator[bytes]:
+    """A job's persisted driver log, in chunks, whether or not its cluster still exists.
+
+    The log's URI comes from the state store (the newest job of that id); ``log_storage_uri`` is the
+    storage's base (None: the embedded ``file://`` default). ``may_read(team of the job)`` raises if
+    the caller may not read it. Raises LookupError if none was persisted.
+    """
+    store = StateStore.from_airflow_connection(state_store_conn_id)
+    query = (
+        sa.select(jobs.c.log_uri, jobs.c.team)
+        .where(jobs.c.submission_id == submission_id, jobs.c.log_uri.is_not(None))
+        .order_by(jobs.c.updated_at.desc())
+    )
+    with store.engine.connect() as connection:
+        row = connection.execute(query).first()
+    if row is None:
+        raise LookupError(f"no persisted log for Ray job {submission_id!r}")
+    if may_read is not None:
+        may_read(row.team)
+    return log_storage(log_storage_uri).read(row.log_uri)
+
+
+def log_storage(log_storage_uri: str | None) -> ObjectStorage:
+    """Where finished jobs' logs are (None: the embedded file:// default)."""
+    return ObjectStorage(log_storage_uri or default_object_storage_uri())

@@ -1,0 +1,473 @@
+"""One task's Ray job, from the submit-or-reattach decision to its recorded outcome: plain Python.
+
+The shape of cncf-kubernetes' ``PodManager``: the operator orchestrates Airflow (XCom, deferral, extra
+links, the task log), the trigger awaits, the sensor pokes, and all three take their decisions here.
+So a rule (reattach or resubmit, when a wait ends, what a timeout does, what is recorded) is written
+once and tested without Ray or Airflow: :func:`decide_submission` and :meth:`RayJobRun.outcome` are
+pure; the rest calls the backend (blocking: async callers run it in a worker thread).
+
+Waiting for a cluster to become ready is the run's first phase and lives here too
+(:func:`cluster_outcome`, :func:`wait_for_cluster`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_ray_platform.backends.base import (
+    BackendError,
+    ClusterFailedError,
+    ClusterInfo,
+    ClusterNotFoundError,
+    ClusterState,
+    IncrementalLogs,
+    JobInfo,
+    JobState,
+    Lease,
+    RayBackend,
+)
+from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.records.utilisation import Utilisation, scrape
+from airflow_ray_platform.runs.events import JobEvent, WaitStatus
+from airflow_ray_platform.spec.models import JobConfiguration
+from airflow_ray_platform.spec.naming import TASK_KEY_METADATA, TRY_NUMBER_METADATA, TaskIdentity, cluster_labels
+from airflow_ray_platform.spec.timestamps import utc_now
+
+STOPPED_BY_KILL = "stopped: the task was killed"
+#: ``RayJobRun.observe``'s utilisation sample when the caller took none: scrape the cluster here.
+SCRAPE_HERE: Any = object()
+STOPPED_BY_TIMEOUT = "stopped: it exceeded its timeout"
+
+_module_log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ decisions (pure)
+@dataclass(frozen=True)
+class Submission:
+    """What a task does about its Ray job: reattach to ``reattach``, or submit under ``submission_id``.
+
+    ``previous`` is the task's last job when it is resubmitted (it ended on an earlier try).
+    """
+
+    submission_id: str
+    reattach: JobInfo | None = None
+    previous: JobInfo | None = None
+
+
+def _try_of(job: JobInfo) -> int:
+    return int(job.metadata.get(TRY_NUMBER_METADATA, 0))
+
+
+def decide_submission(identity: TaskIdentity, try_number: int, jobs: Iterable[JobInfo]) -> Submission:
+    """Reattach to this task's job if it is pending, running or succeeded, or was submitted by this very
+    try (a worker that died); submit only when there is none, or when the last one ended unsuccessfully
+    on an earlier try (a real retry: a new id, ``…-a<try>``)."""
+    mine = [job for job in jobs if job.metadata.get(TASK_KEY_METADATA) == identity.key]
+    latest = max(mine, key=_try_of, default=None)
+    if latest is not None and (
+        not latest.state.is_terminal or latest.state == JobState.SUCCEEDED or _try_of(latest) >= try_number
+    ):
+        return Submission(latest.submission_id, reattach=latest)
+    attempt = 1 if latest is None and try_number == 1 else try_number
+    return Submission(identity.submission_id(attempt=attempt), previous=latest)
+
+
+def stopped_job(latest: JobInfo | None, submission_id: str, cluster_name: str, why: str) -> JobInfo:
+    """The job as the record should keep it once this task stopped it.
+
+    Ray may still report it RUNNING for a moment, and on KubeRay stopping deletes the RayJob, so
+    nothing else would ever move its record out of RUNNING.
+    """
+    if latest is not None and latest.state.is_terminal:
+        return latest
+    started = latest.start_time if latest is not None else None
+    return JobInfo(submission_id, cluster_name, JobState.STOPPED, message=why, start_time=started, end_time=utc_now())
+
+
+def cluster_outcome(name: str, info: ClusterInfo | None, *, timed_out: bool, timeout: float) -> ClusterInfo | None:
+    """One step of waiting for a cluster: the info once READY, None to keep waiting; raises with the
+    backend's reason when the cluster is gone, failed, or not ready within ``timeout`` seconds."""
+    if info is None:
+        raise ClusterNotFoundError(f"Ray cluster {name!r} does not exist")
+    if info.state == ClusterState.READY:
+        return info
+    if info.state == ClusterState.FAILED:
+        raise ClusterFailedError(f"Ray cluster {name!r} failed to start: {info.message}")
+    if timed_out:
+        raise ClusterFailedError(
+            f"Ray cluster {name!r} was not ready within {timeout:.0f}s (startup timeout); last state "
+            f"{info.state}: {info.message or 'no detail'}"
+        )
+    return None
+
+
+def wait_for_cluster(
+    backend: RayBackend, name: str, timeout: float, poll_interval: float = 1.0, within: float | None = None
+) -> ClusterInfo | None:
+    """Block until the cluster is READY; raise with the backend's reason if it fails or times out; None
+    if it is still starting after ``within`` seconds (a deferrable operator's first seconds)."""
+    started = time.monotonic()
+    while True:
+        info = backend.describe_cluster(name)
+        elapsed = time.monotonic() - started
+        ready = cluster_outcome(name, info, timed_out=elapsed >= timeout, timeout=timeout)
+        if ready is not None:
+            return ready
+        if within is not None and elapsed >= within:
+            return None
+        time.sleep(poll_interval)
+
+
+def create_or_get_cluster(
+    backend: RayBackend,
+    config: JobConfiguration,
+    name: str,
+    identity: TaskIdentity,
+    *,
+    ephemeral: bool,
+    lease: Lease | None,
+    recorder: LifecycleRecorder | None,
+) -> ClusterInfo:
+    """The cluster ``config`` describes, under ``name``, created if missing (checked by the backend
+    first), labelled with its owner, team, lifetimes and the task that asked; an existing one created
+    from another spec is an error naming the difference. ``lease``: held on a shared cluster (None for a
+    task's own ephemeral cluster). The operators and the CLI create clusters through here alone."""
+    backend.validate_configuration(config)
+    spec = config.cluster
+    labels = cluster_labels(
+        owner=config.owner,
+        team=config.team,
+        idle_timeout_seconds=int(spec.idle_timeout.total_seconds()),
+        max_lifetime_seconds=int(spec.max_lifetime.total_seconds()),
+        identity=identity,
+        ephemeral=ephemeral,
+        extra=spec.labels,
+    )
+    info = backend.create_or_get_cluster(name, spec, labels, lease)
+    if recorder is not None:
+        recorder.cluster_seen(info, requested=True)
+    return info
+
+
+def log_job_output(log: logging.Logger, submission_id: str, text: str) -> None:
+    """The job's new driver output into a task's log: one record per batch (a trigger writes it from the
+    triggerer's event loop, so thousands of lines are one call, not thousands), each line prefixed."""
+    lines = text.splitlines()
+    if lines:
+        log.info("%s", "\n".join(f"[ray job {submission_id}] {line}" for line in lines))
+
+
+# ------------------------------------------------------------------------ the run
+class RayJobRun:
+    """One task's Ray job on one cluster, and how far waiting for it has got.
+
+    The progress (``log_offset``, ``utilisation``, ``timeout_at``) is what a trigger serialises, so a
+    run rebuilt from a trigger's state or event goes on where it was.
+
+    :param backend: where the cluster lives.
+    :param cluster_name: the cluster the job runs on.
+    :param submission_id: the job, once submitted or reattached to.
+    :param timeout_at: epoch seconds after which the wait ends ``timeout`` (None: never).
+    :param log_offset: how much of the driver log the task log already holds.
+    :param utilisation: the cluster utilisation sampled so far while the job ran.
+    :param ephemeral_cluster: the cluster is this task's own, deleted when the job ends.
+    :param recorder: where transitions are recorded (None: nowhere, e.g. a sensor's watch).
+    :param config: the task's ``job_configuration`` (owner, team, requested resources of the record).
+    :param log: the task's (or trigger's) logger.
+    """
+
+    def __init__(
+        self,
+        backend: RayBackend,
+        cluster_name: str,
+        submission_id: str | None = None,
+        *,
+        timeout_at: float | None = None,
+        log_offset: int = 0,
+        utilisation: Utilisation | None = None,
+        ephemeral_cluster: bool = False,
+        recorder: LifecycleRecorder | None = None,
+        config: JobConfiguration | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.backend = backend
+        self.cluster_name = cluster_name
+        self.submission_id = submission_id
+        self.timeout_at = timeout_at
+        self.log_offset = log_offset
+        self.utilisation = utilisation or Utilisation()
+        self.ephemeral_cluster = ephemeral_cluster
+        self.recorder = recorder
+        self.config = config
+        self.log = log or _module_log
+
+    @property
+    def _id(self) -> str:
+        if self.submission_id is None:
+            raise RuntimeError("this run has no Ray job yet: submit_or_reattach() first")
+        return self.submission_id
+
+    # ---------------------------------------------------------------- submit
+    def submit_or_reattach(self, identity: TaskIdentity, try_number: int) -> JobInfo:
+        """Carry out :func:`decide_submission` for this task's try, and record who submitted what."""
+        config = self.config
+        if config is None or config.job is None:
+            raise ValueError("job_configuration.job: required to submit a Ray job (entrypoint and options)")
+        decision = decide_submission(identity, try_number, self.backend.list_jobs(self.cluster_name))
+        self.submission_id = decision.submission_id
+        if decision.reattach is not None:
+            self.log.info(
+                "Reattaching to Ray job %r (%s) instead of submitting again",
+                decision.submission_id,
+                decision.reattach.state,
+            )
+            info = decision.reattach
+        else:
+            if decision.previous is not None:
+                self.log.info(
+                    "Ray job %r ended %s on an earlier try; submitting try %d as %r",
+                    decision.previous.submission_id,
+                    decision.previous.state,
+                    try_number,
+                    decision.submission_id,
+                )
+            metadata = identity.job_metadata(try_number, config.owner, config.team)
+            info = self.backend.submit_job(self.cluster_name, decision.submission_id, config.job, metadata)
+            self.log.info("Submitted Ray job %r to cluster %r", info.submission_id, self.cluster_name)
+        self._record(info, identity=identity, try_number=try_number)
+        return info
+
+    # ------------------------------------------------------------------ wait
+    def outcome(self, info: JobInfo | None, now: float | None = None) -> JobEvent | None:
+        """The wait step: the event that ends the wait for ``info`` (the job as just observed), or None
+        to keep waiting. A job that is gone is an error; a terminal one ends it; then the deadline."""
+        if info is None:
+            return self._event(WaitStatus.ERROR, f"cluster {self.cluster_name!r} has no job {self._id!r}")
+        if info.state.is_terminal:
+            status = WaitStatus.SUCCESS if info.state == JobState.SUCCEEDED else WaitStatus.FAILED
+            return self._event(status, info.message, state=info.state)
+        if self.timeout_at is not None and (time.time() if now is None else now) >= self.timeout_at:
+            return self._event(WaitStatus.TIMEOUT, f"job {self._id!r} exceeded its timeout")
+        return None
+
+    def error(self, message: str) -> JobEvent:
+        """The event of a wait that could not go on (the backend kept failing)."""
+        return self._event(WaitStatus.ERROR, message)
+
+    def _event(self, status: WaitStatus, message: str | None, state: JobState | None = None) -> JobEvent:
+        return JobEvent(
+            status=status,
+            submission_id=self._id,
+            cluster_name=self.cluster_name,
+            state=state,
+            message=message,
+            log_offset=self.log_offset,
+            ephemeral_cluster=self.ephemeral_cluster,
+            utilisation=self.utilisation,
+        )
+
+    def describe(self) -> JobInfo | None:
+        return self.backend.describe_job(self.cluster_name, self._id)
+
+    def cluster_lost(self, error: BackendError) -> JobEvent | None:
+        """After a failed status call: the event that ends the wait if the cluster itself died or is gone
+        (its head was killed: nothing will ever answer for the job), else None (a passing fault)."""
+        info = self.backend.describe_cluster(self.cluster_name)
+        if info is not None and info.state != ClusterState.FAILED:
+            return None
+        why = "its cluster is gone" if info is None else f"its cluster died ({info.message})"
+        return self._event(
+            WaitStatus.FAILED, f"job {self._id!r} cannot finish: {why}; last error: {error}", state=JobState.FAILED
+        )
+
+    def new_output(self, *, final: bool = False) -> str:
+        """The driver log written since the last call (the offset moves on): read from the offset where
+        the backend can (each byte once, whole lines until ``final``), else sliced from the whole log."""
+        if isinstance(self.backend, IncrementalLogs):
+            text, self.log_offset = self.backend.job_log_since(
+                self.cluster_name, self._id, self.log_offset, complete_lines=not final
+            )
+            return text
+        logs = self.backend.job_logs(self.cluster_name, self._id)
+        text, self.log_offset = logs[self.log_offset :], len(logs)
+        return text
+
+    def observe(
+        self, info: JobInfo | None, *, stream_logs: bool, sample: Any = SCRAPE_HERE
+    ) -> tuple[JobEvent | None, str]:
+        """After observing the job: its new output (if streamed), a utilisation sample while it runs (the
+        ``sample`` a shared poll took, else scraped here), and :meth:`outcome`. Returns (event or None,
+        new output) for the caller to log."""
+        text = self.new_output() if stream_logs and info is not None else ""
+        if info is not None and info.state == JobState.RUNNING:
+            if sample is SCRAPE_HERE:
+                urls = self.backend.metrics_urls(self.cluster_name)
+                sample = scrape(urls) if urls else (None, None)
+            if sample is not None:
+                self.utilisation.add(sample)
+        return self.outcome(info), text
+
+    def check(self, *, stream_logs: bool) -> tuple[JobEvent | None, str]:
+        """Describe the job, then :meth:`observe` it: one poll."""
+        return self.observe(self.describe(), stream_logs=stream_logs)
+
+    def wait(
+        self, info: JobInfo | None, *, poll_interval: float, stream_logs: bool, within: float | None = None
+    ) -> JobEvent | None:
+        """Block until the wait ends, logging the job's output (the operator's non-deferrable path, and
+        a deferrable one's first seconds); None if it has not ended ``within`` seconds."""
+        give_up = None if within is None else time.monotonic() + within
+        while True:
+            try:
+                event, text = self.observe(info, stream_logs=stream_logs)
+            except BackendError as error:
+                event, text = self.cluster_lost(error), ""
+                if event is None:
+                    raise
+            log_job_output(self.log, self._id, text)
+            if event is not None:
+                return event
+            if give_up is not None and time.monotonic() >= give_up:
+                return None
+            time.sleep(poll_interval)
+            try:
+                info = self.describe()
+            except BackendError as error:
+                lost = self.cluster_lost(error)
+                if lost is None:
+                    raise
+                return lost
+
+    # ---------------------------------------------------------------- finish
+    def conclude(self, event: JobEvent, *, stream_logs: bool) -> JobInfo | None:
+        """The wait's end: the rest of the driver log into the task's log (when streamed), then
+        :meth:`finish`. A cluster whose head died has no Jobs API left to read it from: its log is only
+        persisted, from what its nodes left on disk."""
+        if stream_logs and event.status in (WaitStatus.SUCCESS, WaitStatus.FAILED):
+            try:
+                log_job_output(self.log, self._id, self.new_output(final=True))
+            except BackendError as error:
+                self.log.warning("The rest of Ray job %r's log cannot be read live: %s", self._id, error)
+        return self.finish(event)
+
+    def finish(self, event: JobEvent) -> JobInfo | None:
+        """After the wait: stop a job that timed out, record the final state (with the utilisation
+        measured) and persist the whole driver log, before any ephemeral cluster goes."""
+        if event.status == WaitStatus.TIMEOUT:
+            self.backend.stop_job(self.cluster_name, self._id)
+        cluster = self.backend.describe_cluster(self.cluster_name)
+        try:
+            final = self.describe()
+        except BackendError:
+            if cluster is None or cluster.state != ClusterState.FAILED:
+                raise
+            # Its head died: the record keeps the reason, and the log is what the nodes left on disk.
+            final = JobInfo(self._id, self.cluster_name, JobState.FAILED, message=event.message, end_time=utc_now())
+        if event.status == WaitStatus.TIMEOUT:
+            final = stopped_job(final, self._id, self.cluster_name, STOPPED_BY_TIMEOUT)
+        if final is not None and cluster is not None and self.recorder is not None:
+            self.recorder.job_seen(cluster, final, config=self.config, utilisation=event.utilisation)
+            if final.state.is_terminal:
+                uri = self.recorder.persist_log(
+                    cluster, final, lambda: self.backend.job_log_chunks(self.cluster_name, final.submission_id)
+                )
+                if uri:
+                    self.log.info("Ray job %r log persisted to %s", final.submission_id, uri)
+        return final
+
+    def stop_and_record(self, why: str = STOPPED_BY_KILL) -> None:
+        """Stop the job (a user killed its task) and record it STOPPED: operator and trigger alike."""
+        cluster = self.backend.describe_cluster(self.cluster_name)  # first: an ephemeral cluster goes next
+        self.backend.stop_job(self.cluster_name, self._id)
+        if cluster is not None and self.recorder is not None:
+            latest = self.describe()
+            self.recorder.job_seen(cluster, stopped_job(latest, self._id, self.cluster_name, why), config=self.config)
+
+    def delete_cluster(self, reason: str) -> bool:
+        """Delete the run's cluster (an ephemeral one: its job ended, or its task was killed) and record it."""
+        info = self.backend.describe_cluster(self.cluster_name)
+        deleted = self.backend.delete_cluster(self.cluster_name)
+        if deleted and info is not None and self.recorder is not None:
+            self.recorder.cluster_deleted(info, reason)
+        return deleted
+
+    def _record(self, job: JobInfo, *, identity: TaskIdentity | None = None, try_number: int | None = None) -> None:
+        if self.recorder is None:
+            return
+        cluster = self.backend.describe_cluster(self.cluster_name)
+        if cluster is not None:
+            self.recorder.cluster_seen(cluster)
+            self.recorder.job_seen(cluster, job, identity=identity, config=self.config, try_number=try_number)
+
+
+#: Task instance states after which nobody waits for the task's job any more: a user marked the task
+#: failed or skipped, or it left its DAG. Not ``up_for_retry`` (the retry reattaches) nor ``success`` (a
+#: task that does not wait for its job succeeds while the job runs).
+ABANDONED_TASK_STATES = frozenset({"failed", "upstream_failed", "skipped", "removed"})
+#: What Airflow says of a task instance (None: unknown, or Airflow cannot tell).
+TaskStateLookup = Callable[[TaskIdentity], str | None]
+
+
+def task_state_lookup(ti: Any) -> TaskStateLookup:
+    """Task instance states as Airflow reports them to a running task (the Task SDK's ``get_task_states``)."""
+
+    def state(identity: TaskIdentity) -> str | None:
+        mapped = identity.map_index >= 0
+        try:
+            states = ti.get_task_states(
+                identity.dag_id,
+                map_index=identity.map_index if mapped else None,
+                task_ids=[identity.task_id],
+                run_ids=[identity.run_id],
+            )
+        except Exception as error:  # whatever Airflow raised: unknown, so the job is left alone
+            _module_log.warning("Cannot read the state of task %s (%s)", identity.key, error)
+            return None
+        key = f"{identity.task_id}_{identity.map_index}" if mapped else identity.task_id
+        return (states.get(identity.run_id) or {}).get(key)
+
+    return state
+
+
+def stop_abandoned_jobs(
+    backend: RayBackend,
+    recorder: LifecycleRecorder | None,
+    task_state: TaskStateLookup,
+    *,
+    dry_run: bool = False,
+    log: logging.Logger | None = None,
+) -> list[tuple[JobInfo, str]]:
+    """Stop (and record STOPPED) every active job whose task instance has ended without it.
+
+    The trigger's ``on_kill`` stops a deferred task's job when a user marks the task failed, but only
+    if a triggerer was already running that trigger: marked failed before a triggerer picked it up,
+    the task leaves its job running with no one to stop it. The cleanup DAG calls this on each sweep.
+    Returns each job stopped (or, in a dry run, that would be) with its task's state.
+    """
+    log = log or _module_log
+    stopped = []
+    for cluster in backend.list_clusters():
+        if cluster.state != ClusterState.READY:
+            continue
+        try:
+            jobs = backend.list_jobs(cluster.name)
+        except BackendError as error:
+            log.warning("Cannot list the jobs of Ray cluster %r: %s", cluster.name, error)
+            continue
+        for job in jobs:
+            identity = TaskIdentity.from_job_metadata(job.metadata)
+            if job.state.is_terminal or identity is None:
+                continue
+            state = task_state(identity)
+            if state not in ABANDONED_TASK_STATES:
+                continue
+            why = f"stopped: its task instance {identity.key} ended {state} while the job ran"
+            if not dry_run:
+                RayJobRun(backend, cluster.name, job.submission_id, recorder=recorder, log=log).stop_and_record(why)
+            log.warning("Ray job %r on %r: %s%s", job.submission_id, cluster.name, why, " (dry run)" if dry_run else "")
+            stopped.append((job, state))
+    return stopped

@@ -1,0 +1,188 @@
+"""The Ray view on a real ``airflow api-server`` (SimpleAuthManager with a test user), over records that
+real DAG runs on the local backend left, driven in headless Chromium (Debian's, through Playwright)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from airflow_ray_platform.backends.local.backend import free_ports
+from airflow_ray_platform.spec.naming import TaskIdentity
+
+from ..test_dags import ray_e2e_dags as dags
+from ..waiting import wait_for
+
+pytestmark = pytest.mark.usefixtures("shared_cluster", "airflow_db")
+
+#: Where the screenshots go: the README's (docs/) when ARP_UPDATE_SCREENSHOTS=1, else the test's own folder.
+DOCS = Path(__file__).parents[2] / "docs"
+PASSWORD = secrets.token_urlsafe(12)
+#: About 170 kB of driver log: three pages of the job page's 64 KiB.
+CHATTY = "python -c \"[print(i, 'x' * 50) for i in range(3000)]\""
+PLUGIN_ENDPOINTS = [
+    "/ray/",
+    "/ray/jobs",
+    "/ray/clusters",
+    "/ray/usage",
+    "/ray/api/jobs",
+    "/ray/api/clusters",
+    "/ray/api/usage",
+    "/ray/api/jobs/x",
+    "/ray/api/jobs/x/log",
+    "/ray/jobs/x",
+    "/ray/static/vendor/vega.min.js",
+    "/ray/static/ray.css",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_job(local_backend) -> dict:
+    """A job of a finished DAG run whose ephemeral cluster was deleted after it."""
+    run = dags.ray_job_ephemeral.test(run_conf={"entrypoint": CHATTY})
+    assert run.get_task_instance("job").state == "success"
+    identity = TaskIdentity("ray_job_ephemeral", "job", run.run_id)
+    assert local_backend.describe_cluster(identity.ephemeral_cluster_name("e2e-ephemeral")) is None
+    return {"submission_id": identity.submission_id(), "run_id": run.run_id}
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory, finished_job):
+    """``airflow api-server`` with the provider installed (its plugin loads from get_provider_info) and one
+    user, on the session's metadata database and state store; stopped by pid."""
+    root = tmp_path_factory.mktemp("api-server")
+    passwords = root / "passwords.json"
+    passwords.write_text(json.dumps({"tester": PASSWORD}))
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "tester:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+    }
+    log = (root / "api-server.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, (root / "api-server.log").read_text()[-3000:]
+        try:
+            return httpx.get(f"{base}/api/v2/monitor/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=180, interval=1)
+    yield base
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def _token(base: str) -> str:
+    response = httpx.post(f"{base}/auth/token", json={"username": "tester", "password": PASSWORD}, timeout=30)
+    assert response.status_code in (200, 201), response.text
+    return response.json()["access_token"]
+
+
+@pytest.mark.parametrize("path", PLUGIN_ENDPOINTS)
+def test_no_plugin_endpoint_answers_an_unauthenticated_request(api_server, path):
+    response = httpx.get(f"{api_server}{path}", timeout=30, follow_redirects=False)
+    assert response.status_code in (401, 403), (path, response.status_code, response.text[:200])
+    forged = httpx.get(f"{api_server}{path}", headers={"Authorization": "Bearer forged"}, timeout=30)
+    assert forged.status_code in (401, 403), (path, forged.status_code)
+
+
+def test_the_json_endpoints_serve_the_records_paged_and_the_log_a_page_at_a_time(api_server, finished_job):
+    client = httpx.Client(base_url=f"{api_server}/ray/api", headers={"Authorization": f"Bearer {_token(api_server)}"})
+    listed = client.get("/jobs", params={"dag_id": "ray_job_ephemeral", "page_size": 1}).json()
+    assert listed["total"] >= 1 and len(listed["jobs"]) == 1
+    job = client.get(f"/jobs/{finished_job['submission_id']}").json()
+    assert job["state"] == "SUCCEEDED" and job["cluster_deleted_at"] and job["dashboard_link"] is None
+    assert job["task_link"].endswith(f"dags/ray_job_ephemeral/runs/{quote(finished_job['run_id'])}/tasks/job")
+    assert {"requested", "job_succeeded", "deleted"} <= {event["kind"] for event in job["events"]}
+    first = client.get(f"/jobs/{finished_job['submission_id']}/log", params={"length": 1000})
+    assert first.status_code == 200, first.text
+    size = int(first.headers["X-Log-Size"])
+    assert len(first.content) == 1000 and size > 150_000 and first.headers["X-Next-Offset"] == "1000"
+    last = client.get(f"/jobs/{finished_job['submission_id']}/log", params={"offset": size - 100, "length": 1000})
+    assert last.text.rstrip().endswith("2999 " + "x" * 50)
+    usage = client.get("/usage", params={"since": "2026-01-01"}).json()
+    platform = next(team for team in usage["teams"] if team["team"] == "platform")
+    assert platform["jobs"] >= 1 and platform["cpu_hours"] > 0
+    assert client.get("/jobs/no-such-job").status_code == 404
+    assert client.get("/jobs", params={"since": "yesterday"}).status_code == 422
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"), reason="no chromium here")
+def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shots = DOCS if os.environ.get("ARP_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(f"{api_server}/auth/login")
+        page.get_by_label("Username").fill("tester")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60_000)
+        # Airflow's navigation links to the view.
+        page.goto(f"{api_server}/")
+        page.get_by_role("link", name="Ray").first.wait_for(timeout=60_000)
+
+        page.goto(f"{api_server}/ray/jobs?dag_id=ray_job_ephemeral")
+        row = page.locator("#jobs tbody tr", has_text=finished_job["submission_id"])
+        row.wait_for()
+        assert "deleted" in row.inner_text() and "SUCCEEDED" in row.inner_text()
+        page.screenshot(path=str(shots / "ray-view-jobs.png"))
+        row.get_by_role("link", name=finished_job["submission_id"]).click()
+        page.wait_for_selector("pre#log")
+        assert (
+            page.locator("pre#log").inner_text().startswith("2026") or "0 xxx" in page.locator("pre#log").inner_text()
+        )
+        assert page.get_by_role("link", name="next page").count() == 1  # paged, not loaded whole
+        page.screenshot(path=str(shots / "ray-view-job.png"))
+
+        page.goto(f"{api_server}/ray/clusters")
+        page.locator("#clusters tbody tr", has_text="e2e-ephemeral").first.wait_for()
+        page.screenshot(path=str(shots / "ray-view-clusters.png"))
+
+        page.goto(f"{api_server}/ray/usage?since=2026-01-01")
+        for name in ("cpu_hours", "cost", "success_rate", "cluster_wait"):
+            page.wait_for_selector(f"#chart-{name}[data-drawn=true] svg", timeout=30_000)
+        assert page.locator("#chart-cpu_hours svg .mark-rect path").count() >= 1  # bars drawn, not only a 200
+        page.screenshot(path=str(shots / "ray-view-usage.png"), full_page=True)
+        browser.close()
+    outside = [url for url in requested if not url.startswith((api_server, "data:", f"blob:{api_server}"))]
+    assert outside == [], outside  # no CDN: everything the pages load is served by the API server

@@ -1,0 +1,82 @@
+"""The records read back (the Ray view, the CLI): paging, filters, team visibility and the usage sums,
+on SQLite, PostgreSQL and MariaDB, each database doing its own date arithmetic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from airflow_ray_platform.records.queries import JobFilter, job_detail, list_clusters, list_jobs, usage_by_team_day
+from airflow_ray_platform.records.state_store import Event
+from airflow_ray_platform.records.usage_export import DEFAULT_PRICES
+
+from .test_state_store import store  # noqa: F401 - the per-database fixture
+
+DAY = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _records(store) -> None:  # noqa: F811
+    """Two teams: team a's 3 jobs of 2 CPUs and 1 hour each (one failed) over two days, team b's 1 job."""
+    for team, ready in (("a", 30), ("b", 90)):
+        store.upsert_cluster(
+            Event(f"local/c-{team}/x", "requested", DAY),
+            cluster_uid=f"local/c-{team}/x",
+            backend="local",
+            name=f"c-{team}",
+            team=team,
+            state="READY",
+            requested_at=DAY,
+            ready_at=DAY + timedelta(seconds=ready),
+        )
+    rows = [("a", 0, "SUCCEEDED"), ("a", 1, "FAILED"), ("a", 25, "SUCCEEDED"), ("b", 2, "SUCCEEDED")]
+    for index, (team, hour, state) in enumerate(rows):
+        started = DAY + timedelta(hours=hour)
+        store.upsert_job(
+            Event(f"local/c-{team}/x", f"job_{state.lower()}", started, submission_id=f"job-{index}"),
+            cluster_uid=f"local/c-{team}/x",
+            submission_id=f"job-{index}",
+            team=team,
+            owner="o",
+            dag_id="d",
+            state=state,
+            requested_cpu=2.0,
+            requested_gpu=0.0,
+            requested_memory_bytes=4 * 1024**3,
+            submitted_at=started - timedelta(seconds=10),
+            started_at=started,
+            ended_at=started + timedelta(hours=1),
+        )
+
+
+def test_jobs_are_paged_filtered_and_limited_to_the_visible_teams(store):  # noqa: F811
+    _records(store)
+    first, total = list_jobs(store, JobFilter(), page=1, page_size=3)
+    assert total == 4 and [row["submission_id"] for row in first] == ["job-2", "job-3", "job-1"]  # newest first
+    second, _ = list_jobs(store, JobFilter(), page=2, page_size=3)
+    assert [row["submission_id"] for row in second] == ["job-0"]
+    assert first[0]["cpu_hours"] == pytest.approx(2.0) and first[0]["queue_wait_s"] == pytest.approx(10)
+    failed, count = list_jobs(store, JobFilter(team="a", state="failed"))
+    assert count == 1 and failed[0]["submission_id"] == "job-1" and failed[0]["cluster_name"] == "c-a"
+    only_b, count = list_jobs(store, JobFilter(visible_teams={"b"}))
+    assert count == 1 and only_b[0]["team"] == "b"
+    assert job_detail(store, "job-0", {"b"}) is None  # another team's job is not there at all
+    detail = job_detail(store, "job-0", None)
+    assert detail["state"] == "SUCCEEDED" and [event["kind"] for event in detail["events"]][-1] == "job_succeeded"
+    listed, count = list_clusters(store, {"a"})
+    assert count == 1 and listed[0]["name"] == "c-a"
+
+
+def test_usage_is_summed_per_team_and_day_in_the_database(store):  # noqa: F811
+    _records(store)
+    usage = usage_by_team_day(store, DAY, DAY + timedelta(days=3), None)
+    days = {(row["team"], row["day"]): row for row in usage["days"]}
+    assert set(days) == {("a", "2026-06-01"), ("a", "2026-06-02"), ("b", "2026-06-01")}
+    assert days[("a", "2026-06-01")]["jobs"] == 2 and days[("a", "2026-06-01")]["succeeded"] == 1
+    a = next(row for row in usage["teams"] if row["team"] == "a")
+    assert a["cpu_hours"] == pytest.approx(6.0) and a["success_rate"] == pytest.approx(2 / 3)
+    per_job = 2 * DEFAULT_PRICES["cpu_hour"] + 4 * DEFAULT_PRICES["memory_gib_hour"]  # usage_export's formula
+    assert a["cost_estimate"] == pytest.approx(3 * per_job)
+    assert a["cluster_wait_p50_s"] == pytest.approx(30, abs=0.01)
+    only_b = usage_by_team_day(store, DAY, DAY + timedelta(days=3), {"b"})
+    assert [row["team"] for row in only_b["teams"]] == ["b"]

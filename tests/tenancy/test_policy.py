@@ -1,0 +1,170 @@
+"""The platform policy: reading it, resolving a task's team, and what a team's configuration may ask for."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+
+from airflow_ray_platform.spec.models import JobConfigurationError, load_job_configuration
+from airflow_ray_platform.spec.naming import TaskIdentity
+from airflow_ray_platform.tenancy.policy import Actor, DagFacts, Policy, PolicyError, PolicyViolation, load_policy
+
+POLICY = {
+    "defaults": {"max_cpus": "8", "max_memory": "32Gi", "max_gpus": 0, "max_worker_nodes": 4, "max_lifetime": "PT12H"},
+    "teams": {
+        "forecasting": {
+            "match": {"bundles": ["forecasting-dags"]},
+            "max_gpus": 2,
+            "images": ["registry.corp/ray/"],
+            "service_accounts": ["ray-forecasting"],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        "pricing": {"match": {"dag_ids": ["pricing_*"], "tags": ["pricing"]}, "allow_keep": True},
+        "research": {"match": {"owners": ["alice", "bob"]}, "allow_auth_disabled": True},
+    },
+}
+
+
+def _config(team: str = "forecasting", **cluster):
+    return load_job_configuration(
+        {"name": "zones", "owner": "ds", "team": team, "cluster": cluster or {"head": {"cpu": "1"}}}
+    )
+
+
+def test_team_is_what_airflow_knows_of_the_dag_never_what_the_configuration_says():
+    policy = Policy.model_validate(POLICY)
+    assert policy.team_of(DagFacts("anything", bundle="forecasting-dags")) == "forecasting"
+    assert policy.team_of(DagFacts("pricing_daily", tags=frozenset({"pricing", "prod"}))) == "pricing"
+    assert policy.team_of(DagFacts("x", owners=frozenset({"bob"}))) == "research"
+    with pytest.raises(PolicyViolation, match=r"DAG 'pricing_daily' .* to no team"):  # both criteria must hold
+        policy.team_of(DagFacts("pricing_daily"))
+    with pytest.raises(PolicyViolation, match=r"several teams \['forecasting', 'research'\]"):
+        policy.team_of(DagFacts("x", bundle="forecasting-dags", owners=frozenset({"alice"})))
+
+
+def test_a_configuration_claiming_another_team_is_refused_naming_the_field():
+    policy = Policy.model_validate(POLICY)
+    policy.check_configuration("forecasting", _config(image="registry.corp/ray/ray:2.60"))
+    with pytest.raises(PolicyViolation, match=r"job_configuration.team: 'pricing', but .* team 'forecasting'"):
+        policy.check_configuration("forecasting", _config(team="pricing", image="registry.corp/ray/ray:2.60"))
+
+
+def test_ceilings_and_allow_lists_name_each_field_and_rule():
+    policy = Policy.model_validate(POLICY)
+    config = _config(
+        head={"cpu": "6", "memory": "8Gi", "tolerations": [{"operator": "Exists"}]},
+        worker_groups=[{"group_name": "w", "cpu": "4", "memory": "30Gi", "replicas": 1, "max_replicas": 5}],
+        image="docker.io/evil/ray:latest",
+        service_account="cluster-admin",
+        auth="disabled",
+        labels={"airflow-ray-platform.io/keep": "true"},
+        max_lifetime="P2D",
+    )
+    with pytest.raises(PolicyViolation) as refused:
+        policy.check_configuration("forecasting", config)
+    text = str(refused.value)
+    for expected in (
+        "requests 10 CPU, over the policy's max_cpus 8",
+        "requests 38Gi of memory, over the policy's max_memory 32Gi",
+        "worker_groups: up to 5 worker nodes, over the policy's max_worker_nodes 4",
+        "max_lifetime: 172800 s, over the policy's max_lifetime 43200 s",
+        "image: 'docker.io/evil/ray:latest' is not among the policy's images",
+        "service_account: 'cluster-admin' is not among",
+        "head.tolerations[0]: {'operator': 'Exists'} is not among the policy's tolerations",
+        "auth: disabled (an unauthenticated Jobs API) is not allowed",
+        "labels: airflow-ray-platform.io/keep (exempt from garbage collection) is not allowed",
+    ):
+        assert expected in text, (expected, text)
+
+
+def test_the_default_image_must_be_allowed_too_and_team_overrides_apply():
+    policy = Policy.model_validate(POLICY)
+    with pytest.raises(PolicyViolation, match="the default rayproject/ray"):
+        policy.check_configuration("forecasting", _config())
+    # pricing has no image list (any image), may keep; research may disable auth; both have the defaults' ceilings
+    policy.check_configuration("pricing", _config(team="pricing", labels={"airflow-ray-platform.io/keep": "true"}))
+    policy.check_configuration("research", _config(team="research", auth="disabled"))
+    assert policy.allowances("forecasting").max_gpus == 2 and policy.allowances("pricing").max_gpus == 0
+    assert policy.hard_lifetime("pricing") == timedelta(hours=12)
+
+
+def test_reusing_a_named_cluster_checks_the_team_only():
+    policy = Policy.model_validate(POLICY)
+    config = load_job_configuration({"name": "zones", "owner": "ds", "team": "pricing", "cluster": {"name": "big"}})
+    policy.check_configuration("pricing", config)
+
+
+def test_a_digest_entry_allows_that_image_alone():
+    policy = Policy.model_validate(
+        {"teams": {"t": {"match": {"dag_ids": ["*"]}, "images": ["registry.corp/ray@sha256:" + "a" * 64]}}}
+    )
+    policy.check_configuration("t", _config(team="t", image="registry.corp/ray@sha256:" + "a" * 64))
+    with pytest.raises(PolicyViolation, match="image"):
+        policy.check_configuration("t", _config(team="t", image="registry.corp/ray@sha256:" + "b" * 64))
+
+
+def test_policy_file_errors_name_the_field_never_the_content(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("teams:\n  t:\n    match: {}\n    max_cpus: lots\n    secret_field: hunter2\n")
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    text = str(error.value)
+    assert "policy.teams.t.match: Value error, needs at least one" in text or "teams.t.match" in text
+    assert "teams.t.max_cpus: must be a Kubernetes quantity" in text
+    assert "teams.t.secret_field: is not a known field" in text
+    assert "hunter2" not in text and "lots" not in text
+    path.write_text("teams: [unclosed\n  password: hunter2")
+    with pytest.raises(PolicyError, match=r"is not valid YAML at line \d") as error:
+        load_policy(path)
+    assert "hunter2" not in str(error.value)
+    with pytest.raises(PolicyError, match="cannot be read"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_policy_is_read_again_when_the_file_changes(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("teams: {a: {match: {dag_ids: ['a_*']}}}\n")
+    assert set(load_policy(path).teams) == {"a"}
+    path.write_text("teams: {a: {match: {dag_ids: ['a_*']}}, b: {match: {dag_ids: ['b_*']}}}\n")
+    os.utime(path, ns=(1, 2))  # a different modification time, as any write has
+    assert set(load_policy(path).teams) == {"a", "b"}
+
+
+def test_unowned_cluster_teams_must_be_teams_of_the_policy():
+    with pytest.raises(ValueError, match=r"unowned_cluster_teams names teams .* \['ghost'\]"):
+        Policy.model_validate({"teams": {"a": {"match": {"tags": ["a"]}}}, "unowned_cluster_teams": ["ghost"]})
+
+
+def test_an_actor_survives_a_trigger_round_trip():
+    actor = Actor("pricing", TaskIdentity("d", "t", "r", 3), 2, user="alice")
+    assert Actor.from_dict(actor.to_dict()) == actor
+    assert str(actor) == "team 'pricing' (task d/t/r/3, try 2) for user 'alice'"
+
+
+@pytest.mark.parametrize(
+    ("params", "rule"),
+    [
+        ({"dashboard-host": "0.0.0.0"}, "set by the backend"),
+        ({"--temp-dir": "/tmp/x"}, "set by the backend"),
+        ({"node_ip_address": "0.0.0.0"}, "set by the backend"),
+    ],
+)
+def test_ray_start_params_cannot_override_the_backends_security_flags(params, rule):
+    with pytest.raises(JobConfigurationError, match=rule):
+        load_job_configuration(
+            {"name": "x", "owner": "o", "team": "t", "cluster": {"head": {"ray_start_params": params}}}
+        )
+
+
+def test_replicas_are_bounded_before_anything_starts():
+    with pytest.raises(JobConfigurationError, match="replicas: Input should be less than or equal to 2000"):
+        load_job_configuration(
+            {
+                "name": "x",
+                "owner": "o",
+                "team": "t",
+                "cluster": {"worker_groups": [{"group_name": "w", "replicas": 10**12, "max_replicas": 10**12}]},
+            }
+        )
