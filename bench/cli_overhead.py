@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from airflow_ray_platform.backends.local.backend import LocalBackend
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec
 from bench import WORK
 from bench.common import median, migrate_airflow_db, record

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from airflow_ray_platform.backends.local.backend import LocalBackend, free_ports
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec
 from bench import WORK
 from bench.common import median, record, timed

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec
 from airflow_ray_platform.spec.naming import RUN_ID_METADATA
 from bench.common import median, record

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from airflow_ray_platform.backends.local.backend import LocalBackend
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec
 from bench.common import median, migrate_airflow_db, record
 from bench.dags.bench_dags import BENCH_CLUSTER, THREE_SECONDS

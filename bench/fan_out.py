@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from airflow_ray_platform.backends.local.backend import LocalBackend
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from bench.common import migrate_airflow_db, record
 

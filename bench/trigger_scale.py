@@ -35,10 +35,11 @@ import psutil
 
 from airflow_ray_platform.backends.base import BackendError, JobState
 from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.backends.retries import MAX_CONSECUTIVE_ERRORS
 from airflow_ray_platform.records import utilisation
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
-from airflow_ray_platform.triggers.ray import LOG_STREAM_WINDOW, MAX_CONSECUTIVE_ERRORS, RayJobTrigger
+from airflow_ray_platform.triggers.ray import LOG_STREAM_WINDOW, RayJobTrigger
 from bench import WORK
 from bench.common import migrate_airflow_db, record
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass  # noqa: E402
 import pytest  # noqa: E402
 
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend  # noqa: E402
-from airflow_ray_platform.runs.job_run import wait_for_cluster  # noqa: E402
+from airflow_ray_platform.runs.cluster import wait_for_cluster  # noqa: E402
 from airflow_ray_platform.spec.models import ClusterSpec  # noqa: E402
 
 from .kube_emulator.api_server import KubernetesApiEmulator  # noqa: E402

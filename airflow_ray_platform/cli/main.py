@@ -298,16 +298,15 @@ def submit(
     as_json: bool,
 ) -> None:
     """Run CONFIG.yaml's job as a DAG task would; the exit code is the job's outcome."""
-    from airflow_ray_platform.backends.base import ClusterNotFoundError, ClusterState
-    from airflow_ray_platform.runs.job_run import RayJobRun, create_or_get_cluster, wait_for_cluster
-    from airflow_ray_platform.spec.models import validate_cluster_name
+    from airflow_ray_platform.backends.base import ClusterState
+    from airflow_ray_platform.runs.cluster import resolve_cluster, wait_for_cluster
+    from airflow_ray_platform.runs.job_run import RayJobRun
     from airflow_ray_platform.spec.naming import TaskIdentity
     from airflow_ray_platform.tenancy.policy import configured_policy
 
     run_id = run_id or f"cli__{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}"
     config = _read_configuration(config_path, _parse_params(params), run_id, working_dir)
-    if config.job is None:
-        raise CliError("job: required to submit (entrypoint and options)", EXIT_BAD_INPUT)
+    config.required_job()
     identity = TaskIdentity(CLI_DAG_ID, config.name, run_id)
     actor = platform.actor(identity, config.team)
     policy = configured_policy()
@@ -315,22 +314,19 @@ def submit(
         policy.check_configuration(actor.team, config)
     backend = platform.backend(actor)
     console, recorder = platform.console, platform.recorder
-    ephemeral = False
-    if cluster_name or config.cluster.reuses_existing:
-        name = validate_cluster_name(cluster_name or config.cluster_name, "--cluster-name")
-        info = backend.describe_cluster(name)
-        if info is None:
-            raise ClusterNotFoundError(f"cluster: Ray cluster {name!r} does not exist on backend {backend.name!r}")
-    else:
-        ephemeral = config.lifecycle.shutdown_after_job
-        name = identity.ephemeral_cluster_name(config.name) if ephemeral else config.cluster_name
-        info = create_or_get_cluster(
-            backend, config, name, identity, ephemeral=ephemeral, lease=None, recorder=recorder
-        )
-    run = RayJobRun(
-        backend, name, ephemeral_cluster=ephemeral, recorder=recorder, config=config, log=_run_logger(platform, follow)
+    cluster = resolve_cluster(
+        backend, config, identity, cluster_name=cluster_name, cluster_name_field="--cluster-name", recorder=recorder
     )
-    failed = True
+    name, info = cluster.info.name, cluster.info
+    run = RayJobRun(
+        backend,
+        name,
+        ephemeral_cluster=cluster.ephemeral,
+        recorder=recorder,
+        config=config,
+        log=_run_logger(platform, follow),
+    )
+    succeeded = False
     try:
         if info.state != ClusterState.READY:
             with console.status(f"Starting Ray cluster {name!r} on {backend.name} …"):
@@ -340,16 +336,18 @@ def submit(
             console.print(f"Ray cluster {name!r} ready in {time.monotonic() - started:.1f} s")
         job = run.submit_or_reattach(identity, 1)
         console.print(f"Ray job [bold]{job.submission_id}[/bold] on cluster {name!r} (run {run_id})")
-        job_timeout = config.job.timeout
-        run.timeout_at = None if job_timeout is None else time.time() + job_timeout.total_seconds()
+        run.start_clock()
         with console.status(f"Ray job {job.submission_id} {str(job.state).lower()} …"):
             event = run.wait(job, poll_interval=poll_interval, stream_logs=follow)
             assert event is not None
             final = run.conclude(event, stream_logs=follow)
-        failed = not event.succeeded
+        succeeded = event.succeeded
     finally:
-        if ephemeral and not (failed and config.lifecycle.keep_cluster_on_failure):
-            run.delete_cluster("ephemeral cluster: its job ended")
+        run.end_cluster(succeeded=succeeded)
+        if not cluster.ephemeral:  # this command's run is over: its lease on the shared cluster goes with it
+            released = backend.release_leases(name, [identity.key])
+            if released is not None:
+                recorder.cluster_seen(released)
     record = _job_view(final, name, backend.name) if final is not None else {"submission_id": job.submission_id}
     if as_json:
         _emit_json(record)

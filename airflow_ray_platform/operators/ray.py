@@ -14,25 +14,32 @@ sensor.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airflow.exceptions import AirflowException
+from airflow.exceptions import AirflowException, AirflowFailException
 from airflow.sdk import BaseOperator, Context
 
 from airflow_ray_platform import settings
 from airflow_ray_platform.backends import validate_configuration_offline
-from airflow_ray_platform.backends.base import ClusterInfo, ClusterNotFoundError, ClusterState, Lease, RayBackend
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, Lease, RayBackend
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.links import RayDashboardLink
 from airflow_ray_platform.maintenance.leases import DagRunLiveness, release_and_delete
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.runs.cluster import create_or_get_cluster, lease_existing, resolve_cluster, wait_for_cluster
 from airflow_ray_platform.runs.events import ClusterEvent, JobEvent
-from airflow_ray_platform.runs.job_run import RayJobRun, create_or_get_cluster, wait_for_cluster
-from airflow_ray_platform.spec.models import JobConfiguration, load_job_configuration, validate_cluster_name
+from airflow_ray_platform.runs.job_run import RayJobRun
+from airflow_ray_platform.spec.models import (
+    JobConfiguration,
+    JobConfigurationError,
+    load_job_configuration,
+    validate_cluster_name,
+)
 from airflow_ray_platform.spec.naming import (
     XCOM_BACKEND,
     XCOM_CLUSTER_NAME,
@@ -73,6 +80,16 @@ def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
 
 def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+@contextmanager
+def _configuration_errors_fail_the_task() -> Iterator[None]:
+    """A configuration error found at task start (after Jinja rendered it) fails the task at once: a
+    retry would render the same configuration and fail the same way, so no retry is spent on it."""
+    try:
+        yield
+    except JobConfigurationError as error:
+        raise AirflowFailException(str(error)) from None
 
 
 def _settling(operator: _RayOperator) -> float | None:
@@ -181,28 +198,6 @@ class _RayOperator(_RecordingOperator):
     def _startup_timeout(self) -> float:
         return self.config.lifecycle.startup_timeout.total_seconds()
 
-    def _create_or_get(self, name: str, context: Context, *, ephemeral: bool) -> ClusterInfo:
-        """The cluster the configuration describes (``job_run.create_or_get_cluster``): a shared (named)
-        one leased for this task's DAG run in the same step, a task's ephemeral one without a lease."""
-        identity = TaskIdentity.from_context(context)
-        lease = None if ephemeral else _lease(context)
-        return create_or_get_cluster(
-            self.backend, self.config, name, identity, ephemeral=ephemeral, lease=lease, recorder=self.recorder
-        )
-
-    def _existing(self, name: str, field: str, context: Context) -> ClusterInfo:
-        """The existing cluster ``field`` names, leased for this DAG run; an error naming that field if
-        there is none."""
-        try:
-            info = self.backend.acquire_lease(name, _lease(context))
-        except ClusterNotFoundError:
-            why = " (a configuration with only a name reuses, never creates)" if "." in field else ""
-            raise AirflowException(
-                f"{field}: Ray cluster {name!r} does not exist on backend {self.backend.name!r}{why}"
-            ) from None
-        self.recorder.cluster_seen(info)  # who holds it now, on its record
-        return info
-
 
 class RayClusterOperator(_RayOperator):
     """Create (or get, by name) the Ray cluster a ``job_configuration`` describes, and wait until ready.
@@ -224,13 +219,17 @@ class RayClusterOperator(_RayOperator):
         self.wait_for_ready = wait_for_ready
 
     def execute(self, context: Context) -> dict[str, Any]:
-        config = self.config
-        self._admit(context)
-        name = config.cluster_name
-        if config.cluster.reuses_existing:
-            info = self._existing(name, "job_configuration.cluster.name", context)
-        else:
-            info = self._create_or_get(name, context, ephemeral=False)
+        with _configuration_errors_fail_the_task():
+            config = self.config
+            self._admit(context)
+            name = config.cluster_name
+            identity = TaskIdentity.from_context(context)
+            if config.cluster.reuses_existing:
+                info = lease_existing(self.backend, name, identity, "job_configuration.cluster.name", self.recorder)
+            else:
+                info = create_or_get_cluster(
+                    self.backend, config, name, identity, lease=_lease(context), recorder=self.recorder
+                )
         self.log.info("Ray cluster %r on backend %r: %s", name, info.backend, info.state)
         result = self._push_cluster(context, info)
         if not self.wait_for_ready or info.state == ClusterState.READY:
@@ -322,9 +321,10 @@ class RayJobOperator(_RayOperator):
 
     Where the job runs, in order: ``cluster_name`` (e.g. ``RayClusterOperator``'s XCom), else
     ``job_configuration.cluster`` when it only names a cluster, else a cluster created from the
-    spec: with ``lifecycle.shutdown_after_job`` (the default) an ephemeral cluster of this task
-    alone, deleted when the job ends (kept after a failure if ``keep_cluster_on_failure``);
-    without it, the named cluster ``cluster.name`` (or ``name``), created if missing and kept.
+    spec: with ``lifecycle.cleanup`` ``always`` (the default) an ephemeral cluster of this task
+    alone, deleted when the job ends (``on_success``: kept after a failure, for debugging); with
+    ``never``, the named cluster ``cluster.name`` (or ``name``), created if missing, leased and kept.
+    A configuration error (after Jinja rendered it) fails the task without retries.
 
     :param job_configuration: a dict, a YAML/JSON file path or a ``JobConfiguration`` (templated).
     :param ray_conn_id: the ``ray`` connection naming the backend (templated).
@@ -356,10 +356,6 @@ class RayJobOperator(_RayOperator):
         self.timeout = timeout
         self._run: RayJobRun | None = None
 
-    def _job_timeout(self) -> float | None:
-        configured = self.config.job.timeout if self.config.job else None
-        return _seconds(self.timeout) or _seconds(configured)
-
     def _job_run(self, cluster_name: str, ephemeral: bool, **progress: Any) -> RayJobRun:
         self._run = RayJobRun(
             self.backend,
@@ -372,24 +368,19 @@ class RayJobOperator(_RayOperator):
         )
         return self._run
 
-    def _resolve_cluster(self, context: Context) -> tuple[ClusterInfo, bool]:
-        """(cluster, ephemeral) for this job; creates the cluster when the configuration asks for one."""
-        config = self.config
-        if self.cluster_name:
-            validate_cluster_name(self.cluster_name, "cluster_name")
-            return self._existing(self.cluster_name, "cluster_name", context), False
-        if config.cluster.reuses_existing:
-            return self._existing(config.cluster_name, "job_configuration.cluster.name", context), False
-        ephemeral = config.lifecycle.shutdown_after_job
-        name = TaskIdentity.from_context(context).ephemeral_cluster_name(config.name) if ephemeral else None
-        return self._create_or_get(name or config.cluster_name, context, ephemeral=ephemeral), ephemeral
-
     # ------------------------------------------------------------ execute
     def execute(self, context: Context) -> str | None:
-        self._admit(context)
-        if self.config.job is None:
-            raise AirflowException("job_configuration.job: required by RayJobOperator (entrypoint and options)")
-        info, ephemeral = self._resolve_cluster(context)
+        with _configuration_errors_fail_the_task():
+            self._admit(context)
+            self.config.required_job()
+            cluster = resolve_cluster(
+                self.backend,
+                self.config,
+                TaskIdentity.from_context(context),
+                cluster_name=self.cluster_name,
+                recorder=self.recorder,
+            )
+        info, ephemeral = cluster.info, cluster.ephemeral
         self._job_run(info.name, ephemeral)
         self._push_cluster(context, info)
         if info.state != ClusterState.READY:
@@ -441,8 +432,7 @@ class RayJobOperator(_RayOperator):
             self.log.info("Ray dashboard: %s", job_url)
         if not self.wait_for_completion:
             return info.submission_id
-        job_timeout = self._job_timeout()
-        run.timeout_at = None if job_timeout is None else time.time() + job_timeout
+        run.start_clock(_seconds(self.timeout))
         event = run.wait(info, poll_interval=self.poll_interval, stream_logs=self.get_logs, within=_settling(self))
         if event is None:
             self.defer(
@@ -490,18 +480,8 @@ class RayJobOperator(_RayOperator):
         return event.submission_id
 
     def _cleanup_cluster(self, *, failed: bool) -> None:
-        run = self._run
-        if run is None or not run.ephemeral_cluster:
-            return
-        if failed and self.config.lifecycle.keep_cluster_on_failure:
-            self.log.warning(
-                "Keeping ephemeral Ray cluster %r for debugging (keep_cluster_on_failure); the "
-                "cleanup DAG removes it after its idle_timeout",
-                run.cluster_name,
-            )
-            return
-        run.delete_cluster("ephemeral cluster: its job ended")
-        self.log.info("Deleted ephemeral Ray cluster %r", run.cluster_name)
+        if self._run is not None:
+            self._run.end_cluster(succeeded=not failed)
 
     def on_kill(self) -> None:
         """Stop the running job, and remove this task's ephemeral cluster."""

@@ -6,8 +6,8 @@ So a rule (reattach or resubmit, when a wait ends, what a timeout does, what is 
 once and tested without Ray or Airflow: :func:`decide_submission` and :meth:`RayJobRun.outcome` are
 pure; the rest calls the backend (blocking: async callers run it in a worker thread).
 
-Waiting for a cluster to become ready is the run's first phase and lives here too
-(:func:`cluster_outcome`, :func:`wait_for_cluster`).
+The run's first phase, finding or creating its cluster and waiting until it is ready, is
+:mod:`.cluster`'s.
 """
 
 from __future__ import annotations
@@ -20,26 +20,25 @@ from typing import Any
 
 from airflow_ray_platform.backends.base import (
     BackendError,
-    ClusterFailedError,
-    ClusterInfo,
-    ClusterNotFoundError,
     ClusterState,
     IncrementalLogs,
     JobInfo,
     JobState,
-    Lease,
     RayBackend,
 )
+from airflow_ray_platform.backends.retries import transient_faults
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.records.utilisation import Utilisation, scrape
 from airflow_ray_platform.runs.events import JobEvent, WaitStatus
 from airflow_ray_platform.spec.models import JobConfiguration
-from airflow_ray_platform.spec.naming import TASK_KEY_METADATA, TRY_NUMBER_METADATA, TaskIdentity, cluster_labels
+from airflow_ray_platform.spec.naming import TASK_KEY_METADATA, TRY_NUMBER_METADATA, TaskIdentity
 from airflow_ray_platform.spec.timestamps import utc_now
 
 STOPPED_BY_KILL = "stopped: the task was killed"
 #: ``RayJobRun.observe``'s utilisation sample when the caller took none: scrape the cluster here.
 SCRAPE_HERE: Any = object()
+#: ``RayJobRun.poll``'s job when the caller observed none: describe it here.
+DESCRIBE: Any = object()
 STOPPED_BY_TIMEOUT = "stopped: it exceeded its timeout"
 
 _module_log = logging.getLogger(__name__)
@@ -86,71 +85,6 @@ def stopped_job(latest: JobInfo | None, submission_id: str, cluster_name: str, w
         return latest
     started = latest.start_time if latest is not None else None
     return JobInfo(submission_id, cluster_name, JobState.STOPPED, message=why, start_time=started, end_time=utc_now())
-
-
-def cluster_outcome(name: str, info: ClusterInfo | None, *, timed_out: bool, timeout: float) -> ClusterInfo | None:
-    """One step of waiting for a cluster: the info once READY, None to keep waiting; raises with the
-    backend's reason when the cluster is gone, failed, or not ready within ``timeout`` seconds."""
-    if info is None:
-        raise ClusterNotFoundError(f"Ray cluster {name!r} does not exist")
-    if info.state == ClusterState.READY:
-        return info
-    if info.state == ClusterState.FAILED:
-        raise ClusterFailedError(f"Ray cluster {name!r} failed to start: {info.message}")
-    if timed_out:
-        raise ClusterFailedError(
-            f"Ray cluster {name!r} was not ready within {timeout:.0f}s (startup timeout); last state "
-            f"{info.state}: {info.message or 'no detail'}"
-        )
-    return None
-
-
-def wait_for_cluster(
-    backend: RayBackend, name: str, timeout: float, poll_interval: float = 1.0, within: float | None = None
-) -> ClusterInfo | None:
-    """Block until the cluster is READY; raise with the backend's reason if it fails or times out; None
-    if it is still starting after ``within`` seconds (a deferrable operator's first seconds)."""
-    started = time.monotonic()
-    while True:
-        info = backend.describe_cluster(name)
-        elapsed = time.monotonic() - started
-        ready = cluster_outcome(name, info, timed_out=elapsed >= timeout, timeout=timeout)
-        if ready is not None:
-            return ready
-        if within is not None and elapsed >= within:
-            return None
-        time.sleep(poll_interval)
-
-
-def create_or_get_cluster(
-    backend: RayBackend,
-    config: JobConfiguration,
-    name: str,
-    identity: TaskIdentity,
-    *,
-    ephemeral: bool,
-    lease: Lease | None,
-    recorder: LifecycleRecorder | None,
-) -> ClusterInfo:
-    """The cluster ``config`` describes, under ``name``, created if missing (checked by the backend
-    first), labelled with its owner, team, lifetimes and the task that asked; an existing one created
-    from another spec is an error naming the difference. ``lease``: held on a shared cluster (None for a
-    task's own ephemeral cluster). The operators and the CLI create clusters through here alone."""
-    backend.validate_configuration(config)
-    spec = config.cluster
-    labels = cluster_labels(
-        owner=config.owner,
-        team=config.team,
-        idle_timeout_seconds=int(spec.idle_timeout.total_seconds()),
-        max_lifetime_seconds=int(spec.max_lifetime.total_seconds()),
-        identity=identity,
-        ephemeral=ephemeral,
-        extra=spec.labels,
-    )
-    info = backend.create_or_get_cluster(name, spec, labels, lease)
-    if recorder is not None:
-        recorder.cluster_seen(info, requested=True)
-    return info
 
 
 def log_job_output(log: logging.Logger, submission_id: str, text: str) -> None:
@@ -214,9 +148,10 @@ class RayJobRun:
     # ---------------------------------------------------------------- submit
     def submit_or_reattach(self, identity: TaskIdentity, try_number: int) -> JobInfo:
         """Carry out :func:`decide_submission` for this task's try, and record who submitted what."""
+        if self.config is None:
+            raise ValueError("a run submits the job of its configuration: it has none")
         config = self.config
-        if config is None or config.job is None:
-            raise ValueError("job_configuration.job: required to submit a Ray job (entrypoint and options)")
+        job = config.required_job()
         decision = decide_submission(identity, try_number, self.backend.list_jobs(self.cluster_name))
         self.submission_id = decision.submission_id
         if decision.reattach is not None:
@@ -236,10 +171,17 @@ class RayJobRun:
                     decision.submission_id,
                 )
             metadata = identity.job_metadata(try_number, config.owner, config.team)
-            info = self.backend.submit_job(self.cluster_name, decision.submission_id, config.job, metadata)
+            info = self.backend.submit_job(self.cluster_name, decision.submission_id, job, metadata)
             self.log.info("Submitted Ray job %r to cluster %r", info.submission_id, self.cluster_name)
         self._record(info, identity=identity, try_number=try_number)
         return info
+
+    def start_clock(self, timeout: float | None = None) -> None:
+        """The job's deadline from now: ``timeout`` seconds (an operator's ``timeout``), else the
+        configuration's ``job.timeout``, else none."""
+        configured = self.config.job.timeout if self.config is not None and self.config.job is not None else None
+        seconds = timeout if timeout is not None else configured.total_seconds() if configured is not None else None
+        self.timeout_at = None if seconds is None else time.time() + seconds
 
     # ------------------------------------------------------------------ wait
     def outcome(self, info: JobInfo | None, now: float | None = None) -> JobEvent | None:
@@ -284,6 +226,17 @@ class RayJobRun:
             WaitStatus.FAILED, f"job {self._id!r} cannot finish: {why}; last error: {error}", state=JobState.FAILED
         )
 
+    def lost_or_raise(self, error: BackendError) -> JobEvent:
+        """After a failed status call: the event that ends the wait if the job's cluster died or is gone;
+        otherwise ``error`` again, a passing fault for the wait's fault policy to count."""
+        try:
+            lost = self.cluster_lost(error)
+        except BackendError:  # the backend itself does not answer: a passing fault too
+            lost = None
+        if lost is None:
+            raise error
+        return lost
+
     def new_output(self, *, final: bool = False) -> str:
         """The driver log written since the last call (the offset moves on): read from the offset where
         the backend can (each byte once, whole lines until ``final``), else sliced from the whole log."""
@@ -315,32 +268,37 @@ class RayJobRun:
         """Describe the job, then :meth:`observe` it: one poll."""
         return self.observe(self.describe(), stream_logs=stream_logs)
 
+    def poll(self, observed: Any = DESCRIBE, *, stream_logs: bool) -> tuple[JobEvent | None, str]:
+        """One look at the job (``observed``, else described now) and :meth:`observe`; a failed call ends
+        the wait if the cluster died, else is raised for the fault policy (:meth:`lost_or_raise`)."""
+        try:
+            info = self.describe() if observed is DESCRIBE else observed
+            return self.observe(info, stream_logs=stream_logs)
+        except BackendError as error:
+            return self.lost_or_raise(error), ""
+
     def wait(
         self, info: JobInfo | None, *, poll_interval: float, stream_logs: bool, within: float | None = None
     ) -> JobEvent | None:
-        """Block until the wait ends, logging the job's output (the operator's non-deferrable path, and
-        a deferrable one's first seconds); None if it has not ended ``within`` seconds."""
+        """Block until the wait ends, logging the job's output (the operator's non-deferrable path, a
+        deferrable one's first seconds, the CLI); None if it has not ended ``within`` seconds. Failed
+        status calls are tolerated as the trigger tolerates them (``backends.retries.transient_faults``);
+        past that, the wait ends with an error event."""
         give_up = None if within is None else time.monotonic() + within
+        faults = transient_faults(poll_interval, self.log)
+        observed: Any = info
         while True:
             try:
-                event, text = self.observe(info, stream_logs=stream_logs)
+                event, text = faults(self.poll, observed, stream_logs=stream_logs)
             except BackendError as error:
-                event, text = self.cluster_lost(error), ""
-                if event is None:
-                    raise
+                return self.error(str(error))
+            observed = DESCRIBE
             log_job_output(self.log, self._id, text)
             if event is not None:
                 return event
             if give_up is not None and time.monotonic() >= give_up:
                 return None
             time.sleep(poll_interval)
-            try:
-                info = self.describe()
-            except BackendError as error:
-                lost = self.cluster_lost(error)
-                if lost is None:
-                    raise
-                return lost
 
     # ---------------------------------------------------------------- finish
     def conclude(self, event: JobEvent, *, stream_logs: bool) -> JobInfo | None:
@@ -386,6 +344,24 @@ class RayJobRun:
         if cluster is not None and self.recorder is not None:
             latest = self.describe()
             self.recorder.job_seen(cluster, stopped_job(latest, self._id, self.cluster_name, why), config=self.config)
+
+    def end_cluster(self, *, succeeded: bool) -> bool:
+        """The run's own cluster once its job ended, as ``lifecycle.cleanup`` says: deleted (``always``, or
+        ``on_success`` after a success) or kept for debugging until the cleanup DAG's idle timeout. A shared
+        cluster is never touched here (its DAG run's teardown releases it). Returns whether it deleted."""
+        if not self.ephemeral_cluster:
+            return False
+        if self.config is not None and not self.config.lifecycle.deletes_cluster(succeeded=succeeded):
+            self.log.warning(
+                "Keeping Ray cluster %r for debugging (lifecycle.cleanup: %s); the cleanup DAG removes it after "
+                "its idle_timeout",
+                self.cluster_name,
+                self.config.lifecycle.cleanup,
+            )
+            return False
+        deleted = self.delete_cluster("ephemeral cluster: its job ended")
+        self.log.info("Deleted ephemeral Ray cluster %r", self.cluster_name)
+        return deleted
 
     def delete_cluster(self, reason: str) -> bool:
         """Delete the run's cluster (an ephemeral one: its job ended, or its task was killed) and record it."""

@@ -10,9 +10,11 @@ misspelt field is an error that names it, raised before anything is created.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import shlex
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from decimal import Decimal
@@ -461,18 +463,67 @@ class JobSpec(_Strict):
         return {key: value for key, value in fields.items() if value is not None}
 
 
+class ClusterCleanup(enum.StrEnum):
+    """What happens to the cluster a job ran on once it ends (cncf-kubernetes' ``on_finish_action``).
+
+    ``always`` and ``on_success`` give each task a cluster of its own (ephemeral, deleted when its job ends,
+    or only when it succeeded: a failed one is kept for debugging until the cleanup DAG's idle timeout);
+    ``never`` runs on the named cluster ``cluster.name``, shared and kept.
+    """
+
+    ALWAYS = "always"
+    ON_SUCCESS = "on_success"
+    NEVER = "never"
+
+
+class JobConfigurationDeprecationWarning(FutureWarning):
+    """A ``job_configuration`` field that still works but has a replacement (shown to DAG authors)."""
+
+
 class LifecycleSpec(_Strict):
     """What happens around the job (dagster-ray's create / wait / cleanup, made explicit)."""
 
-    shutdown_after_job: bool = Field(
-        True, description="`RayJobOperator` with a cluster spec: an ephemeral cluster per task, deleted after."
-    )
-    keep_cluster_on_failure: bool = Field(
-        False, description="Keep a failed job's ephemeral cluster for debugging (the cleanup DAG removes it)."
+    cleanup: ClusterCleanup = Field(
+        ClusterCleanup.ALWAYS,
+        description="`RayJobOperator` with a cluster spec: `always` (a cluster per task, deleted when its job "
+        "ends), `on_success` (the same, kept after a failure for debugging until the cleanup DAG removes it) "
+        "or `never` (the named cluster `cluster.name`, shared and kept).",
     )
     startup_timeout: timedelta = Field(
         timedelta(minutes=10), description="Fail the task when the cluster is not ready within this long."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_cleanup_booleans(cls, data: Any) -> Any:
+        """``shutdown_after_job`` and ``keep_cluster_on_failure``, the two booleans ``cleanup`` replaces."""
+        if not isinstance(data, Mapping) or not {"shutdown_after_job", "keep_cluster_on_failure"} & data.keys():
+            return data
+        data = dict(data)
+        if "cleanup" in data:
+            raise ValueError("cleanup: give it alone, not with shutdown_after_job or keep_cluster_on_failure")
+        shutdown, keep = data.pop("shutdown_after_job", True), data.pop("keep_cluster_on_failure", False)
+        for field, value in (("shutdown_after_job", shutdown), ("keep_cluster_on_failure", keep)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{field}: must be true or false")
+        cleanup = ClusterCleanup.NEVER if not shutdown else ClusterCleanup.ON_SUCCESS if keep else ClusterCleanup.ALWAYS
+        warnings.warn(
+            f"job_configuration.lifecycle: shutdown_after_job and keep_cluster_on_failure are deprecated; "
+            f"write cleanup: {cleanup.value}",
+            JobConfigurationDeprecationWarning,
+            stacklevel=2,
+        )
+        data["cleanup"] = cleanup
+        return data
+
+    @property
+    def ephemeral_cluster(self) -> bool:
+        """Whether the job gets a cluster of its own (deleted after it) rather than the shared named one."""
+        return self.cleanup != ClusterCleanup.NEVER
+
+    def deletes_cluster(self, *, succeeded: bool) -> bool:
+        """Whether a task's own cluster goes once its job ended (``succeeded`` or not)."""
+        return self.cleanup == ClusterCleanup.ALWAYS or (self.cleanup == ClusterCleanup.ON_SUCCESS and succeeded)
 
     @field_validator("startup_timeout")
     @classmethod
@@ -500,6 +551,13 @@ class JobConfiguration(_Strict):
         if not value:
             raise ValueError("must not be empty")
         return value
+
+    def required_job(self) -> JobSpec:
+        """The job, for whatever runs one (the operator, ``@task``-style callers, the CLI): its absence is a
+        configuration error naming the field, raised before any cluster is created."""
+        if self.job is None:
+            raise JobConfigurationError("job_configuration.job: required to run a Ray job (entrypoint and options)")
+        return self.job
 
     @property
     def cluster_name(self) -> str:

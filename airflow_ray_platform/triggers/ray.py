@@ -25,16 +25,16 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ray_platform.backends.base import BackendError, ClusterState, JobInfo, RayBackend, WatchingBackend
+from airflow_ray_platform.backends.retries import async_transient_faults
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.records.utilisation import Utilisation
 from airflow_ray_platform.runs.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.runs.job_polling import ClusterPoller
-from airflow_ray_platform.runs.job_run import SCRAPE_HERE, RayJobRun, cluster_outcome, log_job_output
+from airflow_ray_platform.runs.cluster import cluster_outcome
+from airflow_ray_platform.runs.job_run import SCRAPE_HERE, RayJobRun, log_job_output
 from airflow_ray_platform.tenancy.policy import Actor
 
-#: Consecutive failed status calls tolerated before the wait gives up (a dashboard restarting).
-MAX_CONSECUTIVE_ERRORS = 5
 #: With a watching backend: the longest single wait for a job while its log is streamed (the log is
 #: read between waits), and without streaming; and for a cluster, between reads of its pods' reasons.
 LOG_STREAM_WINDOW = 10.0
@@ -266,33 +266,11 @@ class RayJobTrigger(_RayTrigger):
         backend = await self._backend()
         watching = backend if isinstance(backend, WatchingBackend) else None
         run = self._run(backend)
-        errors = 0
+        faults = async_transient_faults(self.poll_interval, self.log)
         while True:
             try:
-                if watching is None:
-                    polled = await self._poller(backend).next_round(self.submission_id)
-                    info, sample = polled.job, polled.utilisation
-                else:
-                    window = self._window(LOG_STREAM_WINDOW if self.stream_logs else MAX_WATCH_WINDOW, self.timeout_at)
-                    info, sample = await watching.await_job(self.cluster_name, self.submission_id, window), SCRAPE_HERE
-                event = await asyncio.to_thread(self._observe, run, info, sample)
-                self.log_offset = run.log_offset  # what serialize() carries from now on
-                errors = 0
-            except BackendError as error:
-                errors += 1
-                try:
-                    lost = await asyncio.to_thread(run.cluster_lost, error)
-                except BackendError:  # the backend itself is unreachable: a passing fault, counted
-                    lost = None
-                if lost is not None:  # its cluster died: nothing will answer for the job again
-                    if self.finish_job:
-                        lost = await asyncio.to_thread(self._finish, backend, lost)
-                    yield await self._fire(lost.to_dict())
-                    return
-                if errors < MAX_CONSECUTIVE_ERRORS:
-                    self.log.warning("Ray status call failed (%d/%d): %s", errors, MAX_CONSECUTIVE_ERRORS, error)
-                    await asyncio.sleep(self.poll_interval)
-                    continue
+                event = await faults(self._step, backend, watching, run)
+            except BackendError as error:  # the fault policy gave up: the backend kept failing
                 yield await self._fire(run.error(str(error)).to_dict())
                 return
             if event is not None:
@@ -300,6 +278,23 @@ class RayJobTrigger(_RayTrigger):
                     event = await asyncio.to_thread(self._finish, backend, event)
                 yield await self._fire(event.to_dict())
                 return
+
+    async def _step(self, backend: RayBackend, watching: WatchingBackend | None, run: RayJobRun) -> JobEvent | None:
+        """One look at the job: from the poll shared with this triggerer's other waits on its cluster, or
+        a server-side watch. A failed call ends the wait if the cluster died, else is raised for the
+        fault policy to count (the same policy as the blocking wait's)."""
+        try:
+            if watching is None:
+                polled = await self._poller(backend).next_round(self.submission_id)
+                info, sample = polled.job, polled.utilisation
+            else:
+                window = self._window(LOG_STREAM_WINDOW if self.stream_logs else MAX_WATCH_WINDOW, self.timeout_at)
+                info, sample = await watching.await_job(self.cluster_name, self.submission_id, window), SCRAPE_HERE
+            event = await asyncio.to_thread(self._observe, run, info, sample)
+        except BackendError as error:
+            return await asyncio.to_thread(run.lost_or_raise, error)
+        self.log_offset = run.log_offset  # what serialize() carries from now on
+        return event
 
     def _observe(self, run: RayJobRun, info: JobInfo | None, sample: Any) -> JobEvent | None:
         """One look at the job, its new log lines handed to the task log here, in a worker thread: a

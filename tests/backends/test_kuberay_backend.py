@@ -14,7 +14,7 @@ from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, C
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
 from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
 from airflow_ray_platform.backends.kuberay.status import job_state
-from airflow_ray_platform.runs.job_run import cluster_outcome
+from airflow_ray_platform.runs.cluster import cluster_outcome
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from airflow_ray_platform.spec.naming import CLUSTER_LABEL
 

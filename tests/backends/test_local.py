@@ -23,7 +23,7 @@ from airflow_ray_platform.backends.base import (
     JobState,
 )
 from airflow_ray_platform.backends.local.backend import LocalBackend
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 
 from ..conftest import SHARED_CLUSTER, SHARED_SPEC

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import JobState
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec
 from airflow_ray_platform.spec.naming import RUN_ID_METADATA
 

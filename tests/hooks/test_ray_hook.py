@@ -96,7 +96,7 @@ def test_wrong_token_is_a_clear_error_that_does_not_echo_it(monkeypatch, shared_
 def test_a_refused_token_fails_the_cluster_at_once(monkeypatch, shared_cluster):
     """Found by review: 401/403 read as "still provisioning", so the task waited out its startup timeout."""
     from airflow_ray_platform.backends.base import ClusterState
-    from airflow_ray_platform.runs.job_run import wait_for_cluster
+    from airflow_ray_platform.runs.cluster import wait_for_cluster
 
     address = urlsplit(shared_cluster.dashboard_url)
     _connection(monkeypatch, "ray_refused", host=address.hostname, port=address.port, password="wrong-token")

@@ -21,7 +21,7 @@ from airflow.utils.state import DagRunState
 from airflow_ray_platform.backends.base import ClusterState, JobState
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from airflow_ray_platform.spec.naming import cluster_labels
 from airflow_ray_platform.triggers.ray import RayJobTrigger

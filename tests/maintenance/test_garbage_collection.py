@@ -15,7 +15,7 @@ from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.maintenance.garbage_collection import Decision, Outcome, apply, decide, plan, report
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.records.state_store import StateStore, cluster_uid
-from airflow_ray_platform.runs.job_run import wait_for_cluster
+from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from airflow_ray_platform.spec.naming import KEEP_LABEL, TaskIdentity, cluster_labels
 from airflow_ray_platform.spec.timestamps import utc_now

@@ -70,6 +70,7 @@ from airflow_ray_platform.backends.kuberay.manifests import (
 from airflow_ray_platform.backends.kuberay.schema import validate_manifest
 from airflow_ray_platform.backends.kuberay.status import cluster_info, job_info
 from airflow_ray_platform.backends.kuberay.watch import RayJobWatch
+from airflow_ray_platform.backends.retries import MAX_CONFLICTS, ConcurrentChange, on_conflict
 from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobConfigurationError, JobSpec
 from airflow_ray_platform.spec.naming import (
     CLUSTER_LABEL,
@@ -316,15 +317,19 @@ class KubeRayBackend:
         manifest = render_ray_cluster(
             name, self.namespace, spec, labels, annotations, kubernetes_token_auth=self.ray_auth == "kubernetes"
         )
-        for _ in range(5):
+
+        def create_and_lease() -> ClusterInfo:
             obj = self._create("rayclusters", manifest)
             info = cluster_info(obj, self.name, None)
             check_same_spec(name, info.spec, spec)
             if lease is None or any(held.key == lease.key for held in info.leases):
                 return self._cluster_info(obj)
-            with contextlib.suppress(ClusterNotFoundError):  # deleted since it was read: create it again
+            try:
                 return self.acquire_lease(name, lease)
-        raise BackendError(f"RayCluster {name!r} kept being deleted while it was being leased")
+            except ClusterNotFoundError:  # deleted since it was read: create it again
+                raise ConcurrentChange(f"RayCluster {name!r} kept being deleted while it was being leased") from None
+
+        return on_conflict()(create_and_lease)
 
     def acquire_lease(self, name: str, lease: Lease) -> ClusterInfo:
         def take(annotations: dict[str, str]) -> None:
@@ -364,25 +369,29 @@ class KubeRayBackend:
         return [self._cluster_info(obj, with_pods=False) for obj in self._list("rayclusters", labels or {})]
 
     def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
-        for _ in range(5):
+
+        def check_and_delete() -> bool | None:
             obj = self._get("rayclusters", name)
             if obj is None:
-                return False
+                return None
             if condition is None:
-                deleted = self._delete("rayclusters", name)
-                break
+                return self._delete("rayclusters", name)
             info = cluster_info(obj, self.name, None)
             jobs = self.jobs_by_cluster().get(name, [])
             condition.check(
                 name, info.last_active_at, info.leases, [j.submission_id for j in jobs if not j.state.is_terminal]
             )
             try:
-                deleted = self._delete("rayclusters", name, obj["metadata"]["resourceVersion"])
-                break
-            except ClusterBusyError:
-                continue  # written meanwhile (KubeRay's status, a lease, a job): check the new version
-        else:
-            raise ClusterBusyError(f"RayCluster {name!r} kept changing while being checked for deletion")
+                return self._delete("rayclusters", name, obj["metadata"]["resourceVersion"])
+            except ClusterBusyError:  # written meanwhile (KubeRay's status, a lease, a job): check the new version
+                raise ConcurrentChange(f"RayCluster {name!r} kept changing while being checked for deletion") from None
+
+        try:
+            deleted = on_conflict()(check_and_delete)
+        except ConcurrentChange as error:
+            raise ClusterBusyError(str(error)) from None
+        if deleted is None:
+            return False
         # This provider's RayJobs of the cluster go with it: their records live on in the state store.
         for job in self._list("rayjobs", {CLUSTER_LABEL: name}):
             self._delete("rayjobs", job["metadata"]["name"])
@@ -396,7 +405,8 @@ class KubeRayBackend:
     ) -> dict[str, Any]:
         """Apply ``change`` to the RayCluster's annotations (optimistically: the write carries the
         ``resourceVersion`` read, and is retried on a concurrent write)."""
-        for _ in range(5):
+
+        def read_change_write() -> dict[str, Any]:
             obj = self._get("rayclusters", cluster_name)
             if obj is None:
                 raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.namespace!r}")
@@ -415,9 +425,13 @@ class KubeRayBackend:
             except ApiException as error:
                 if error.status == 404:
                     raise ClusterNotFoundError(f"{doing}: it was deleted meanwhile") from None
-                if error.status != 409:
-                    raise BackendError(f"{doing}: {api_error_reason(error)}") from None
-        raise BackendError(f"{doing}: it kept changing (5 concurrent writes in a row)")
+                if error.status == 409:
+                    raise ConcurrentChange(
+                        f"{doing}: it kept changing ({MAX_CONFLICTS} concurrent writes in a row)"
+                    ) from None
+                raise BackendError(f"{doing}: {api_error_reason(error)}") from None
+
+        return on_conflict()(read_change_write)
 
     def _touch(self, cluster_name: str) -> dict[str, Any]:
         """Move the cluster's activity mark forward."""
