@@ -39,29 +39,23 @@ with DAG(
 
     @task
     def sweep_backend(ray_conn_id: str, params=None, run_id=None, ti=None) -> dict:
-        from airflow.configuration import conf
-
+        from airflow_ray_platform import settings
         from airflow_ray_platform.hooks.ray import RayHook
-        from airflow_ray_platform.maintenance.garbage_collection import no_hard_lifetime, report, sweep
+        from airflow_ray_platform.maintenance.abandoned_jobs import task_state_lookup
+        from airflow_ray_platform.maintenance.garbage_collection import report, sweep
         from airflow_ray_platform.maintenance.leases import DagRunLiveness
         from airflow_ray_platform.records.lifecycle import LifecycleRecorder
-        from airflow_ray_platform.runs.job_run import stop_abandoned_jobs, task_state_lookup
-        from airflow_ray_platform.tenancy.policy import configured_policy
 
-        store = params["state_store_conn_id"] or conf.get("ray_platform", "state_store_conn_id", fallback=None)
-        recorder = LifecycleRecorder(store or None)
-        backend = RayHook(ray_conn_id, audit=recorder.audit).backend  # acts as the cleanup DAG
-        policy = configured_policy()
-        stop_abandoned_jobs(backend, recorder, task_state_lookup(ti), dry_run=bool(params["dry_run"]))
-        outcomes = sweep(
-            backend,
+        recorder = LifecycleRecorder(params["state_store_conn_id"] or settings.state_store_conn_id())
+        done = sweep(
+            RayHook(ray_conn_id, audit=recorder.audit).backend,  # acts as the cleanup DAG
             recorder,
+            task_state=task_state_lookup(ti),
+            lease_is_live=DagRunLiveness.from_task_instance(ti),
             dry_run=bool(params["dry_run"]),
             sweep_id=f"{run_id}/{ray_conn_id}",
-            lease_is_live=DagRunLiveness.from_task_instance(ti),
-            hard_lifetime=policy.hard_lifetime if policy is not None else no_hard_lifetime,
         )
-        print(report(outcomes))
-        return {outcome.decision.cluster.name: outcome.action for outcome in outcomes}
+        print(report(done))
+        return {outcome.decision.cluster.name: outcome.action for outcome in done.outcomes}
 
     sweep_backend.expand(ray_conn_id=backends())

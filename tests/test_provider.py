@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -39,12 +42,21 @@ def test_every_listed_class_and_module_imports():
         _import(path)
 
 
-def test_operators_default_deferrable_from_airflow_config():
-    from airflow.configuration import conf
-
-    expected = conf.getboolean("operators", "default_deferrable", fallback=False)
-    config = {"name": "x", "owner": "o", "team": "t", "job": {"entrypoint": "true"}}
-    assert RayJobOperator(task_id="t", job_configuration=config).deferrable is expected
+@pytest.mark.parametrize("configured", ["True", "False"])
+def test_operators_default_deferrable_from_airflow_config(configured):
+    """``[operators] default_deferrable`` set each way, in a fresh interpreter (the default is read when
+    the operator module is imported, as Airflow's own operators read it)."""
+    code = (
+        "from airflow_ray_platform.operators.ray import RayJobOperator\n"
+        "from airflow_ray_platform.sensors.ray import RayJobSensor\n"
+        "config = {'name': 'x', 'owner': 'o', 'team': 't', 'job': {'entrypoint': 'true'}}\n"
+        "print(RayJobOperator(task_id='t', job_configuration=config).deferrable,"
+        " RayJobSensor(task_id='s', cluster_name='c', submission_id='j').deferrable)"
+    )
+    env = {**os.environ, "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": configured}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == [configured, configured]
 
 
 @pytest.mark.parametrize("operator", [RayJobOperator, RayClusterOperator])
@@ -64,23 +76,29 @@ def test_bad_configuration_fails_at_parse_and_creates_nothing(operator, backend)
 
 
 def test_parse_time_kuberay_manifest_validation(monkeypatch):
-    """``[ray_platform] validate_kuberay_manifests``: parsing renders and strictly validates manifests.
+    """``[ray_platform] validate_kuberay_manifests``: parsing renders the operator's KubeRay manifests and
+    validates them against the CRDs (counted on the CRD validators), and only with the option set.
 
-    The model now enforces the CRDs' own quantity pattern (below), so no configuration it accepts
-    fails the CRD today; the option stays as a guard against the two drifting apart, and every shipped
+    The model enforces the CRDs' own quantity pattern (below), so no configuration it accepts fails the
+    CRD today; the option stays as a guard against the two drifting apart, and every shipped
     configuration passes it.
     """
-    from pathlib import Path
-
     from airflow.dag_processing.dagbag import DagBag
 
-    from airflow_ray_platform.operators.ray import RayClusterOperator
-    from airflow_ray_platform.spec.models import JobConfigurationError
+    from airflow_ray_platform.backends.kuberay.schema import _validator
 
+    config = {"name": "a", "owner": "o", "team": "t", "cluster": {"head": {"cpu": "1"}}, "job": {"entrypoint": "x"}}
+
+    def validations() -> int:
+        info = _validator.cache_info()
+        return info.hits + info.misses
+
+    before = validations()
+    RayJobOperator(task_id="off", job_configuration=config)
+    assert validations() == before  # the option unset: no manifest is rendered at parse
     monkeypatch.setenv("AIRFLOW__RAY_PLATFORM__VALIDATE_KUBERAY_MANIFESTS", "True")
-    config = {"name": "a", "owner": "o", "team": "t", "cluster": {"head": {"cpu": "1_000"}}}
-    with pytest.raises(JobConfigurationError, match=r"cluster\.head\.cpu: must be a Kubernetes quantity"):
-        RayClusterOperator(task_id="on", job_configuration=config)
+    RayJobOperator(task_id="on", job_configuration=config)
+    assert validations() == before + 2  # the RayCluster and the RayJob, each against its CRD
     bag = DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"))
     assert bag.import_errors == {}  # every shipped configuration renders manifests that pass
 

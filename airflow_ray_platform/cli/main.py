@@ -544,30 +544,43 @@ def clusters_delete(platform: _Platform, name: str, force: bool) -> None:
 
 # ----------------------------------------------------------------------------- gc, usage
 @main.command()
-@click.option("--dry-run", is_flag=True, help="Decide and record, delete nothing.")
+@click.option("--dry-run", is_flag=True, help="Decide and record, delete and stop nothing.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_platform
 @_handle_errors
 def gc(platform: _Platform, dry_run: bool, as_json: bool) -> None:
-    """Sweep idle clusters as the cleanup DAG does (leases count as live: no DAG run is asked)."""
-    from airflow_ray_platform.maintenance.garbage_collection import no_hard_lifetime, report, sweep
-    from airflow_ray_platform.tenancy.policy import Actor, configured_policy
+    """Sweep as the cleanup DAG does: stop jobs whose task ended without them, delete idle clusters.
 
-    policy = configured_policy()
-    actor = Actor(None, cleanup=True, user=_os_user())
-    outcomes = sweep(
-        platform.backend(actor),
+    The same sweep as the DAG's; Airflow's metadata database says which task instances ended and which
+    DAG runs still hold their leases."""
+    from airflow_ray_platform.maintenance.abandoned_jobs import task_state_from_metadata_db
+    from airflow_ray_platform.maintenance.garbage_collection import report, sweep
+    from airflow_ray_platform.maintenance.leases import DagRunLiveness
+    from airflow_ray_platform.tenancy.policy import Actor
+
+    done = sweep(
+        platform.backend(Actor(None, cleanup=True, user=_os_user())),
         platform.recorder,
+        task_state=task_state_from_metadata_db,
+        lease_is_live=DagRunLiveness.from_metadata_db(),
         dry_run=dry_run,
         sweep_id=f"cli/{datetime.now(UTC).isoformat()}",
-        hard_lifetime=policy.hard_lifetime if policy is not None else no_hard_lifetime,
     )
     if as_json:
         _emit_json(
-            [{"cluster": o.decision.cluster.name, "action": o.action, "reason": o.decision.reason} for o in outcomes]
+            {
+                "stopped_jobs": [
+                    {"submission_id": job.submission_id, "cluster": job.cluster_name, "task_state": state}
+                    for job, state in done.stopped_jobs
+                ],
+                "clusters": [
+                    {"cluster": o.decision.cluster.name, "action": o.action, "reason": o.decision.reason}
+                    for o in done.outcomes
+                ],
+            }
         )
         return
-    click.echo(report(outcomes))
+    click.echo(report(done))
 
 
 def _day(value: str, option: str) -> datetime:

@@ -12,6 +12,7 @@ backend, so a job submitted or a lease taken between the decision and the delete
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,12 +25,13 @@ from airflow_ray_platform.backends.base import (
     ClusterState,
     DeleteCondition,
     JobInfo,
-    JobState,
     Lease,
     RayBackend,
 )
+from airflow_ray_platform.maintenance.abandoned_jobs import TaskStateLookup, stop_abandoned_jobs
 from airflow_ray_platform.maintenance.leases import LeaseLiveness, every_lease_live
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.runs.job_run import RayJobRun
 from airflow_ray_platform.spec.naming import (
     EPHEMERAL_LABEL,
     IDLE_TIMEOUT_LABEL,
@@ -39,6 +41,7 @@ from airflow_ray_platform.spec.naming import (
     MAX_LIFETIME_LABEL,
 )
 from airflow_ray_platform.spec.timestamps import to_text, utc_now
+from airflow_ray_platform.tenancy.policy import configured_policy
 
 
 @dataclass(frozen=True)
@@ -200,19 +203,9 @@ def apply(
 
 def _stop_for_hard_lifetime(backend: RayBackend, recorder: LifecycleRecorder | None, decision: Decision) -> None:
     """Stop (and record STOPPED) the active jobs of a cluster past its hard lifetime, before its delete."""
+    why = f"stopped: {decision.reason.split(';')[0]}"
     for job in decision.stop_jobs:
-        backend.stop_job(decision.cluster.name, job.submission_id)
-        if recorder is not None:
-            why = f"stopped: {decision.reason.split(';')[0]}"
-            stopped = JobInfo(
-                job.submission_id,
-                job.cluster_name,
-                JobState.STOPPED,
-                message=why,
-                start_time=job.start_time,
-                end_time=utc_now(),
-            )
-            recorder.job_seen(decision.cluster, stopped)
+        RayJobRun(backend, decision.cluster.name, job.submission_id, recorder=recorder).stop_and_record(why)
 
 
 def _release_expired(backend: RayBackend, outcome: Outcome) -> Outcome:
@@ -225,21 +218,43 @@ def _release_expired(backend: RayBackend, outcome: Outcome) -> Outcome:
     return Outcome(outcome.decision, outcome.action, f"{outcome.detail}; released {len(expired)} expired lease(s)")
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What one sweep of a backend did: the abandoned jobs it stopped, then every cluster's outcome."""
+
+    stopped_jobs: list[tuple[JobInfo, str]]
+    outcomes: list[Outcome]
+    dry_run: bool
+
+
 def sweep(
     backend: RayBackend,
     recorder: LifecycleRecorder | None,
     *,
+    task_state: TaskStateLookup,
+    lease_is_live: LeaseLiveness,
+    hard_lifetime: HardLifetime | None = None,
     dry_run: bool = False,
     sweep_id: str = "",
-    lease_is_live: LeaseLiveness = every_lease_live,
-    hard_lifetime: HardLifetime = no_hard_lifetime,
-) -> list[Outcome]:
+    log: logging.Logger | None = None,
+) -> Sweep:
+    """One sweep, the cleanup DAG's and ``airflow-ray gc``'s alike: stop the jobs whose task instance
+    ended without them, then decide for every cluster and carry the decisions out. Only how Airflow is
+    asked (``task_state``, ``lease_is_live``) differs between the two: from a task, or from the CLI.
+    ``hard_lifetime``: the platform policy's, by default."""
+    if hard_lifetime is None:
+        policy = configured_policy()
+        hard_lifetime = policy.hard_lifetime if policy is not None else no_hard_lifetime
+    stopped = stop_abandoned_jobs(backend, recorder, task_state, dry_run=dry_run, log=log)
     decisions = plan(backend, lease_is_live=lease_is_live, hard_lifetime=hard_lifetime)
-    return apply(backend, recorder, decisions, dry_run=dry_run, sweep_id=sweep_id or to_text())
+    outcomes = apply(backend, recorder, decisions, dry_run=dry_run, sweep_id=sweep_id or to_text())
+    return Sweep(stopped, outcomes, dry_run)
 
 
-def report(outcomes: Sequence[Outcome]) -> str:
-    """The table the cleanup task's log ends with: every cluster, what was done and why, resources freed."""
+def report(done: Sweep) -> str:
+    """The table a sweep's log ends with: the jobs it stopped, every cluster, what was done and why, and
+    the resources freed."""
+    outcomes = done.outcomes
     header = ("cluster", "backend", "team", "action", "CPU", "memory GiB", "GPU", "reason")
     rows = [header]
     freed = {"CPU": 0.0, "memory": 0.0, "GPU": 0.0}
@@ -264,6 +279,10 @@ def report(outcomes: Sequence[Outcome]) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = ["  ".join(str(value).ljust(width) for value, width in zip(row, widths, strict=True)) for row in rows]
     deleted = sum(1 for outcome in outcomes if outcome.action == "deleted")
+    verb = "would stop" if done.dry_run else "stopped"
+    lines[:0] = [
+        f"{verb} Ray job {job.submission_id} on {job.cluster_name}: task {state}" for job, state in done.stopped_jobs
+    ]
     lines.append(
         f"deleted {deleted} of {len(outcomes)} cluster(s); freed {freed['CPU']:g} CPU, "
         f"{freed['memory'] / 1024**3:.1f} GiB memory, {freed['GPU']:g} GPU"

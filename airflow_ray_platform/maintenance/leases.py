@@ -50,6 +50,23 @@ class DagRunLiveness:
         states = list(RUNNING_DAG_RUN_STATES)
         return cls(lambda dag_id, run_id: ti.get_dr_count(dag_id, run_ids=[run_id], states=states))
 
+    @classmethod
+    def from_metadata_db(cls) -> DagRunLiveness:
+        """Asking Airflow's metadata database (the CLI's view, outside any task)."""
+
+        def count_running(dag_id: str, run_id: str) -> int:
+            from airflow.models.dagrun import DagRun
+            from airflow.utils.session import create_session
+            from sqlalchemy import func, select
+
+            with create_session() as session:
+                query = select(func.count()).where(
+                    DagRun.dag_id == dag_id, DagRun.run_id == run_id, DagRun.state.in_(RUNNING_DAG_RUN_STATES)
+                )
+                return int(session.scalar(query) or 0)
+
+        return cls(count_running)
+
     def __call__(self, lease: Lease) -> bool:
         run = (lease.holder.dag_id, lease.holder.run_id)
         if run not in self._answers:

@@ -29,9 +29,9 @@ from airflow_ray_platform.backends.retries import async_transient_faults
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.records.utilisation import Utilisation
+from airflow_ray_platform.runs.cluster import cluster_outcome
 from airflow_ray_platform.runs.events import ClusterEvent, JobEvent, WaitStatus
 from airflow_ray_platform.runs.job_polling import ClusterPoller
-from airflow_ray_platform.runs.cluster import cluster_outcome
 from airflow_ray_platform.runs.job_run import SCRAPE_HERE, RayJobRun, log_job_output
 from airflow_ray_platform.tenancy.policy import Actor
 

@@ -12,7 +12,7 @@ from airflow.utils.state import DagRunState
 
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState, Lease
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.maintenance.garbage_collection import Decision, Outcome, apply, decide, plan, report
+from airflow_ray_platform.maintenance.garbage_collection import Decision, Outcome, Sweep, apply, decide, plan, report
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.records.state_store import StateStore, cluster_uid
 from airflow_ray_platform.runs.cluster import wait_for_cluster
@@ -145,7 +145,7 @@ def test_report_sums_what_was_freed():
         Outcome(Decision(small, True, "idle"), "refused", "busy at delete time"),
         Outcome(Decision(small, True, "idle"), "deleted", "idle"),
     ]
-    table = report(outcomes)
+    table = report(Sweep([], outcomes, dry_run=False))
     assert table.splitlines()[0].split() == [
         "cluster",
         "backend",
@@ -200,7 +200,7 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
         gc_backend = RayHook().backend
         decisions = plan(gc_backend, now=utc_now() + timedelta(minutes=2))
         outcomes = apply(gc_backend, None, decisions, dry_run=False, sweep_id="chaos")
-        print(report(outcomes))
+        print(report(Sweep([], outcomes, dry_run=False)))
         # Kept only because a job was active at the sweep (its decision, or its compare-and-delete, said
         # so; the job may have ended since) or still is.
         busy = {o.decision.cluster.name for o in outcomes if "active job" in o.decision.reason or o.action == "refused"}

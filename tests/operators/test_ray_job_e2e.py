@@ -175,9 +175,13 @@ def test_named_cluster_is_reused_by_a_later_task(backend, shared_cluster):
     assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]
 
 
-def test_bad_templated_configuration_fails_before_anything_is_created(backend, capfd):
+def test_bad_templated_configuration_fails_once_before_anything_is_created(backend, capfd):
+    """Found only at task start, after Jinja rendered it: the task fails at once, its two retries unused
+    (a retry would render the same configuration)."""
     run = dags.ray_job_bad_template.test(run_conf={"entrypoint": "Not A DNS Name"})
     assert run.state == DagRunState.FAILED
+    ti = run.get_task_instance("job")
+    assert (ti.state, ti.try_number) == (TaskInstanceState.FAILED, 1)
     out = capfd.readouterr().out
     assert "invalid job_configuration" in out and "name: must be a DNS-1123 label" in out
     assert [c.name for c in backend.list_clusters()] == [SHARED_CLUSTER]

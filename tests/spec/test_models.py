@@ -251,7 +251,7 @@ def test_requested_resources_agree_wherever_they_are_read(shared_cluster, tmp_pa
     from airflow_ray_platform.backends.base import ClusterState, JobInfo, JobState
     from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
     from airflow_ray_platform.backends.kuberay.status import cluster_info
-    from airflow_ray_platform.maintenance.garbage_collection import Decision, Outcome, report
+    from airflow_ray_platform.maintenance.garbage_collection import Decision, Outcome, Sweep, report
     from airflow_ray_platform.records.lifecycle import LifecycleRecorder
     from airflow_ray_platform.records.state_store import StateStore, cluster_uid
 
@@ -274,7 +274,7 @@ def test_requested_resources_agree_wherever_they_are_read(shared_cluster, tmp_pa
 
     deleted = Outcome(Decision(info, True, "idle"), "deleted", "idle")
     assert info.state == ClusterState.PROVISIONING
-    assert "freed 3 CPU, 8.0 GiB memory, 0 GPU" in report([deleted])
+    assert "freed 3 CPU, 8.0 GiB memory, 0 GPU" in report(Sweep([], [deleted], dry_run=False))
 
 
 def test_the_readme_reference_is_the_models_own():

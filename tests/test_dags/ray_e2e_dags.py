@@ -65,12 +65,27 @@ ray_job_chaos = _job_dag(
         "job": {"entrypoint": "{{ params.entrypoint }}"},
     },
 )
+# Waits on the session's shared cluster through a dashboard connection (the test sets ray_restarting).
+ray_job_dashboard_blocking = _job_dag(
+    "ray_job_dashboard_blocking",
+    deferrable=False,
+    ray_conn_id="ray_restarting",
+    config={**ON_SHARED, "cluster": {"name": "existing"}},
+)
+ray_job_dashboard_deferrable = _job_dag(
+    "ray_job_dashboard_deferrable",
+    deferrable=True,
+    ray_conn_id="ray_restarting",
+    config={**ON_SHARED, "cluster": {"name": "existing"}},
+)
 ray_job_unreachable_store = _job_dag(
     "ray_job_unreachable_store", deferrable=False, state_store_conn_id="arp_unreachable_store"
 )
 ray_job_bad_template = _job_dag(
     "ray_job_bad_template",
     deferrable=False,
+    retries=2,
+    retry_delay=timedelta(0),
     config={
         "name": "{{ params.entrypoint }}",
         **OWNER,

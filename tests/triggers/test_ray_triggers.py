@@ -26,25 +26,63 @@ def _rebuild(trigger):
     return type(trigger)(**kwargs)
 
 
-def test_serialize_carries_the_whole_state():
-    job = RayJobTrigger(
-        ray_conn_id="ray_default",
-        cluster_name="c",
-        submission_id="s",
-        poll_interval=0.5,
-        timeout_at=123.0,
-        stream_logs=False,
-        log_offset=42,
-        stop_on_kill=False,
-        ephemeral_cluster=True,
-        finish_job=True,
-        log_storage_uri="s3://logs/prod",
-    )
-    assert _rebuild(job).serialize() == job.serialize()
-    cluster = RayClusterTrigger(
-        ray_conn_id="x", cluster_name="c", timeout_at=1.0, startup_timeout=60, ephemeral_cluster=True
-    )
-    assert _rebuild(cluster).serialize() == cluster.serialize()
+ACTOR = {"team": "forecasting", "identity": ["d", "t", "r", 3], "try_number": 2, "cleanup": False, "user": None}
+UTILISATION = {"cpu_sum": 150.0, "cpu_samples": 3, "gpu_sum": 10.0, "gpu_samples": 1}
+
+
+def test_a_job_trigger_serializes_every_argument_and_rebuilds_from_it():
+    """Every argument set to a value other than its default, compared with a literal: an argument that
+    serialize() dropped would be missing here, and one the constructor ignored would come back changed."""
+    kwargs = {
+        "ray_conn_id": "ray_prod",
+        "cluster_name": "c",
+        "submission_id": "s",
+        "poll_interval": 0.5,
+        "timeout_at": 123.0,
+        "stream_logs": False,
+        "log_offset": 42,
+        "stop_on_kill": False,
+        "ephemeral_cluster": True,
+        "utilisation": UTILISATION,
+        "state_store_conn_id": "ray_records",
+        "finish_job": True,
+        "log_storage_uri": "s3://logs/prod",
+        "not_before": 99.5,
+        "actor": ACTOR,
+    }
+    classpath, serialized = RayJobTrigger(**kwargs).serialize()
+    assert classpath == "airflow_ray_platform.triggers.ray.RayJobTrigger"
+    assert serialized == kwargs
+    assert _rebuild(RayJobTrigger(**kwargs)).serialize() == (classpath, kwargs)
+
+
+def test_a_cluster_trigger_serializes_every_argument_and_rebuilds_from_it():
+    kwargs = {
+        "ray_conn_id": "ray_prod",
+        "cluster_name": "c",
+        "timeout_at": 1.0,
+        "startup_timeout": 60.0,
+        "poll_interval": 0.25,
+        "ephemeral_cluster": True,
+        "not_before": 7.0,
+        "actor": ACTOR,
+        "state_store_conn_id": "ray_records",
+    }
+    classpath, serialized = RayClusterTrigger(**kwargs).serialize()
+    assert classpath == "airflow_ray_platform.triggers.ray.RayClusterTrigger"
+    assert serialized == kwargs
+    assert _rebuild(RayClusterTrigger(**kwargs)).serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize(
+    "classpath",
+    ["airflow_ray_platform.triggers.ray.RayJobTrigger", "airflow_ray_platform.triggers.ray.RayClusterTrigger"],
+)
+def test_classpaths_stored_by_running_deployments_still_import(classpath):
+    """A deferred task's trigger row holds its classpath: it must keep importing across releases."""
+    from airflow._shared.module_loading import import_string  # what the triggerer loads a classpath with
+
+    assert issubclass(import_string(classpath), (RayJobTrigger, RayClusterTrigger))
 
 
 async def _first_event(trigger, timeout=120):
@@ -102,7 +140,9 @@ def test_on_kill_stops_the_job(backend):
 
 
 def test_sensor_trigger_does_not_stop_on_kill(backend):
-    _submit(backend, "trigger-watch", "python -c 'import time; time.sleep(20)'")
+    """Ray stops a job asynchronously, so the job is watched to its own end: a sensor's on_kill that
+    stopped it would make it end STOPPED, not SUCCEEDED."""
+    _submit(backend, "trigger-watch", "python -c 'import time; time.sleep(4)'")
     trigger = RayJobTrigger(
         ray_conn_id="ray_default",
         cluster_name=SHARED_CLUSTER,
@@ -110,8 +150,11 @@ def test_sensor_trigger_does_not_stop_on_kill(backend):
         stop_on_kill=False,
     )
     asyncio.run(trigger.on_kill())
-    assert backend.describe_job(SHARED_CLUSTER, "trigger-watch").state == JobState.RUNNING
-    backend.stop_job(SHARED_CLUSTER, "trigger-watch")
+    deadline = time.monotonic() + 60
+    while not (job := backend.describe_job(SHARED_CLUSTER, "trigger-watch")).state.is_terminal:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job.state == JobState.SUCCEEDED
 
 
 def test_cluster_trigger_reports_ready(shared_cluster):
