@@ -166,10 +166,9 @@ def main(ctx: click.Context, conn_id: str, state_store_conn_id: str | None, log_
     """Run and inspect Ray jobs and clusters of airflow-ray-platform, with a DAG's job_configuration."""
     from airflow_ray_platform import settings
 
-    _quiet_logging()
-
-    store = state_store_conn_id or settings.state_store_conn_id()
+    store = state_store_conn_id or settings.state_store_conn_id()  # imports Airflow, which sets up its logging
     logs = log_storage_uri or settings.log_storage_uri()
+    _quiet_logging()
     ctx.obj = _Platform(conn_id, store, logs)
     ctx.obj.team = team
 

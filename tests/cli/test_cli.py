@@ -12,6 +12,7 @@ import pytest
 from airflow_ray_platform.spec.naming import TaskIdentity
 
 from ..conftest import SHARED_CLUSTER
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("shared_cluster", "airflow_db")
 
@@ -79,6 +80,35 @@ def test_the_same_run_id_reattaches_instead_of_submitting_again(local_backend, t
     assert "Reattaching to Ray job" in again.stderr
     ids = [job.submission_id for job in local_backend.list_jobs(SHARED_CLUSTER)]
     assert ids.count(json.loads(first.stdout)["submission_id"]) == 1
+
+
+def test_the_cli_and_the_operator_lease_a_shared_cluster_alike(local_backend, tmp_path):
+    """Both go through ``runs.cluster.resolve_cluster``: each holds a lease on the shared cluster for its run
+    while its job runs (so no teardown or sweep deletes the cluster under it); the CLI's run ends with the
+    command, and its lease with it."""
+    from ..test_dags import ray_e2e_dags as dags
+
+    def holders() -> set[tuple[str, str]]:
+        return {
+            (lease.holder.dag_id, lease.holder.run_id)
+            for lease in local_backend.describe_cluster(SHARED_CLUSTER).leases
+        }
+
+    config = _write(
+        tmp_path,
+        f"{WHO}name: cli-lease\ncluster: {{name: shared}}\n"
+        "job: {entrypoint: \"python -c 'import time; time.sleep(6)'\"}\n",
+    )
+    submit = subprocess.Popen([CLI, "submit", str(config), "--run-id", "cli__lease"], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ("airflow-ray-cli", "cli__lease") in holders(), timeout=60, what="the CLI's lease")
+    finally:
+        _, stderr = submit.communicate(timeout=120)
+    assert submit.returncode == 0, stderr[-2000:]
+    assert ("airflow-ray-cli", "cli__lease") not in holders()
+
+    run = dags.ray_job_blocking.test(run_conf={"entrypoint": "python -c 'print(1)'"})
+    assert ("ray_job_blocking", run.run_id) in holders()  # held for the DAG run, released by its teardown
 
 
 def test_a_failed_job_exits_1_with_its_error_in_one_line(tmp_path):

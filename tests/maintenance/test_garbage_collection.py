@@ -216,3 +216,50 @@ def test_chaos_killed_creators_then_a_sweep_leaves_no_orphan_and_no_job_without_
         for cluster in local_backend.list_clusters(managed):
             if cluster.name not in before:
                 local_backend.delete_cluster(cluster.name)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_airflow_ray_gc_and_the_cleanup_dag_make_the_same_decisions(local_backend, shared_cluster, capfd):
+    """The same records swept twice, dry, by ``airflow-ray gc`` and by the shipped cleanup DAG: the same
+    abandoned job to stop (its task was marked failed while the job ran) and the same cluster decisions.
+    Only how Airflow is asked differs: the CLI reads Airflow's database, the DAG asks as a task."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    from ..test_dags import ray_e2e_dags as dags
+    from ..test_dags.shipped_dags import ray_cleanup_idle_clusters
+
+    detached = dags.ray_job_detached.test(run_conf={"entrypoint": "python -c 'import time; time.sleep(300)'"})
+    submission_id = detached.get_task_instance("job").xcom_pull(task_ids="job", key="submission_id")
+    with create_session() as session:  # a user marks the task failed while its job runs
+        session.execute(
+            update(TaskInstance)
+            .where(TaskInstance.dag_id == "ray_job_detached", TaskInstance.run_id == detached.run_id)
+            .values(state="failed")
+        )
+    try:
+        cli = Path(sys.executable).parent / "airflow-ray"
+        done = subprocess.run([str(cli), "gc", "--dry-run", "--json"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        by_cli = json.loads(done.stdout)
+        capfd.readouterr()
+        assert ray_cleanup_idle_clusters.test(run_conf={"dry_run": True}).state == DagRunState.SUCCESS
+        by_dag = capfd.readouterr().out
+
+        assert by_cli["stopped_jobs"] == [
+            {"submission_id": submission_id, "cluster": SHARED_CLUSTER, "task_state": "failed"}
+        ]
+        assert f"would stop Ray job {submission_id} on {SHARED_CLUSTER}: task failed" in by_dag
+        assert by_cli["clusters"], "the sweep saw no cluster"
+        rows = {line.split()[0]: line for line in by_dag.splitlines() if line.split()}
+        for decision in by_cli["clusters"]:
+            assert f"  {decision['action']}  " in rows[decision["cluster"]], (decision, rows.get(decision["cluster"]))
+        assert local_backend.describe_job(SHARED_CLUSTER, submission_id).state == JobState.RUNNING  # dry: untouched
+    finally:
+        local_backend.stop_job(SHARED_CLUSTER, submission_id)

@@ -30,6 +30,7 @@ def _job_dag(dag_id: str, *, deferrable: bool, config: dict = ON_SHARED, **task_
 ray_job_blocking = _job_dag("ray_job_blocking", deferrable=False)
 ray_job_deferrable = _job_dag("ray_job_deferrable", deferrable=True)
 ray_job_retry = _job_dag("ray_job_retry", deferrable=False, retries=1, retry_delay=timedelta(0))
+ray_job_detached = _job_dag("ray_job_detached", deferrable=False, wait_for_completion=False)
 ray_job_timeout = _job_dag("ray_job_timeout", deferrable=True, timeout=3)
 ray_job_ephemeral = _job_dag(
     "ray_job_ephemeral",
