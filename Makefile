@@ -1,9 +1,9 @@
-# Two commands on a fresh machine with Python 3.11+:  `make demo` and `make test`.
+# Two commands on a fresh machine with Python 3.11+:  `make demo` and `make test` (`make test-fast`: unit tests).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench lock clean
+.PHONY: install demo test test-fast bench lock clean
 
 # A project venv; uv (from PyPI) installs the locked, universal resolution in seconds.
 $(BIN)/.installed: pyproject.toml requirements/lock.txt
@@ -17,6 +17,12 @@ install: $(BIN)/.installed
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+# The unit tests alone: no Ray, no Airflow process, no database server (about half a minute).
+test-fast: install
+	$(BIN)/ruff check airflow_ray_platform dags tests bench
+	$(BIN)/lint-imports
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -p no:cacheprovider --fast tests
 
 test: install
 	bash scripts/ensure-chromium.sh

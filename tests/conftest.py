@@ -51,6 +51,45 @@ SHARED_CLUSTER = "shared"
 SHARED_SPEC = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"})
 
 
+#: What starts or needs a real service (Ray, an Airflow metadata DB, an S3 server, a database server, the
+#: emulated Kubernetes API): a test using any of these is not in the fast lane.
+SERVICE_FIXTURES = frozenset(
+    {"local_backend", "backend", "shared_cluster", "each_backend", "kuberay", "airflow_db", "s3_server", "store"}
+)
+#: Where tests start such services themselves: Airflow or the CLI as processes, Ray clusters of their own,
+#: database and S3 servers.
+SERVICE_TEST_PATHS = (
+    "tests/deployment/",
+    "tests/cli/",
+    "tests/plugins/",
+    "tests/kubernetes_real/",
+    "tests/backends/test_local.py",
+    "tests/maintenance/test_leases.py",
+    "tests/records/test_state_store.py",
+    "tests/records/test_object_storage.py",
+)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fast", action="store_true", help="the unit tests only: no Ray, no Airflow process, no database server"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--fast`` (``make test-fast``) keeps the tests that need none of the real services."""
+    if not config.getoption("--fast"):
+        return
+    slow = [
+        item
+        for item in items
+        if SERVICE_FIXTURES & set(item.fixturenames) or item.nodeid.startswith(SERVICE_TEST_PATHS)
+    ]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item not in set(slow)]
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION_DIR

@@ -155,7 +155,8 @@ def test_clusters_list_and_a_dry_run_sweep(local_backend):
     listed = json.loads(_cli("clusters", "list", "--json").stdout)
     assert SHARED_CLUSTER in {row["name"] for row in listed}
     swept = json.loads(_cli("gc", "--dry-run", "--json").stdout)
-    assert SHARED_CLUSTER not in {row["cluster"] for row in swept if row["action"] == "deleted"}
+    decisions = {row["cluster"]: row for row in swept["clusters"]}
+    assert decisions[SHARED_CLUSTER]["action"] == "kept" and "not managed" in decisions[SHARED_CLUSTER]["reason"]
     assert local_backend.describe_cluster(SHARED_CLUSTER) is not None
     refused = _cli("clusters", "delete", "nowhere", check=1)
     assert refused.stderr.strip() == "error: no Ray cluster 'nowhere' on backend 'local'"

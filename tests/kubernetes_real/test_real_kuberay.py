@@ -34,6 +34,8 @@ pytestmark = [
 ]
 NAMESPACE = os.environ.get("ARP_K8S_NAMESPACE", "default")
 STARTUP_TIMEOUT = float(os.environ.get("ARP_K8S_STARTUP_TIMEOUT", "900"))  # first image pull included
+#: ``ray_auth`` of the connection: ``kubernetes`` (KubeRay >= 1.7, Ray >= 2.55) or ``secret`` (older pairs).
+AUTH = {"ray_auth": os.environ.get("ARP_K8S_RAY_AUTH", "kubernetes")}
 SMALL = ClusterSpec(head={"cpu": "1", "memory": "2Gi", "object_store_memory": "200Mi"})
 
 
@@ -51,7 +53,9 @@ def real_connections():
         )
         patch.setenv(
             "AIRFLOW_CONN_RAY_DEFAULT",
-            json.dumps({"conn_type": "ray", "extra": {"backend": "kuberay", "kubernetes_conn_id": "kubernetes_real"}}),
+            json.dumps(
+                {"conn_type": "ray", "extra": {"backend": "kuberay", "kubernetes_conn_id": "kubernetes_real", **AUTH}}
+            ),
         )
         yield
 
@@ -60,11 +64,11 @@ def real_connections():
 def cluster_name():
     name = f"arp-real-{uuid.uuid4().hex[:6]}"
     yield name
-    KubeRayBackend("kubernetes_real").delete_cluster(name)
+    KubeRayBackend("kubernetes_real", **AUTH).delete_cluster(name)
 
 
 def test_cluster_job_logs_stop_and_delete(cluster_name):
-    backend = KubeRayBackend("kubernetes_real")
+    backend = KubeRayBackend("kubernetes_real", **AUTH)
     labels = cluster_labels(owner="tests", team="platform", idle_timeout_seconds=600, max_lifetime_seconds=3600)
     backend.create_or_get_cluster(cluster_name, SMALL, labels)
     ready = wait_for_cluster(RayHook().backend, cluster_name, timeout=STARTUP_TIMEOUT, poll_interval=5)
@@ -96,4 +100,4 @@ def test_ephemeral_cluster_dag_runs_and_cleans_up():
     run = dags.ray_job_ephemeral.test(run_conf={"entrypoint": "python -c \"print('hello from kubernetes')\""})
     assert run.state == DagRunState.SUCCESS
     name = run.get_task_instance("job").xcom_pull(task_ids="job", key="cluster_name")
-    assert KubeRayBackend("kubernetes_real").describe_cluster(name) is None
+    assert KubeRayBackend("kubernetes_real", **AUTH).describe_cluster(name) is None

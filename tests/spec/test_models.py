@@ -44,7 +44,7 @@ VALID = {
         "entrypoint_num_cpus": 1,
         "timeout": "PT1H",
     },
-    "lifecycle": {"shutdown_after_job": False, "keep_cluster_on_failure": True},
+    "lifecycle": {"cleanup": "on_success"},
 }
 
 
@@ -277,15 +277,15 @@ def test_requested_resources_agree_wherever_they_are_read(shared_cluster, tmp_pa
     assert "freed 3 CPU, 8.0 GiB memory, 0 GPU" in report(Sweep([], [deleted], dry_run=False))
 
 
-def test_the_readme_reference_is_the_models_own():
-    """The README's job_configuration reference is generated from the fields' descriptions."""
+def test_the_documented_reference_is_the_models_own():
+    """docs/job-configuration.md's reference table is generated from the fields' descriptions."""
     from pathlib import Path
 
     from airflow_ray_platform.spec.reference import reference_markdown, reference_rows
 
     assert all(description for _, _, description in reference_rows()), "a field lacks its description"
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert reference_markdown() in readme, "regenerate it: python -m airflow_ray_platform.spec.models"
+    documented = (Path(__file__).parents[2] / "docs" / "job-configuration.md").read_text()
+    assert reference_markdown() in documented, "regenerate it: python -m airflow_ray_platform.spec.reference"
 
 
 def test_args_are_quoted_into_the_command_ray_runs():
@@ -294,3 +294,32 @@ def test_args_are_quoted_into_the_command_ray_runs():
     ).job
     assert job.command == "python t.py --out '/o; id #' 'a b'"
     assert job.submission({})["entrypoint"] == job.command
+
+
+def test_the_deprecated_cleanup_booleans_still_work_and_warn():
+    """``shutdown_after_job`` / ``keep_cluster_on_failure`` map onto ``cleanup``, with a warning naming it."""
+    import warnings
+
+    from airflow_ray_platform.spec.models import ClusterCleanup, JobConfigurationDeprecationWarning
+
+    base = {"name": "old", "owner": "o", "team": "t", "cluster": {"head": {"cpu": "1"}}}
+    cases = [
+        ({"shutdown_after_job": True}, ClusterCleanup.ALWAYS),
+        ({"keep_cluster_on_failure": True}, ClusterCleanup.ON_SUCCESS),
+        ({"shutdown_after_job": False}, ClusterCleanup.NEVER),
+        ({"shutdown_after_job": False, "keep_cluster_on_failure": True}, ClusterCleanup.NEVER),
+    ]
+    for old, cleanup in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config = load_job_configuration({**base, "lifecycle": old})
+        assert config.lifecycle.cleanup == cleanup, old
+        assert [w.category for w in caught] == [JobConfigurationDeprecationWarning], old
+        assert f"write cleanup: {cleanup.value}" in str(caught[0].message)
+    assert not load_job_configuration({**base, "lifecycle": {"cleanup": "on_success"}}).lifecycle.deletes_cluster(
+        succeeded=False
+    )
+    with pytest.raises(JobConfigurationError, match="cleanup: give it alone"):
+        load_job_configuration({**base, "lifecycle": {"cleanup": "never", "shutdown_after_job": False}})
+    with pytest.raises(JobConfigurationError, match="shutdown_after_job: must be true or false"):
+        load_job_configuration({**base, "lifecycle": {"shutdown_after_job": "sometimes"}})
