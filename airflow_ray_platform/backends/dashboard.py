@@ -28,6 +28,7 @@ from airflow_ray_platform.backends.base import (
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
+from airflow_ray_platform.spec.naming import dashboard_job_url
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -142,4 +143,4 @@ class DashboardBackend:
         return []
 
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
-        return f"{self.address}/#/jobs/{submission_id}"
+        return dashboard_job_url(self.address, submission_id)

@@ -30,8 +30,8 @@ from typing import Any
 
 import click
 
-#: The DAG id the CLI's submissions are recorded under (their task id is the configuration's name).
-CLI_DAG_ID = "airflow-ray-cli"
+from airflow_ray_platform.spec.naming import CLI_DAG_ID
+
 #: Exit codes: the job failed, stopped or timed out (or the backend failed); the input was refused.
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 

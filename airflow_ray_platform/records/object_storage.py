@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_ray_platform.backends.base import LOG_CHUNK_BYTES
+
 #: Seconds an S3 call may take to connect, and to answer: a silent endpoint fails a call in seconds
 #: (then the caller's never-failing recorder warns), never holds a task for minutes.
 S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT = 5, 30
 #: Multipart part size on S3, and the copy buffer of ``file://``.
-CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class ObjectStorageError(RuntimeError):
@@ -90,12 +91,12 @@ class ObjectStorage:
                 path = Path(urlsplit(self.base_uri).path) / key
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "wb") as handle:
-                    shutil.copyfileobj(_ChunkReader(chunks), handle, CHUNK_BYTES)
+                    shutil.copyfileobj(_ChunkReader(chunks), handle, LOG_CHUNK_BYTES)
             else:
                 from boto3.s3.transfer import TransferConfig
 
                 object_key = f"{self._prefix}/{key}" if self._prefix else key
-                config = TransferConfig(multipart_threshold=CHUNK_BYTES, multipart_chunksize=CHUNK_BYTES)
+                config = TransferConfig(multipart_threshold=LOG_CHUNK_BYTES, multipart_chunksize=LOG_CHUNK_BYTES)
                 self._s3().upload_fileobj(_ChunkReader(chunks), self._bucket, object_key, Config=config)
         except ObjectStorageError:
             raise
@@ -122,7 +123,7 @@ class ObjectStorage:
                     handle.seek(start)
                     left = length
                     while (left is None or left > 0) and (
-                        chunk := handle.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+                        chunk := handle.read(LOG_CHUNK_BYTES if left is None else min(LOG_CHUNK_BYTES, left))
                     ):
                         left = None if left is None else left - len(chunk)
                         yield chunk
@@ -134,7 +135,7 @@ class ObjectStorage:
                     else {"Range": f"bytes={start}-{'' if length is None else start + length - 1}"}
                 )
                 body = self._s3().get_object(Bucket=self._bucket, Key=object_key, **ranged)["Body"]
-                yield from body.iter_chunks(CHUNK_BYTES)
+                yield from body.iter_chunks(LOG_CHUNK_BYTES)
         except Exception as error:
             raise ObjectStorageError(f"reading {uri!r}: {error}") from None
 

@@ -32,7 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from airflow_ray_platform.records.object_storage import CHUNK_BYTES, ObjectStorage
+from airflow_ray_platform.backends.base import LOG_CHUNK_BYTES
+from airflow_ray_platform.records.object_storage import ObjectStorage
 from airflow_ray_platform.records.state_store import StateStore, clusters, events, jobs
 
 #: Prices per hour; override with the export's ``prices``.
@@ -220,7 +221,7 @@ def _write(table: pa.Table, output: str, name: str, start: datetime, end: dateti
         with tempfile.TemporaryFile() as local:
             pq.write_table(table, local)
             local.seek(0)
-            return ObjectStorage(output, **s3_options).write(key, iter(lambda: local.read(CHUNK_BYTES), b""))
+            return ObjectStorage(output, **s3_options).write(key, iter(lambda: local.read(LOG_CHUNK_BYTES), b""))
     final = Path(output.removeprefix("file://")) / key
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = final.with_suffix(f".tmp-{os.getpid()}")

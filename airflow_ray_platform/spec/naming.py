@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 from airflow_ray_platform.spec.timestamps import utc_now
 
@@ -192,3 +193,12 @@ def cluster_labels(
     if identity is not None:
         labels.update(identity.labels())
     return labels
+
+
+#: The DAG id ``airflow-ray submit`` records its runs under (their task id is the configuration's name).
+CLI_DAG_ID = "airflow-ray-cli"
+
+
+def dashboard_job_url(dashboard_url: str, submission_id: str) -> str:
+    """A job's page in the Ray dashboard at ``dashboard_url``."""
+    return f"{dashboard_url.rstrip('/')}/#/jobs/{quote(submission_id, safe='')}"

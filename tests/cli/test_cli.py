@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_ray_platform.spec.naming import TaskIdentity
+from airflow_ray_platform.spec.naming import CLI_DAG_ID, TaskIdentity
 
 from ..conftest import SHARED_CLUSTER
 from ..waiting import wait_for
@@ -55,7 +55,7 @@ def test_submit_runs_the_example_configuration_and_reads_its_log_once_its_cluste
         "--json",
     )
     record = json.loads(done.stdout[done.stdout.index("{\n") :])
-    identity = TaskIdentity("airflow-ray-cli", "zone-training", run_id)
+    identity = TaskIdentity(CLI_DAG_ID, "zone-training", run_id)
     assert record["submission_id"] == identity.submission_id() and record["state"] == "SUCCEEDED"
     assert "trained 6/6 zones" in done.stdout and "SUMMARY {" in done.stdout  # the driver's output, followed
     assert local_backend.describe_cluster(record["cluster_name"]) is None  # its ephemeral cluster is gone
@@ -101,11 +101,11 @@ def test_the_cli_and_the_operator_lease_a_shared_cluster_alike(local_backend, tm
     )
     submit = subprocess.Popen([CLI, "submit", str(config), "--run-id", "cli__lease"], stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: ("airflow-ray-cli", "cli__lease") in holders(), timeout=60, what="the CLI's lease")
+        wait_for(lambda: (CLI_DAG_ID, "cli__lease") in holders(), timeout=60, what="the CLI's lease")
     finally:
         _, stderr = submit.communicate(timeout=120)
     assert submit.returncode == 0, stderr[-2000:]
-    assert ("airflow-ray-cli", "cli__lease") not in holders()
+    assert (CLI_DAG_ID, "cli__lease") not in holders()
 
     run = dags.ray_job_blocking.test(run_conf={"entrypoint": "python -c 'print(1)'"})
     assert ("ray_job_blocking", run.run_id) in holders()  # held for the DAG run, released by its teardown

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_ray_platform.records.object_storage import CHUNK_BYTES, ObjectStorage, ObjectStorageError, log_key
+from airflow_ray_platform.backends.base import LOG_CHUNK_BYTES as CHUNK_BYTES
+from airflow_ray_platform.records.object_storage import ObjectStorage, ObjectStorageError, log_key
 
 from ..conftest import S3_ACCESS_KEY as ACCESS_KEY
 from ..conftest import S3_SECRET_KEY as SECRET_KEY

@@ -63,6 +63,8 @@ from airflow_ray_platform.backends.base import (
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.backends.kuberay.logs import FollowedLogs
 from airflow_ray_platform.backends.kuberay.manifests import (
+    GROUP,
+    VERSION,
     render_ray_cluster,
     render_ray_job,
     validate_configuration_manifests,
@@ -79,12 +81,12 @@ from airflow_ray_platform.spec.naming import (
     LEASES_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    dashboard_job_url,
     job_annotations,
     job_labels,
 )
 from airflow_ray_platform.spec.timestamps import to_text
 
-GROUP, VERSION = "ray.io", "v1"
 #: How a token-auth cluster authenticates the Jobs API's callers (``KubeRayBackend``'s ``ray_auth``).
 RAY_AUTH_MODES = ("kubernetes", "secret")
 #: The first Ray whose head checks Kubernetes tokens (``RAY_ENABLE_K8S_TOKEN_AUTH``).
@@ -599,7 +601,7 @@ class KubeRayBackend:
 
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         url = self._dashboard_url(cluster_name)
-        return None if url is None else f"{url}/#/jobs/{submission_id}"
+        return None if url is None else dashboard_job_url(url, submission_id)
 
     # ------------------------------------------------------- watching (async)
     @cached_property

@@ -28,7 +28,8 @@ from airflow_ray_platform.spec.models import (
 )
 from airflow_ray_platform.spec.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
-API_VERSION = "ray.io/v1"
+GROUP, VERSION = "ray.io", "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
 #: Ports of the head container, by KubeRay's names.
 HEAD_PORTS = [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)]
 

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import aiohttp
 
 from airflow_ray_platform.backends.base import BackendError
+from airflow_ray_platform.backends.kuberay.manifests import GROUP, VERSION
 from airflow_ray_platform.spec.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
-GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+PLURAL = "rayjobs"
 #: How long the API server keeps one watch open before it is resumed (a call every this many seconds).
 WATCH_SECONDS = 300
 #: How long the watch outlives its last wait (the next wait of a trigger that just read its log).

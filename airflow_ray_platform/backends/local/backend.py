@@ -69,6 +69,7 @@ from airflow_ray_platform.spec.models import (
     parse_quantity,
     validate_cluster_name,
 )
+from airflow_ray_platform.spec.naming import dashboard_job_url
 from airflow_ray_platform.spec.timestamps import to_text
 
 READY_MARKER = "Ray runtime started"
@@ -836,4 +837,4 @@ class LocalBackend:
 
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         record = self.registry.load(cluster_name)
-        return None if record is None else f"{record.dashboard_url}/#/jobs/{submission_id}"
+        return None if record is None else dashboard_job_url(record.dashboard_url, submission_id)

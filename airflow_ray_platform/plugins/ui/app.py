@@ -31,6 +31,8 @@ from airflow.api_fastapi.core_api.security import GetUserDep as UserDep
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from airflow_ray_platform.spec.naming import CLI_DAG_ID, dashboard_job_url
+
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 #: What ``static/`` serves (by name): nothing else under it is reachable.
@@ -113,7 +115,7 @@ class JobQuery:
 
 def _task_link(job: dict[str, Any]) -> str | None:
     """The job's task instance in Airflow's UI (None for a job the CLI submitted)."""
-    if not job.get("dag_id") or job["dag_id"] == "airflow-ray-cli":
+    if not job.get("dag_id") or job["dag_id"] == CLI_DAG_ID:
         return None
     path = f"dags/{quote(job['dag_id'])}/runs/{quote(job['run_id'] or '')}/tasks/{quote(job['task_id'] or '')}"
     return f"../{path}" + (f"/mapped/{job['map_index']}" if (job.get("map_index") or -1) >= 0 else "")
@@ -123,7 +125,7 @@ def _dashboard_link(job: dict[str, Any]) -> str | None:
     """The job's page in the Ray dashboard, while its cluster lives."""
     if job.get("cluster_deleted_at") or not job.get("dashboard_url"):
         return None
-    return f"{job['dashboard_url']}/#/jobs/{quote(job['submission_id'])}"
+    return dashboard_job_url(job["dashboard_url"], job["submission_id"])
 
 
 def create_app() -> FastAPI:
