@@ -36,7 +36,7 @@ os.environ.update(
     OPENBLAS_NUM_THREADS="1",
     MKL_NUM_THREADS="1",
 )
-from airflow_ray_platform.backends.local.backend import INHERITED_RAY_VARIABLES  # noqa: E402 (after HOME is set)
+from airflow_ray_platform.backends.local.processes import INHERITED_RAY_VARIABLES  # noqa: E402 (after HOME is set)
 
 for variable in INHERITED_RAY_VARIABLES:
     os.environ.pop(variable, None)

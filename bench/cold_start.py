@@ -17,7 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from airflow_ray_platform.backends.local.backend import LocalBackend, free_ports
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.backends.local.processes import free_ports
 from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec
 from bench import WORK

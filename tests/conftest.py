@@ -25,7 +25,8 @@ os.environ.update(
 )
 (_SESSION_DIR / "home").mkdir()
 
-from airflow_ray_platform.backends.local.backend import INHERITED_RAY_VARIABLES, LocalBackend, free_ports  # noqa: E402
+from airflow_ray_platform.backends.local.backend import LocalBackend  # noqa: E402
+from airflow_ray_platform.backends.local.processes import INHERITED_RAY_VARIABLES, free_ports  # noqa: E402
 
 for variable in INHERITED_RAY_VARIABLES:
     os.environ.pop(variable, None)

@@ -27,7 +27,8 @@ import sqlalchemy as sa
 import yaml
 from cryptography.fernet import Fernet
 
-from airflow_ray_platform.backends.local.backend import LocalBackend, free_ports
+from airflow_ray_platform.backends.local.backend import LocalBackend
+from airflow_ray_platform.backends.local.processes import free_ports
 
 from ..waiting import wait_for
 

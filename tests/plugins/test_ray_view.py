@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from airflow_ray_platform.backends.local.backend import free_ports
+from airflow_ray_platform.backends.local.processes import free_ports
 from airflow_ray_platform.spec.naming import TaskIdentity
 
 from ..test_dags import ray_e2e_dags as dags

@@ -6,25 +6,21 @@ group this backend owns. Every port is chosen free (two heads on one machine oth
 agent's defaults, and Redis often holds 6379), resources are capped from the spec, usage stats are
 off and token authentication is on, with a token generated per cluster.
 
-The registry below is this backend's private runtime data (pids, ports, token): how to find and stop
-its processes from any Airflow process. It is not the platform's record of clusters and jobs (that
-is the lifecycle state store). It lives in a directory only its owner can read, since it holds
-tokens.
+This module is the backend's contract (create, lease, describe, delete, jobs) and how a cluster is
+launched, plain or in its sandbox (:mod:`.sandbox`); :mod:`.registry` keeps each cluster's runtime data
+where any Airflow process finds it, and :mod:`.processes` holds what its processes start with and how
+every one of them is found and stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import logging
-import math
 import os
 import secrets
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -33,11 +29,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
-from typing import Any
 
 import psutil
 from ray import __path__ as ray_package_path
@@ -59,218 +53,45 @@ from airflow_ray_platform.backends.base import (
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.backends.local import sandbox
+from airflow_ray_platform.backends.local.processes import (
+    INHERITED_ENVIRONMENT,
+    INHERITED_ENVIRONMENT_PREFIXES,
+    INHERITED_RAY_VARIABLES,
+    free_ports,
+    node_resources,
+    outer_pids,
+    private_log,
+    stop_cluster_processes,
+)
+from airflow_ray_platform.backends.local.registry import (
+    PRIVATE_DIR_PREFIX,
+    LocalClusterRecord,
+    LocalClusterRegistry,
+    NodeProcess,
+)
 from airflow_ray_platform.settings import default_root
 from airflow_ray_platform.spec.models import (
     ClusterSpec,
     JobConfiguration,
-    JobConfigurationError,
     JobSpec,
     NodeResources,
-    parse_quantity,
-    validate_cluster_name,
 )
 from airflow_ray_platform.spec.naming import dashboard_job_url
 from airflow_ray_platform.spec.timestamps import to_text
 
-READY_MARKER = "Ray runtime started"
-#: Ray refuses an object store smaller than this.
-MIN_OBJECT_STORE_BYTES = 80 * 1024**2
-#: Environment a cluster must not inherit: it would point Ray at another cluster or another token.
-#: The private folders of local clusters' temp files: ``<tmp>/arp-<8 hex>/arp-<8 hex>``, one parent per
-#: registry and one folder per cluster (short: Ray's unix sockets live under it, at most 108 bytes of path).
-PRIVATE_DIR_PREFIX = "arp-"
 #: What a sandboxed cluster never sees besides the registry and other clusters' temp dirs: where the
 #: worker's user keeps credentials (relative to ``$HOME``) and Airflow's home and configuration.
 HIDDEN_HOME_PATHS = (".aws", ".azure", ".config/gcloud", ".kube", ".docker", ".ssh", ".netrc", ".pgpass", ".my.cnf")
 SANDBOX_MODES = ("auto", "required", "off")
 #: How long a sandbox may take to start its nodes (not to make them ready: that is the startup timeout).
 SANDBOX_START_SECONDS = 30.0
-INHERITED_RAY_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
-#: What a local cluster's processes (and so its jobs) inherit from the worker's environment: what
-#: programs need to run, never Airflow's settings, connections, Fernet key or cloud credentials.
-#: Anything else a job needs goes in its ``runtime_env.env_vars``, or the backend's ``pass_env``.
-INHERITED_ENVIRONMENT = frozenset(
-    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "LD_LIBRARY_PATH"}
-)
-INHERITED_ENVIRONMENT_PREFIXES = ("LC_", "RAY_", "CUDA_", "NVIDIA_")
 
 
 _log = logging.getLogger(__name__)
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel reports free right now, all distinct (held open together while chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-@dataclass
-class NodeProcess:
-    """One ``ray start --block`` process; the session it leads holds every process of that node."""
-
-    role: str
-    pid: int
-    create_time: float
-    log_path: str
-    agent_port: int
-    #: Where this node's Prometheus metrics are served (0 in records written before it was kept).
-    metrics_port: int = 0
-
-    def process(self) -> psutil.Process | None:
-        """The live process, or None if it exited or its pid now belongs to someone else."""
-        try:
-            process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.create_time) > 1 or process.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return process
-        except psutil.NoSuchProcess:
-            return None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = Path(self.log_path).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
-
-    def started(self) -> bool:
-        try:
-            return READY_MARKER in Path(self.log_path).read_text(errors="replace")
-        except OSError:
-            return False
-
-
-@dataclass
-class LocalClusterRecord:
-    name: str
-    labels: dict[str, str]
-    created_at: str
-    last_active_at: str
-    dashboard_port: int
-    gcs_port: int
-    #: Ray's ``--temp-dir`` (which Ray makes world-writable), inside a private folder of this cluster.
-    temp_dir: str
-
-    @property
-    def private_dir(self) -> Path:
-        """The 0700 folder around Ray's temp dir (records from before it existed have none: the temp dir)."""
-        parent = Path(self.temp_dir).parent
-        return parent if parent.name.startswith(PRIVATE_DIR_PREFIX) else Path(self.temp_dir)
-
-    resources: dict[str, float]
-    nodes: list[NodeProcess] = field(default_factory=list)
-    #: The sandbox process every node runs under (0: started without a sandbox).
-    sandbox_pid: int = 0
-    sandbox_create_time: float = 0.0
-    #: ``ClusterSpec.recorded()`` of the spec it was started from.
-    spec: dict[str, Any] | None = None
-    #: Leases by key (``Lease.to_dict()``).
-    leases: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    @classmethod
-    def from_json(cls, text: str) -> LocalClusterRecord:
-        data = json.loads(text)
-        data["nodes"] = [NodeProcess(**node) for node in data["nodes"]]
-        return cls(**data)
-
-
-class LocalClusterRegistry:
-    """Cluster records on disk: ``<root>/clusters/<name>/`` holds the record, token and node logs."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.clusters_dir = root / "clusters"
-        self.clusters_dir.mkdir(parents=True, exist_ok=True)
-        for directory in (root, self.clusters_dir):
-            directory.chmod(0o700)
-
-    def cluster_dir(self, name: str) -> Path:
-        """The cluster's folder; a name that is not a cluster name (a path, ``..``) is refused first."""
-        try:
-            validate_cluster_name(name)
-        except JobConfigurationError as error:
-            raise BackendError(str(error)) from None
-        return self.clusters_dir / name
-
-    def token_path(self, name: str) -> Path:
-        return self.cluster_dir(name) / "auth_token"
-
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """Serialise create and delete of one cluster across processes."""
-        lock_path = self.cluster_dir(name).with_name(f".{name}.lock")
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def load(self, name: str) -> LocalClusterRecord | None:
-        try:
-            return LocalClusterRecord.from_json((self.cluster_dir(name) / "record.json").read_text())
-        except FileNotFoundError:
-            return None
-
-    def save(self, record: LocalClusterRecord) -> None:
-        directory = self.cluster_dir(record.name)
-        directory.mkdir(mode=0o700, exist_ok=True)
-        tmp = directory / "record.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(record), handle, indent=2)
-        tmp.replace(directory / "record.json")
-
-    def write_token(self, name: str, token: str) -> Path:
-        path = self.token_path(name)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token)
-        return path
-
-    def read_token(self, name: str) -> str:
-        return self.token_path(name).read_text().strip()
-
-    def names(self) -> list[str]:
-        return sorted(p.name for p in self.clusters_dir.iterdir() if (p / "record.json").exists())
-
-    def remove(self, name: str) -> None:
-        shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
-
-
 def _short_hash(text: str) -> str:
     return sha256(text.encode()).hexdigest()[:8]
-
-
-@contextlib.contextmanager
-def _private_log(path: Path) -> Iterator[Any]:
-    """``path`` opened for appending, created 0600."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
-        yield log
-
-
-def _outer_pids(ancestor: int) -> dict[int, int]:
-    """Pid inside its PID namespace -> pid here, for every descendant of ``ancestor`` (``/proc``'s NSpid)."""
-    found = {}
-    for process in psutil.Process(ancestor).children(recursive=True):
-        with contextlib.suppress(OSError, psutil.Error):
-            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-                if line.startswith("NSpid:"):
-                    found[int(line.split()[-1])] = process.pid
-    return found
 
 
 @functools.cache
@@ -281,25 +102,6 @@ def _sandbox_refusal() -> str | None:
     except sandbox.SandboxUnavailableError as error:
         return str(error)
     return None
-
-
-def _environment_has(pid: int, entry: str) -> bool:
-    """Whether process ``pid``'s environment holds ``entry`` (``NAME=value``): read from ``/proc``, where
-    the kernel lets a user read only its own processes' environments."""
-    with open(f"/proc/{pid}/environ", "rb") as environ:
-        return entry.encode() in environ.read().split(b"\0")
-
-
-def _node_resources(resources: NodeResources) -> tuple[int, int, int, int]:
-    """(num_cpus, memory, object_store_memory, num_gpus) for ``ray start``: whole CPUs, rounded up (the
-    record keeps what was requested, by the configuration's rule)."""
-    num_cpus = max(1, math.ceil(parse_quantity(resources.cpu)))
-    memory = int(parse_quantity(resources.memory))
-    if resources.object_store_memory is not None:
-        object_store = int(parse_quantity(resources.object_store_memory))
-    else:
-        object_store = int(memory * 0.3)
-    return num_cpus, memory, max(object_store, MIN_OBJECT_STORE_BYTES), resources.gpu
 
 
 class LocalBackend:
@@ -344,7 +146,7 @@ class LocalBackend:
                         self._lease(record, lease)
                     return self._describe(record)
                 # The head is gone (a reboot, a kill): clear what is left, then start afresh.
-                self._stop_processes(record)
+                stop_cluster_processes(record, self.registry.token_path(record.name))
                 self.registry.remove(name)
             return self._describe(self._start(name, spec, dict(labels), lease))
 
@@ -479,7 +281,7 @@ class LocalBackend:
 
         def node(role: str, node_spec: NodeResources, role_args: list[str]) -> tuple[sandbox.NodeLaunch, int, int]:
             """A node's ``ray start`` command line, with its agent's and metrics' ports."""
-            cpus, mem, store, gpus = _node_resources(node_spec)
+            cpus, mem, store, gpus = node_resources(node_spec)
             manager, objects, agent_http, agent_grpc, runtime_env, metrics = (node_ports.pop() for _ in range(6))
             args = [
                 ray_bin,
@@ -540,7 +342,7 @@ class LocalBackend:
             self._start_sandboxed(record, nodes, env, private_dir)
             return record
         for launch, agent_port, metrics_port in nodes:
-            with _private_log(Path(launch.log_path)) as log:
+            with private_log(Path(launch.log_path)) as log:
                 process = subprocess.Popen(
                     launch.args,
                     env=env,
@@ -576,7 +378,7 @@ class LocalBackend:
             env=env,
         )
         log_path = cluster_dir / "sandbox.log"
-        with _private_log(log_path) as log:
+        with private_log(log_path) as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "airflow_ray_platform.backends.local.sandbox"],
                 env=env,
@@ -600,7 +402,7 @@ class LocalBackend:
                 )
             time.sleep(0.05)
         inside = json.loads(started_path.read_text())
-        outside = _outer_pids(process.pid)
+        outside = outer_pids(process.pid)
         for launch, agent_port, metrics_port in nodes:
             pid = outside[inside[launch.role]]
             created = psutil.Process(pid).create_time()
@@ -686,7 +488,7 @@ class LocalBackend:
                 return False
             if condition is not None:
                 self._check_condition(record, condition)
-            self._stop_processes(record)
+            stop_cluster_processes(record, self.registry.token_path(record.name))
             shutil.rmtree(record.private_dir, ignore_errors=True)
             self.registry.remove(name)
             self._clients = {key: client for key, client in self._clients.items() if key[0] != name}
@@ -713,49 +515,6 @@ class LocalBackend:
             leases_from_mapping(record.leases),
             [job.submission_id for job in jobs if not job.state.is_terminal],
         )
-
-    def _stop_processes(self, record: LocalClusterRecord) -> None:
-        """Stop every process this cluster's nodes started, and nothing else.
-
-        A node's processes are its ``ray start`` process, that process's session (Ray's daemons are
-        reparented to init once ``ray start`` dies, but keep its session id), and their descendants.
-        Job drivers start sessions of their own and outlive a head that was killed, orphaned: every
-        process of the cluster, drivers included, inherited the cluster's own token path in its
-        environment, which names this cluster alone.
-        """
-        sessions = {node.pid: node.create_time for node in record.nodes}
-        if record.sandbox_pid:  # its PID namespace ends with its init, taking every process inside along
-            sessions[record.sandbox_pid] = record.sandbox_create_time
-        created = datetime.fromisoformat(record.created_at).timestamp()
-        token_variable = f"RAY_AUTH_TOKEN_PATH={self.registry.token_path(record.name)}"
-        processes = list(psutil.process_iter(["pid", "create_time", "cmdline"]))
-        orphans: dict[int, psutil.Process] = {}
-        for process in processes:
-            # A node whose pid never reached the record (its creator died right after launching it)
-            # still names the cluster's own temp dir on its command line.
-            if process.info["create_time"] >= created - 1 and record.temp_dir in (process.info["cmdline"] or []):
-                sessions.setdefault(process.pid, process.info["create_time"])
-            elif process.info["create_time"] >= created - 1 and process.pid != os.getpid():
-                with contextlib.suppress(psutil.Error, OSError):
-                    if _environment_has(process.pid, token_variable):
-                        orphans[process.pid] = process
-        targets: dict[int, psutil.Process] = {}
-        for process in processes:
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                sid = os.getsid(process.pid)
-                if sid in sessions and process.info["create_time"] >= sessions[sid] - 1:
-                    targets[process.pid] = process
-                    for child in process.children(recursive=True):
-                        targets[child.pid] = child
-        targets.update({pid: process for pid, process in orphans.items() if pid not in targets})
-        for process in targets.values():
-            with contextlib.suppress(psutil.Error):
-                process.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(list(targets.values()), timeout=3)
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(alive, timeout=5)
 
     # --------------------------------------------------------------------- jobs
     def _jobs(self, cluster_name: str) -> JobsApiClient:
