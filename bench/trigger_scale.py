@@ -119,7 +119,7 @@ async def _baseline_kuberay_wait(backend, submission_id: str) -> float:
     offset, errors = 0, 0
     while True:
         try:
-            info = await backend._await_change(
+            info = await backend.api.await_change(
                 "rayjobs", submission_id, LOG_STREAM_WINDOW, job_info, lambda job: job.state.is_terminal
             )
             logs = await asyncio.to_thread(backend.job_logs, CLUSTER, submission_id)

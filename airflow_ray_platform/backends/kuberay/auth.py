@@ -1,0 +1,96 @@
+"""Who the kuberay backend is to a cluster's Jobs API, and the client that says so.
+
+Only with ``dashboard_url_template`` does the backend reach a Ray head at all (logs through the Jobs API);
+otherwise no credential of any kind is sent. Every cluster the provider creates has Ray token
+authentication on, and authenticates callers one of two ways (``ray_auth``):
+
+- ``kubernetes`` (KubeRay >= 1.7, Ray >= 2.55): by the caller's own Kubernetes bearer token, which the
+  head checks with the API server (TokenReview, then ``ray:write`` on that RayCluster). No static token
+  exists and no Secret is read; the token is the connection's own, refreshed by the client.
+- ``secret`` (older pairs): a static token KubeRay keeps in the cluster's Secret, read once.
+
+Which one a cluster uses is read from its ``authOptions`` (fixed at its creation), so a connection's
+setting never sends a credential where none is checked. A token is never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from airflow_ray_platform.backends.base import BackendError, ClusterNotFoundError
+from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.backends.kuberay.client import KubeRayClient
+
+#: How a token-auth cluster authenticates the Jobs API's callers (``KubeRayBackend``'s ``ray_auth``).
+RAY_AUTH_MODES = ("kubernetes", "secret")
+#: The first Ray whose head checks Kubernetes tokens (``RAY_ENABLE_K8S_TOKEN_AUTH``).
+MIN_KUBERNETES_TOKEN_AUTH_RAY = (2, 55)
+
+
+class JobsApiAuth:
+    """The Jobs API clients of one backend's clusters, each with what authenticates to it.
+
+    :param api: the backend's Kubernetes client.
+    :param token_secret_key: with ``ray_auth: secret``, the token's key in the cluster's Secret.
+    """
+
+    def __init__(self, api: KubeRayClient, token_secret_key: str = "auth_token") -> None:
+        self.api = api
+        self.token_secret_key = token_secret_key
+        #: Per cluster: (the token it was made with, the Jobs API client).
+        self._clients: dict[str, tuple[str | None, JobsApiClient]] = {}
+        self._modes: dict[str, str] = {}
+
+    def mode(self, cluster_name: str) -> str:
+        """How the cluster authenticates callers: ``kubernetes``, ``secret`` or ``disabled`` (from its
+        ``authOptions``, read once: a cluster's are fixed at its creation)."""
+        if cluster_name not in self._modes:
+            obj = self.api.get("rayclusters", cluster_name)
+            if obj is None:
+                raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.api.namespace!r}")
+            options = (obj.get("spec") or {}).get("authOptions") or {}
+            self._modes[cluster_name] = (
+                "disabled"
+                if options.get("mode") != "token"
+                else "kubernetes"
+                if options.get("enableK8sTokenAuth")
+                else "secret"
+            )
+        return self._modes[cluster_name]
+
+    def _kubernetes_token(self, cluster_name: str) -> str:
+        token = self.api.bearer_token()
+        if not token:
+            raise BackendError(
+                f"reading the Jobs API of {cluster_name!r}, which authenticates by Kubernetes credentials: "
+                f"Kubernetes connection {self.api.kubernetes_conn_id!r} has no bearer token (a client certificate "
+                "cannot authenticate to Ray); use a token-based identity"
+            )
+        return token
+
+    def _secret_token(self, cluster_name: str) -> str | None:
+        """The cluster's Ray token from the Secret KubeRay made (clusters created with ``ray_auth: secret``)."""
+        data = self.api.secret_data(cluster_name, f"reading the token Secret of {cluster_name!r}")
+        encoded = (data or {}).get(self.token_secret_key)
+        return base64.b64decode(encoded).decode() if encoded else None
+
+    def client(self, cluster_name: str, url: str) -> JobsApiClient:
+        """The cluster's Jobs API client at ``url``, with what authenticates to it: the connection's
+        Kubernetes token (a new client whenever it was refreshed), a Secret's token (read once), or
+        nothing at all for a cluster without auth (no credential is ever sent where none is checked)."""
+        mode = self.mode(cluster_name)
+        cached = self._clients.get(cluster_name)
+        if mode == "kubernetes":
+            token = self._kubernetes_token(cluster_name)
+        elif cached is not None:
+            return cached[1]
+        else:
+            token = self._secret_token(cluster_name) if mode == "secret" else None
+        if cached is None or cached[0] != token:
+            cached = self._clients[cluster_name] = (token, JobsApiClient(cluster_name, url, token))
+        return cached[1]
+
+    def forget(self, cluster_name: str) -> None:
+        """A deleted cluster's client and mode: a new cluster of that name is a new one."""
+        self._clients.pop(cluster_name, None)
+        self._modes.pop(cluster_name, None)
