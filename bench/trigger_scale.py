@@ -39,7 +39,7 @@ from airflow_ray_platform.backends.retries import MAX_CONSECUTIVE_ERRORS
 from airflow_ray_platform.records import utilisation
 from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
-from airflow_ray_platform.triggers.ray import LOG_STREAM_WINDOW, RayJobTrigger
+from airflow_ray_platform.triggers.ray import LOG_STREAM_WINDOW, JobWaitRole, RayJobTrigger
 from bench import WORK
 from bench.common import migrate_airflow_db, record
 
@@ -148,7 +148,10 @@ def _waits(
     """One wait per target: the baseline's, or a ``RayJobTrigger`` run as a triggerer runs it."""
     if mode == "per_trigger_baseline":
         return [lambda sid=sid: baseline(sid) for sid in targets]
-    triggers = [RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid) for sid in targets]
+    triggers = [  # watchers: many waits on each job, as the waiting at scale is measured, none its submitter
+        RayJobTrigger(ray_conn_id="ray_default", cluster_name=CLUSTER, submission_id=sid, role=JobWaitRole.WATCHER)
+        for sid in targets
+    ]
     return [lambda trigger=trigger: _trigger_wait(trigger) for trigger in triggers]
 
 

@@ -52,7 +52,7 @@ from airflow_ray_platform.spec.naming import (
 from airflow_ray_platform.spec.timestamps import utc_now
 from airflow_ray_platform.tenancy.authorization import Action, AuditEntry, Verdict
 from airflow_ray_platform.tenancy.policy import Actor, PolicyViolation, configured_policy
-from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
+from airflow_ray_platform.triggers.ray import JobWaitRole, RayClusterTrigger, RayJobTrigger
 
 JobConfigurationArg = JobConfiguration | Mapping[str, Any] | str | Path
 
@@ -448,7 +448,7 @@ class RayJobOperator(_RayOperator):
                     utilisation=run.utilisation.to_dict(),
                     ephemeral_cluster=run.ephemeral_cluster,
                     state_store_conn_id=self.state_store_conn_id,
-                    finish_job=True,
+                    role=JobWaitRole.SUBMITTER,
                     log_storage_uri=self.log_storage_uri,
                     not_before=time.time() + settings.deferral_settle_seconds(),
                     actor=self._acting_as(),

@@ -15,7 +15,7 @@ from airflow_ray_platform.runs.events import JobEvent
 from airflow_ray_platform.runs.job_run import RayJobRun
 from airflow_ray_platform.spec.models import validate_cluster_name
 from airflow_ray_platform.tenancy.policy import configured_policy
-from airflow_ray_platform.triggers.ray import RayJobTrigger
+from airflow_ray_platform.triggers.ray import JobWaitRole, RayJobTrigger
 
 
 class RayJobSensor(BaseSensorOperator):
@@ -78,7 +78,7 @@ class RayJobSensor(BaseSensorOperator):
                     poll_interval=float(self.poke_interval),
                     timeout_at=timeout_at,
                     stream_logs=False,
-                    stop_on_kill=False,
+                    role=JobWaitRole.WATCHER,
                     actor=current_actor(configured_policy()).to_dict(),
                 ),
                 method_name="execute_complete",

@@ -16,6 +16,7 @@ the task) stops the job and removes a task's ephemeral cluster.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -174,6 +175,17 @@ class RayClusterTrigger(_RayTrigger):
             await asyncio.to_thread(run.delete_cluster, "ephemeral cluster: its task was killed")
 
 
+class JobWaitRole(enum.StrEnum):
+    """Who waits on the job, and so what its trigger does besides waiting (a mode, as cncf-kubernetes'
+    ``on_finish_action`` is one)."""
+
+    #: The task that submitted the job (``RayJobOperator``): killing the task stops the job, and the trigger
+    #: records the job's end and persists its log before it fires.
+    SUBMITTER = "submitter"
+    #: A task that watches someone else's job (``RayJobSensor``): it never stops the job nor records it.
+    WATCHER = "watcher"
+
+
 class RayJobTrigger(_RayTrigger):
     """Fires when the job is terminal (or its timeout passes), streaming its log into the task log.
 
@@ -185,14 +197,16 @@ class RayJobTrigger(_RayTrigger):
     :param timeout_at: epoch seconds after which the wait ends ``timeout`` (None: never).
     :param stream_logs: copy the job's driver log into the task log as it grows.
     :param log_offset: how much of the driver log the task log already holds.
-    :param stop_on_kill: ``on_kill`` stops the job (False for a sensor, which only watches).
+    :param role: who waits (:class:`JobWaitRole`): the submitting task (``on_kill`` stops the job, whose end
+        is recorded and log persisted here, before the event), or a sensor that only watches.
     :param ephemeral_cluster: the cluster is the task's own: ``on_kill`` deletes it.
     :param utilisation: the cluster utilisation sampled so far (``Utilisation.to_dict()``).
     :param state_store_conn_id: where the job's end (and ``on_kill``'s stop) is recorded (None: the
         embedded store).
-    :param finish_job: once the job ends, record its final state and persist its driver log here,
-        before the event (the operator's deferral; not a sensor's, which only watches).
-    :param log_storage_uri: where ``finish_job`` persists the driver log (None: the embedded default).
+    :param log_storage_uri: where a submitter's trigger persists the driver log (None: the embedded default).
+    :param stop_on_kill: what ``role`` replaced, in triggers a running deployment serialized before it:
+        False means a watcher.
+    :param finish_job: likewise; ignored (a submitter's trigger always finishes the job).
     :param actor: who the deferred task acts as (``Actor.to_dict()``): the trigger's calls are authorized as it.
     """
 
@@ -206,14 +220,15 @@ class RayJobTrigger(_RayTrigger):
         timeout_at: float | None = None,
         stream_logs: bool = True,
         log_offset: int = 0,
-        stop_on_kill: bool = True,
+        role: JobWaitRole | str = JobWaitRole.SUBMITTER,
         ephemeral_cluster: bool = False,
         utilisation: dict[str, Any] | None = None,
         state_store_conn_id: str | None = None,
-        finish_job: bool = False,
         log_storage_uri: str | None = None,
         not_before: float | None = None,
         actor: dict[str, Any] | None = None,
+        stop_on_kill: bool | None = None,
+        finish_job: bool | None = None,
     ) -> None:
         super().__init__(ray_conn_id, poll_interval, not_before, actor, state_store_conn_id)
         self.cluster_name = cluster_name
@@ -222,9 +237,8 @@ class RayJobTrigger(_RayTrigger):
         self.timeout_at = timeout_at
         self.stream_logs = stream_logs
         self.log_offset = log_offset
-        self.stop_on_kill = stop_on_kill
+        self.role = JobWaitRole.WATCHER if stop_on_kill is False else JobWaitRole(role)
         self.ephemeral_cluster = ephemeral_cluster
-        self.finish_job = finish_job
         self.log_storage_uri = log_storage_uri
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -234,10 +248,9 @@ class RayJobTrigger(_RayTrigger):
             timeout_at=self.timeout_at,
             stream_logs=self.stream_logs,
             log_offset=self.log_offset,
-            stop_on_kill=self.stop_on_kill,
+            role=self.role.value,
             ephemeral_cluster=self.ephemeral_cluster,
             utilisation=self.utilisation.to_dict(),
-            finish_job=self.finish_job,
             log_storage_uri=self.log_storage_uri,
         )
 
@@ -274,7 +287,7 @@ class RayJobTrigger(_RayTrigger):
                 yield await self._fire(run.error(str(error)).to_dict())
                 return
             if event is not None:
-                if self.finish_job and event.status != WaitStatus.ERROR:
+                if self.role == JobWaitRole.SUBMITTER and event.status != WaitStatus.ERROR:
                     event = await asyncio.to_thread(self._finish, backend, event)
                 yield await self._fire(event.to_dict())
                 return
@@ -318,7 +331,7 @@ class RayJobTrigger(_RayTrigger):
         """A user killed the deferred task: stop the job (recording it STOPPED), and remove the task's
         ephemeral cluster."""
         run = self._run(await self._backend(), LifecycleRecorder(self.state_store_conn_id, None))
-        if self.stop_on_kill:
+        if self.role == JobWaitRole.SUBMITTER:
             await asyncio.to_thread(run.stop_and_record)
         if self.ephemeral_cluster:
             await asyncio.to_thread(run.delete_cluster, "ephemeral cluster: its task was killed")

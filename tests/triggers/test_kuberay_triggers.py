@@ -9,7 +9,7 @@ import pytest
 
 from airflow_ray_platform.backends.kuberay.backend import KubeRayBackend
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
-from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
+from airflow_ray_platform.triggers.ray import JobWaitRole, RayClusterTrigger, RayJobTrigger
 
 from ..conftest import SHARED_CLUSTER
 from ..waiting import wait_for
@@ -137,8 +137,10 @@ def test_many_triggers_share_one_watch_of_the_namespace_and_one_log_follow_per_j
     for index, submission_id in enumerate(ids):
         script = f"import time\nfor i in range(5):\n    print('job {index} line', i, flush=True); time.sleep(0.5)"
         kuberay.backend.submit_job(SHARED_CLUSTER, submission_id, JobSpec(entrypoint=f'python -c "{script}"'), {})
-    triggers = [
-        RayJobTrigger(ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id=sid)
+    triggers = [  # watchers: ten waits on one job, none of them its submitter
+        RayJobTrigger(
+            ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id=sid, role=JobWaitRole.WATCHER
+        )
         for sid in ids
         for _ in range(10)
     ]

@@ -12,7 +12,7 @@ import pytest
 
 from airflow_ray_platform.backends.base import JobState
 from airflow_ray_platform.spec.models import JobSpec
-from airflow_ray_platform.triggers.ray import RayClusterTrigger, RayJobTrigger
+from airflow_ray_platform.triggers.ray import JobWaitRole, RayClusterTrigger, RayJobTrigger
 
 from ..conftest import SHARED_CLUSTER
 
@@ -41,11 +41,10 @@ def test_a_job_trigger_serializes_every_argument_and_rebuilds_from_it():
         "timeout_at": 123.0,
         "stream_logs": False,
         "log_offset": 42,
-        "stop_on_kill": False,
+        "role": "watcher",
         "ephemeral_cluster": True,
         "utilisation": UTILISATION,
         "state_store_conn_id": "ray_records",
-        "finish_job": True,
         "log_storage_uri": "s3://logs/prod",
         "not_before": 99.5,
         "actor": ACTOR,
@@ -54,6 +53,23 @@ def test_a_job_trigger_serializes_every_argument_and_rebuilds_from_it():
     assert classpath == "airflow_ray_platform.triggers.ray.RayJobTrigger"
     assert serialized == kwargs
     assert _rebuild(RayJobTrigger(**kwargs)).serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("stored", "role"),
+    [
+        ({"stop_on_kill": True, "finish_job": True}, JobWaitRole.SUBMITTER),
+        ({"stop_on_kill": False}, JobWaitRole.WATCHER),
+    ],
+    ids=["operator", "sensor"],
+)
+def test_a_trigger_serialized_before_roles_existed_still_deserializes(stored, role):
+    """A deferred task's trigger row written by the previous release (``stop_on_kill``, ``finish_job``) keeps
+    working after an upgrade, as the role it meant."""
+    row = {"ray_conn_id": "ray_default", "cluster_name": "c", "submission_id": "s", "log_offset": 7, **stored}
+    trigger = RayJobTrigger(**row)
+    assert trigger.role == role
+    assert trigger.serialize()[1]["role"] == role.value and "stop_on_kill" not in trigger.serialize()[1]
 
 
 def test_a_cluster_trigger_serializes_every_argument_and_rebuilds_from_it():
@@ -147,7 +163,7 @@ def test_sensor_trigger_does_not_stop_on_kill(backend):
         ray_conn_id="ray_default",
         cluster_name=SHARED_CLUSTER,
         submission_id="trigger-watch",
-        stop_on_kill=False,
+        role=JobWaitRole.WATCHER,
     )
     asyncio.run(trigger.on_kill())
     deadline = time.monotonic() + 60
@@ -237,14 +253,14 @@ def test_the_operators_trigger_records_the_end_and_persists_the_log_before_its_e
     _submit(backend, "trigger-finish", "python -c \"import time; print('trained', flush=True); time.sleep(1)\"")
     common = {"ray_conn_id": "ray_default", "cluster_name": SHARED_CLUSTER, "submission_id": "trigger-finish"}
     storage = f"file://{tmp_path}"
-    finishing = RayJobTrigger(**common, poll_interval=0.3, finish_job=True, log_storage_uri=storage)
+    finishing = RayJobTrigger(**common, poll_interval=0.3, role=JobWaitRole.SUBMITTER, log_storage_uri=storage)
     event = asyncio.run(_first_event(_rebuild(finishing)))
     assert event["status"] == "success" and event["finished"] is True
     assert recorded_job("trigger-finish")["state"] == "SUCCEEDED"
     assert b"trained" in b"".join(read_job_log("trigger-finish", None, storage))
     assert event["log_offset"] == len(backend.job_logs(SHARED_CLUSTER, "trigger-finish"))
 
-    watching = RayJobTrigger(**common, poll_interval=0.3, stop_on_kill=False)
+    watching = RayJobTrigger(**common, poll_interval=0.3, role=JobWaitRole.WATCHER)
     assert "finished" not in asyncio.run(_first_event(watching))
 
 
@@ -271,7 +287,13 @@ def test_many_triggers_on_one_cluster_share_one_status_call_per_interval(backend
     calls.clear()
     interval = 0.5
     triggers = [
-        RayJobTrigger(ray_conn_id="ray_default", cluster_name=SHARED_CLUSTER, submission_id=sid, poll_interval=interval)
+        RayJobTrigger(
+            ray_conn_id="ray_default",
+            cluster_name=SHARED_CLUSTER,
+            submission_id=sid,
+            poll_interval=interval,
+            role=JobWaitRole.WATCHER,  # ten waits on each job, none of them its submitter
+        )
         for sid in ids
         for _ in range(10)
     ]
