@@ -199,6 +199,29 @@ class _RayOperator(_RecordingOperator):
     def _startup_timeout(self) -> float:
         return self.config.lifecycle.startup_timeout.total_seconds()
 
+    def _await_cluster(self, name: str, interval: float, method_name: str, *, ephemeral: bool = False) -> ClusterInfo:
+        """The cluster once ready: waited for in the task (all along, or for the deferral's settling time),
+        then in the triggerer, resuming in ``method_name``. The one place a cluster wait defers."""
+        deadline = time.time() + self._startup_timeout()
+        ready = wait_for_cluster(self.backend, name, self._startup_timeout(), interval, within=_settling(self))
+        if ready is None:
+            self.defer(
+                trigger=RayClusterTrigger(
+                    ray_conn_id=self.ray_conn_id,
+                    cluster_name=name,
+                    timeout_at=deadline,
+                    startup_timeout=self._startup_timeout(),
+                    poll_interval=interval,
+                    ephemeral_cluster=ephemeral,
+                    not_before=time.time() + settings.deferral_settle_seconds(),
+                    actor=self._acting_as(),
+                    state_store_conn_id=self.state_store_conn_id,
+                ),
+                method_name=method_name,
+            )
+        assert ready is not None
+        return ready
+
 
 class RayClusterOperator(_RayOperator):
     """Create (or get, by name) the Ray cluster a ``job_configuration`` describes, and wait until ready.
@@ -235,25 +258,7 @@ class RayClusterOperator(_RayOperator):
         result = self._push_cluster(context, info)
         if not self.wait_for_ready or info.state == ClusterState.READY:
             return result
-        deadline = time.time() + self._startup_timeout()
-        ready = wait_for_cluster(
-            self.backend, name, self._startup_timeout(), self.poll_interval, within=_settling(self)
-        )
-        if ready is None:
-            self.defer(
-                trigger=RayClusterTrigger(
-                    ray_conn_id=self.ray_conn_id,
-                    cluster_name=name,
-                    timeout_at=deadline,
-                    startup_timeout=self._startup_timeout(),
-                    poll_interval=self.poll_interval,
-                    not_before=time.time() + settings.deferral_settle_seconds(),
-                    actor=self._acting_as(),
-                    state_store_conn_id=self.state_store_conn_id,
-                ),
-                method_name="execute_complete",
-            )
-        assert ready is not None
+        ready = self._await_cluster(name, self.poll_interval, "execute_complete")
         self.recorder.cluster_seen(ready)
         self.log.info("Ray cluster %r is ready: %s", name, info.dashboard_url)
         return result
@@ -386,30 +391,12 @@ class RayJobOperator(_RayOperator):
         self._push_cluster(context, info)
         if info.state != ClusterState.READY:
             self.log.info("Waiting for Ray cluster %r (%s)", info.name, info.state)
-            deadline = time.time() + self._startup_timeout()
-            interval = min(self.poll_interval, 1.0)
             try:
-                ready = wait_for_cluster(
-                    self.backend, info.name, self._startup_timeout(), interval, within=_settling(self)
-                )
-            except Exception:
+                interval = min(self.poll_interval, 1.0)
+                self._await_cluster(info.name, interval, "execute_after_cluster_ready", ephemeral=ephemeral)
+            except Exception:  # deferring is not an Exception: the cluster goes only when its start failed
                 self._cleanup_cluster(failed=True)
                 raise
-            if ready is None:
-                self.defer(
-                    trigger=RayClusterTrigger(
-                        ray_conn_id=self.ray_conn_id,
-                        cluster_name=info.name,
-                        timeout_at=deadline,
-                        startup_timeout=self._startup_timeout(),
-                        poll_interval=interval,
-                        ephemeral_cluster=ephemeral,
-                        not_before=time.time() + settings.deferral_settle_seconds(),
-                        actor=self._acting_as(),
-                        state_store_conn_id=self.state_store_conn_id,
-                    ),
-                    method_name="execute_after_cluster_ready",
-                )
         return self._submit_and_wait(context)
 
     def execute_after_cluster_ready(self, context: Context, event: dict[str, Any]) -> str | None:
