@@ -135,3 +135,27 @@ def test_importing_the_operators_sensor_and_triggers_does_not_import_kubernetes(
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]", loaded
+
+
+def test_every_setting_is_declared_and_read_in_one_place():
+    """``airflow config list`` shows every ``[ray_platform]`` option, and only ``settings`` reads Airflow's
+    configuration (one home for each option's name and default)."""
+    import re
+
+    from airflow_ray_platform import settings
+
+    declared = airflow_ray_platform.get_provider_info()["config"]["ray_platform"]["options"]
+    assert set(declared) == {
+        "state_store_conn_id",
+        "log_storage_uri",
+        "policy",
+        "validate_kuberay_manifests",
+        "deferral_settle_seconds",
+    }
+    assert all(option["description"] and option["type"] for option in declared.values())
+    readers = {
+        str(path.relative_to(Path(settings.__file__).parent))
+        for path in Path(settings.__file__).parent.rglob("*.py")
+        if re.search(r"conf(\(\))?\.get(boolean|float|int)?\(", path.read_text())
+    }
+    assert readers == {"settings.py"}
