@@ -264,10 +264,6 @@ class RayJobRun:
                 self.utilisation.add(sample)
         return self.outcome(info), text
 
-    def check(self, *, stream_logs: bool) -> tuple[JobEvent | None, str]:
-        """Describe the job, then :meth:`observe` it: one poll."""
-        return self.observe(self.describe(), stream_logs=stream_logs)
-
     def poll(self, observed: Any = DESCRIBE, *, stream_logs: bool) -> tuple[JobEvent | None, str]:
         """One look at the job (``observed``, else described now) and :meth:`observe`; a failed call ends
         the wait if the cluster died, else is raised for the fault policy (:meth:`lost_or_raise`)."""

@@ -10,6 +10,7 @@ from airflow.exceptions import AirflowException
 from airflow.sdk import BaseSensorOperator, Context
 
 from airflow_ray_platform import settings
+from airflow_ray_platform.backends.retries import transient_faults
 from airflow_ray_platform.hooks.ray import RayHook, current_actor
 from airflow_ray_platform.runs.events import JobEvent
 from airflow_ray_platform.runs.job_run import RayJobRun
@@ -50,7 +51,8 @@ class RayJobSensor(BaseSensorOperator):
     def poke(self, context: Context) -> bool:
         validate_cluster_name(self.cluster_name, "cluster_name")
         run = RayJobRun(RayHook(self.ray_conn_id).backend, self.cluster_name, self.submission_id, log=self.log)
-        event, _ = run.check(stream_logs=False)
+        # Passing backend faults tolerated as every wait tolerates them (a dashboard restarting).
+        event, _ = transient_faults(min(float(self.poke_interval), 2.0), self.log)(run.poll, stream_logs=False)
         if event is None:
             self.log.info("Ray job %r is still running", self.submission_id)
             return False
