@@ -215,27 +215,20 @@ class RayJobRun:
     def describe(self) -> JobInfo | None:
         return self.backend.describe_job(self.cluster_name, self._id)
 
-    def cluster_lost(self, error: BackendError) -> JobEvent | None:
-        """After a failed status call: the event that ends the wait if the cluster itself died or is gone
-        (its head was killed: nothing will ever answer for the job), else None (a passing fault)."""
-        info = self.backend.describe_cluster(self.cluster_name)
+    def lost_or_raise(self, error: BackendError) -> JobEvent:
+        """After a failed status call: the event that ends the wait if the job's cluster itself died or is
+        gone (its head was killed: nothing will ever answer for the job); otherwise ``error`` again, a
+        passing fault for the wait's fault policy to count (so is a backend that does not answer at all)."""
+        try:
+            info = self.backend.describe_cluster(self.cluster_name)
+        except BackendError:
+            raise error from None
         if info is not None and info.state != ClusterState.FAILED:
-            return None
+            raise error
         why = "its cluster is gone" if info is None else f"its cluster died ({info.message})"
         return self._event(
             WaitStatus.FAILED, f"job {self._id!r} cannot finish: {why}; last error: {error}", state=JobState.FAILED
         )
-
-    def lost_or_raise(self, error: BackendError) -> JobEvent:
-        """After a failed status call: the event that ends the wait if the job's cluster died or is gone;
-        otherwise ``error`` again, a passing fault for the wait's fault policy to count."""
-        try:
-            lost = self.cluster_lost(error)
-        except BackendError:  # the backend itself does not answer: a passing fault too
-            lost = None
-        if lost is None:
-            raise error
-        return lost
 
     def new_output(self, *, final: bool = False) -> str:
         """The driver log written since the last call (the offset moves on): read from the offset where
