@@ -27,12 +27,12 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_ray_platform import settings
 from airflow_ray_platform.backends import validate_configuration_offline
-from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, Lease, RayBackend
+from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, RayBackend
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.links import RayDashboardLink
 from airflow_ray_platform.maintenance.leases import DagRunLiveness, release_and_delete
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
-from airflow_ray_platform.runs.cluster import create_or_get_cluster, lease_existing, resolve_cluster, wait_for_cluster
+from airflow_ray_platform.runs.cluster import resolve_cluster, shared_cluster, wait_for_cluster
 from airflow_ray_platform.runs.events import ClusterEvent, JobEvent
 from airflow_ray_platform.runs.job_run import RayJobRun
 from airflow_ray_platform.spec.models import (
@@ -49,7 +49,6 @@ from airflow_ray_platform.spec.naming import (
     XCOM_SUBMISSION_ID,
     TaskIdentity,
 )
-from airflow_ray_platform.spec.timestamps import utc_now
 from airflow_ray_platform.tenancy.authorization import Action, AuditEntry, Verdict
 from airflow_ray_platform.tenancy.policy import Actor, PolicyViolation, configured_policy
 from airflow_ray_platform.triggers.ray import JobWaitRole, RayClusterTrigger, RayJobTrigger
@@ -99,11 +98,6 @@ def _settling(operator: _RayOperator) -> float | None:
     and on Airflow 3.3.2 a trigger that fires this soon after the deferral can fail the resumed task
     (see ``settings.deferral_settle_seconds``)."""
     return settings.deferral_settle_seconds() if operator.deferrable else None
-
-
-def _lease(context: Context) -> Lease:
-    """This task's lease on a shared cluster, held for its DAG run."""
-    return Lease(TaskIdentity.from_context(context), utc_now())
 
 
 class _RecordingOperator(BaseOperator):
@@ -247,13 +241,7 @@ class RayClusterOperator(_RayOperator):
             config = self.config
             self._admit(context)
             name = config.cluster_name
-            identity = TaskIdentity.from_context(context)
-            if config.cluster.reuses_existing:
-                info = lease_existing(self.backend, name, identity, "job_configuration.cluster.name", self.recorder)
-            else:
-                info = create_or_get_cluster(
-                    self.backend, config, name, identity, lease=_lease(context), recorder=self.recorder
-                )
+            info = shared_cluster(self.backend, config, TaskIdentity.from_context(context), self.recorder)
         self.log.info("Ray cluster %r on backend %r: %s", name, info.backend, info.state)
         result = self._push_cluster(context, info)
         if not self.wait_for_ready or info.state == ClusterState.READY:

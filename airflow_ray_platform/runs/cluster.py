@@ -49,15 +49,22 @@ def resolve_cluster(
     if cluster_name:
         validate_cluster_name(cluster_name, cluster_name_field)
         return RunCluster(lease_existing(backend, cluster_name, identity, cluster_name_field, recorder), False)
-    if config.cluster.reuses_existing:
-        field = "job_configuration.cluster.name"
-        return RunCluster(lease_existing(backend, config.cluster_name, identity, field, recorder), False)
-    if config.lifecycle.ephemeral_cluster:
+    if config.lifecycle.ephemeral_cluster and not config.cluster.reuses_existing:
         name = identity.ephemeral_cluster_name(config.name)
         return RunCluster(create_or_get_cluster(backend, config, name, identity, lease=None, recorder=recorder), True)
+    return RunCluster(shared_cluster(backend, config, identity, recorder), False)
+
+
+def shared_cluster(
+    backend: RayBackend, config: JobConfiguration, identity: TaskIdentity, recorder: LifecycleRecorder | None
+) -> ClusterInfo:
+    """The named cluster of ``config``, leased for ``identity``'s DAG run: the existing one when the
+    configuration only names it (nothing is created), else created from its spec if missing
+    (``RayClusterOperator``'s cluster, and a job's with ``lifecycle.cleanup: never``)."""
+    if config.cluster.reuses_existing:
+        return lease_existing(backend, config.cluster_name, identity, "job_configuration.cluster.name", recorder)
     lease = Lease(identity, utc_now())
-    info = create_or_get_cluster(backend, config, config.cluster_name, identity, lease=lease, recorder=recorder)
-    return RunCluster(info, False)
+    return create_or_get_cluster(backend, config, config.cluster_name, identity, lease=lease, recorder=recorder)
 
 
 def lease_existing(
