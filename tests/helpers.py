@@ -25,15 +25,19 @@ def jobs_of(backend, run, dag_id, task_id="job", cluster=SHARED_CLUSTER):
     return [j for j in backend.list_jobs(cluster) if j.metadata.get(TASK_KEY_METADATA) == key]
 
 
-def dag_test_in_subprocess(dag_name: str, logical_date: datetime, entrypoint: str, log_path) -> subprocess.Popen:
+def dag_test_in_subprocess(
+    dag_name: str, logical_date: datetime, entrypoint: str | None, log_path, module: str = "ray_e2e_dags"
+) -> subprocess.Popen:
+    """``dag.test()`` of a test DAG in a process of its own (a worker to kill), ``entrypoint`` as its param."""
+    conf = "{}" if entrypoint is None else "{'entrypoint': sys.argv[3]}"
     code = (
-        "import sys, datetime; sys.path.insert(0, sys.argv[1]); import ray_e2e_dags as d; "
+        f"import sys, datetime; sys.path.insert(0, sys.argv[1]); import {module} as d; "
         "when = datetime.datetime.fromisoformat(sys.argv[2]); "
-        f"getattr(d, {dag_name!r}).test(logical_date=when, run_after=when, run_conf={{'entrypoint': sys.argv[3]}})"
+        f"getattr(d, {dag_name!r}).test(logical_date=when, run_after=when, run_conf={conf})"
     )
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint],
+            [sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint or ""],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

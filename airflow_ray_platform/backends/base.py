@@ -23,6 +23,8 @@ from airflow_ray_platform.spec.timestamps import to_text
 
 #: The size of the chunks a backend streams a finished job's driver log in (never the whole log at once).
 LOG_CHUNK_BYTES = 8 * 1024 * 1024
+#: Ray Client's port on a head node (``ray://host:10001``), Ray's default and the one KubeRay's head service opens.
+RAY_CLIENT_PORT = 10001
 
 
 class ClusterState(enum.StrEnum):
@@ -207,6 +209,29 @@ class JobInfo:
     end_time: datetime | None = None
 
 
+@dataclass(frozen=True)
+class RayConnection:
+    """What a Ray client outside a job needs to reach a cluster: where, and how it authenticates.
+
+    :param address: what ``ray.init(address=...)`` takes (the GCS on the local backend, Ray Client's
+        ``ray://`` address elsewhere); None when this backend cannot say.
+    :param dashboard_url: the Ray dashboard and Jobs API.
+    :param token: Ray's authentication token for the cluster, if it checks one: the credential this
+        process itself presents, so it is never printed (``repr`` leaves it out).
+    """
+
+    address: str | None
+    dashboard_url: str | None
+    token: str | None = field(default=None, repr=False)
+
+    def environment(self) -> dict[str, str]:
+        """The variables Ray's own client reads (``RAY_ADDRESS``, ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``)."""
+        env = {"RAY_ADDRESS": self.address} if self.address else {}
+        if self.token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        return env
+
+
 @runtime_checkable
 class RayBackend(Protocol):
     """Where clusters live. ``local`` and ``kuberay`` implement it."""
@@ -270,6 +295,10 @@ class RayBackend(Protocol):
 
     def metrics_urls(self, cluster_name: str) -> list[str]:
         """Prometheus endpoints of the cluster's nodes reachable from here (empty when none is)."""
+
+    def connection(self, cluster_name: str) -> RayConnection:
+        """How a Ray client reaches the cluster from here, with the token this process authenticates with
+        (an interactive session's; and what a job's result must never carry); ClusterNotFoundError if none."""
 
 
 @runtime_checkable

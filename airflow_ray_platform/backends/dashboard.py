@@ -17,6 +17,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from airflow_ray_platform.backends.base import (
+    RAY_CLIENT_PORT,
     BackendAuthenticationError,
     BackendError,
     ClusterInfo,
@@ -25,6 +26,7 @@ from airflow_ray_platform.backends.base import (
     DeleteCondition,
     JobInfo,
     Lease,
+    RayConnection,
 )
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
@@ -141,6 +143,11 @@ class DashboardBackend:
     def metrics_urls(self, cluster_name: str) -> list[str]:
         """None known: a cluster managed elsewhere publishes its metrics where its owner chose."""
         return []
+
+    def connection(self, cluster_name: str) -> RayConnection:
+        """Ray Client's port on the dashboard's host, with the connection's token."""
+        self._jobs(cluster_name)  # only the one cluster
+        return RayConnection(f"ray://{urlsplit(self.address).hostname}:{RAY_CLIENT_PORT}", self.address, self._token)
 
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         return dashboard_job_url(self.address, submission_id)

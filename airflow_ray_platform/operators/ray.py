@@ -49,6 +49,7 @@ from airflow_ray_platform.spec.naming import (
     XCOM_SUBMISSION_ID,
     TaskIdentity,
 )
+from airflow_ray_platform.spec.results import JobResult
 from airflow_ray_platform.tenancy.authorization import Action, AuditEntry, Verdict
 from airflow_ray_platform.tenancy.policy import Actor, PolicyViolation, configured_policy
 from airflow_ray_platform.triggers.ray import JobWaitRole, RayClusterTrigger, RayJobTrigger
@@ -144,7 +145,7 @@ class _RayOperator(_RecordingOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate_at_parse(job_configuration)
+        _validate_at_parse(self._as_run(job_configuration))
         self.job_configuration = job_configuration
         self.ray_conn_id = ray_conn_id
         self.deferrable = deferrable
@@ -156,9 +157,13 @@ class _RayOperator(_RecordingOperator):
         """The connection's backend, acting as this task (authorized and audited)."""
         return RayHook(self.ray_conn_id, actor=self._actor, audit=self.recorder.audit).backend
 
+    def _as_run(self, job_configuration: JobConfigurationArg) -> JobConfigurationArg:
+        """The configuration as this operator runs it (``@task.ray`` adds its driver to the job)."""
+        return job_configuration
+
     @cached_property
     def config(self) -> JobConfiguration:
-        return load_job_configuration(self.job_configuration)
+        return load_job_configuration(self._as_run(self.job_configuration))
 
     def _admit(self, context: Context, *, check_configuration: bool = True) -> None:
         """Who this task acts as, and whether the platform policy lets its configuration run (its team,
@@ -311,7 +316,13 @@ class RayClusterDeleteOperator(_RecordingOperator):
 
 
 class RayJobOperator(_RayOperator):
-    """Run the ``job`` of a ``job_configuration`` as a Ray job; return its ``submission_id``.
+    """Run the ``job`` of a ``job_configuration`` as a Ray job; return what it handed back, else its
+    ``submission_id``.
+
+    A job hands a JSON value back by printing one marked line on its driver's stdout
+    (:func:`airflow_ray_platform.spec.results.hand_back`): it becomes the task's ``return_value``, and is
+    kept with the job's record, so a retry that reattaches gets it without running the job again. The
+    submission id is always in XCom under ``submission_id``.
 
     Where the job runs, in order: ``cluster_name`` (e.g. ``RayClusterOperator``'s XCom), else
     ``job_configuration.cluster`` when it only names a cluster, else a cluster created from the
@@ -363,7 +374,7 @@ class RayJobOperator(_RayOperator):
         return self._run
 
     # ------------------------------------------------------------ execute
-    def execute(self, context: Context) -> str | None:
+    def execute(self, context: Context) -> Any:
         with _configuration_errors_fail_the_task():
             self._admit(context)
             self.config.required_job()
@@ -387,7 +398,7 @@ class RayJobOperator(_RayOperator):
                 raise
         return self._submit_and_wait(context)
 
-    def execute_after_cluster_ready(self, context: Context, event: dict[str, Any]) -> str | None:
+    def execute_after_cluster_ready(self, context: Context, event: dict[str, Any]) -> Any:
         self._admit(context)
         cluster = ClusterEvent.from_dict(event)
         self._job_run(cluster.cluster_name, cluster.ephemeral_cluster)
@@ -396,7 +407,7 @@ class RayJobOperator(_RayOperator):
             raise AirflowException(cluster.message)
         return self._submit_and_wait(context)
 
-    def _submit_and_wait(self, context: Context) -> str | None:
+    def _submit_and_wait(self, context: Context) -> Any:
         run = self._run
         assert run is not None
         info = run.submit_or_reattach(TaskIdentity.from_context(context), int(context["ti"].try_number or 1))
@@ -433,7 +444,7 @@ class RayJobOperator(_RayOperator):
         assert event is not None
         return self._finish(event)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         self._admit(context, check_configuration=False)
         job = JobEvent.from_dict(event)
         if not job.finished or job.ephemeral_cluster:  # else nothing is left to ask the backend
@@ -442,18 +453,29 @@ class RayJobOperator(_RayOperator):
             )
         return self._finish(job)
 
-    def _finish(self, event: JobEvent) -> str:
-        """Record the end and persist the log (unless the trigger did), remove an ephemeral cluster,
-        and fail the task with the job's own error text."""
-        if not event.finished:
+    def _finish(self, event: JobEvent) -> Any:
+        """Record the end and persist the log (unless the trigger did), remove an ephemeral cluster, fail
+        the task with the job's own error text; else return what the job handed back."""
+        if event.finished:
+            result = JobResult.from_dict(event.result)
+        else:
             run = self._run
             assert run is not None
             run.conclude(event, stream_logs=self.get_logs)  # the log written after the last check, then records
+            result = run.result
         self._cleanup_cluster(failed=not event.succeeded)
         if not event.succeeded:
             raise AirflowException(event.failure)
         self.log.info("Ray job %r succeeded", event.submission_id)
-        return event.submission_id
+        return self._returned(event.submission_id, result)
+
+    def _returned(self, submission_id: str, result: JobResult) -> Any:
+        """The task's ``return_value``: the job's result (:func:`~airflow_ray_platform.spec.results.hand_back`),
+        else its submission id. A refused result fails the task without retries: the job would hand the
+        same back again."""
+        if result.refused is not None:
+            raise AirflowFailException(f"Ray job {submission_id!r} succeeded, but {result.refused}")
+        return result.value if result.present else submission_id
 
     def _cleanup_cluster(self, *, failed: bool) -> None:
         if self._run is not None:

@@ -23,6 +23,7 @@ from airflow_ray_platform.records.utilisation import Utilisation
 from airflow_ray_platform.settings import default_object_storage_uri
 from airflow_ray_platform.spec.models import JobConfiguration
 from airflow_ray_platform.spec.naming import EPHEMERAL_LABEL, TaskIdentity
+from airflow_ray_platform.spec.results import JobResult
 from airflow_ray_platform.spec.timestamps import to_text, utc_now
 from airflow_ray_platform.tenancy.authorization import AuditEntry
 from airflow_ray_platform.tenancy.policy import Actor
@@ -105,6 +106,13 @@ class LifecycleRecorder:
             cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state), log_uri=uri
         )
         return uri
+
+    @_never_fails
+    def result_seen(self, cluster: ClusterInfo, job: JobInfo, result: JobResult) -> None:
+        """What the job handed back (or why it was refused), kept with its record."""
+        self.store.upsert_job(
+            cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state), result=result.to_dict()
+        )
 
     @_never_fails
     def cluster_deleted(self, info: ClusterInfo, reason: str, *, by: str = "airflow") -> None:

@@ -85,6 +85,8 @@ jobs = sa.Table(
     sa.Column("log_uri", sa.String(1024)),
     sa.Column("measured_cpu_utilisation", sa.Float),
     sa.Column("measured_gpu_utilisation", sa.Float),
+    #: What the job handed back (``JobResult.to_dict()``; migration 0006).
+    sa.Column("result", sa.JSON),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_arp_jobs_ended_at", "ended_at"),
     sa.Index("ix_arp_jobs_submission_id", "submission_id"),
@@ -116,7 +118,7 @@ events = sa.Table(
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "arp_alembic_version"
 #: The newest migration's revision (a test checks it against Alembic's head).
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 MIGRATION_LOCK_KEY = 0x41525053  # "ARPS": the advisory lock PostgreSQL migrations take
 
 

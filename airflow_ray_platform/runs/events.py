@@ -38,7 +38,7 @@ class JobEvent:
     ``log_offset`` is how much of the driver log the task log already holds; ``utilisation`` what was
     sampled of the cluster while the job ran. ``finished``: the final state is recorded and the log
     persisted already (by the trigger, whose process is warm), so the resumed task has nothing left to
-    ask Ray.
+    ask Ray; ``result`` is then what the job handed back (``JobResult.to_dict()``).
     """
 
     status: WaitStatus
@@ -50,6 +50,7 @@ class JobEvent:
     ephemeral_cluster: bool = False
     utilisation: Utilisation = field(default_factory=Utilisation)
     finished: bool = False
+    result: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -75,6 +76,8 @@ class JobEvent:
             payload["state"] = str(self.state)
         if self.finished:
             payload["finished"] = True
+        if self.result is not None:
+            payload["result"] = self.result
         return payload
 
     @classmethod
@@ -90,6 +93,7 @@ class JobEvent:
             ephemeral_cluster=bool(payload.get("ephemeral_cluster")),
             utilisation=Utilisation.from_dict(payload.get("utilisation")),
             finished=bool(payload.get("finished")),
+            result=payload.get("result"),
         )
 
 

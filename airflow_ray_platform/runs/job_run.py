@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow_ray_platform.backends.base import (
     BackendError,
+    ClusterInfo,
     ClusterState,
     IncrementalLogs,
     JobInfo,
@@ -32,7 +33,9 @@ from airflow_ray_platform.records.utilisation import Utilisation, scrape
 from airflow_ray_platform.runs.events import JobEvent, WaitStatus
 from airflow_ray_platform.spec.models import JobConfiguration
 from airflow_ray_platform.spec.naming import TASK_KEY_METADATA, TRY_NUMBER_METADATA, TaskIdentity
+from airflow_ray_platform.spec.results import RESULT_MARKER, JobResult, ResultScanner
 from airflow_ray_platform.spec.timestamps import utc_now
+from airflow_ray_platform.tenancy.authorization import presented_token
 
 STOPPED_BY_KILL = "stopped: the task was killed"
 #: ``RayJobRun.observe``'s utilisation sample when the caller took none: scrape the cluster here.
@@ -89,8 +92,14 @@ def stopped_job(latest: JobInfo | None, submission_id: str, cluster_name: str, w
 
 def log_job_output(log: logging.Logger, submission_id: str, text: str) -> None:
     """The job's new driver output into a task's log: one record per batch (a trigger writes it from the
-    triggerer's event loop, so thousands of lines are one call, not thousands), each line prefixed."""
-    lines = text.splitlines()
+    triggerer's event loop, so thousands of lines are one call, not thousands), each line prefixed. A
+    result line is shown by its size: the value goes to XCom, not into the log."""
+    lines = [
+        f"(hands back a result of {len(line) - len(RESULT_MARKER)} characters)"
+        if line.startswith(RESULT_MARKER)
+        else line
+        for line in text.splitlines()
+    ]
     if lines:
         log.info("%s", "\n".join(f"[ray job {submission_id}] {line}" for line in lines))
 
@@ -112,6 +121,8 @@ class RayJobRun:
     :param recorder: where transitions are recorded (None: nowhere, e.g. a sensor's watch).
     :param config: the task's ``job_configuration`` (owner, team, requested resources of the record).
     :param log: the task's (or trigger's) logger.
+
+    Once :meth:`finish` ran, ``result`` is what the job handed back (:mod:`~airflow_ray_platform.spec.results`).
     """
 
     def __init__(
@@ -138,6 +149,7 @@ class RayJobRun:
         self.recorder = recorder
         self.config = config
         self.log = log or _module_log
+        self.result = JobResult()
 
     @property
     def _id(self) -> str:
@@ -319,12 +331,26 @@ class RayJobRun:
         if final is not None and cluster is not None and self.recorder is not None:
             self.recorder.job_seen(cluster, final, config=self.config, utilisation=event.utilisation)
             if final.state.is_terminal:
-                uri = self.recorder.persist_log(
-                    cluster, final, lambda: self.backend.job_log_chunks(self.cluster_name, final.submission_id)
-                )
-                if uri:
-                    self.log.info("Ray job %r log persisted to %s", final.submission_id, uri)
+                self.result = self._persist_log_and_result(cluster, final)
         return final
+
+    def _persist_log_and_result(self, cluster: ClusterInfo, final: JobInfo) -> JobResult:
+        """Stream the driver log to storage, finding the job's result on the way (one read); if storage
+        failed before the end, the result is read from the backend's log instead. Both are recorded."""
+        assert self.recorder is not None
+        credentials = [presented_token(self.backend, self.cluster_name)]
+        scanner = ResultScanner(credentials)
+        chunks = self.backend.job_log_chunks
+        uri = self.recorder.persist_log(cluster, final, lambda: scanner.through(chunks(self.cluster_name, self._id)))
+        if uri:
+            self.log.info("Ray job %r log persisted to %s", final.submission_id, uri)
+        if not scanner.complete:
+            scanner = ResultScanner(credentials)
+            scanner.scan(chunks(self.cluster_name, self._id))
+        result = scanner.result
+        if result.to_dict() is not None:
+            self.recorder.result_seen(cluster, final, result)
+        return result
 
     def stop_and_record(self, why: str = STOPPED_BY_KILL) -> None:
         """Stop the job (a user killed its task) and record it STOPPED: operator and trigger alike."""

@@ -34,6 +34,7 @@ from airflow_ray_platform.backends.base import (
     JobInfo,
     Lease,
     RayBackend,
+    RayConnection,
     WatchingBackend,
 )
 from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
@@ -50,6 +51,7 @@ class Action(enum.StrEnum):
     STOP = "stop"
     RELEASE = "release"
     DELETE = "delete"
+    CONNECT = "connect"  # hand a Ray client the cluster's address and token (an interactive session)
 
     @property
     def phrase(self) -> str:
@@ -66,15 +68,28 @@ _PHRASES = {
     Action.STOP: "stop jobs on",
     Action.RELEASE: "release leases on",
     Action.DELETE: "delete",
+    Action.CONNECT: "connect a Ray client to",
 }
 
 
 #: Recorded even without a policy: what changes a cluster or a job.
-MUTATING_ACTIONS = frozenset({Action.CREATE, Action.SUBMIT, Action.STOP, Action.DELETE})
+#: Checked and audited every time: they change something, or hand out a credential.
+MUTATING_ACTIONS = frozenset({Action.CREATE, Action.SUBMIT, Action.STOP, Action.DELETE, Action.CONNECT})
 #: What a team admitted to another team's cluster may do there.
 ADMITTED_ACTIONS = frozenset({Action.USE, Action.SUBMIT, Action.RELEASE})
 #: What the cleanup DAG may do on any team's cluster.
 CLEANUP_ACTIONS = frozenset({Action.USE, Action.READ_LOGS, Action.STOP, Action.RELEASE, Action.DELETE})
+
+
+def presented_token(backend: RayBackend, cluster_name: str) -> str | None:
+    """The token this process authenticates to the cluster with, to keep it out of what a job hands back:
+    read past the authorization wrapper (it never leaves the process, so it is neither an action nor
+    audited); None if the cluster cannot say."""
+    inner = backend.inner if isinstance(backend, AuthorizedBackend) else backend
+    try:
+        return inner.connection(cluster_name).token
+    except BackendError:
+        return None
 
 
 class AuthorizationError(BackendError):
@@ -309,6 +324,10 @@ class AuthorizedBackend:
     def metrics_urls(self, cluster_name: str) -> list[str]:
         self._check(Action.USE, cluster_name)
         return self.inner.metrics_urls(cluster_name)
+
+    def connection(self, cluster_name: str) -> RayConnection:
+        self._check(Action.CONNECT, cluster_name)
+        return self.inner.connection(cluster_name)
 
 
 class _Watching:

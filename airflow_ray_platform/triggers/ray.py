@@ -325,7 +325,7 @@ class RayJobTrigger(_RayTrigger):
         except BackendError as error:
             self.log.warning("Ray job %r: its end is left to the task to record (%s)", self.submission_id, error)
             return event
-        return replace(event, finished=True, log_offset=run.log_offset)
+        return replace(event, finished=True, log_offset=run.log_offset, result=run.result.to_dict())
 
     async def on_kill(self) -> None:
         """A user killed the deferred task: stop the job (recording it STOPPED), and remove the task's

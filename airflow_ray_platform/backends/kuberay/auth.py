@@ -74,18 +74,22 @@ class JobsApiAuth:
         encoded = (data or {}).get(self.token_secret_key)
         return base64.b64decode(encoded).decode() if encoded else None
 
-    def client(self, cluster_name: str, url: str) -> JobsApiClient:
-        """The cluster's Jobs API client at ``url``, with what authenticates to it: the connection's
-        Kubernetes token (a new client whenever it was refreshed), a Secret's token (read once), or
-        nothing at all for a cluster without auth (no credential is ever sent where none is checked)."""
+    def token(self, cluster_name: str) -> str | None:
+        """What authenticates to the cluster: the connection's Kubernetes token (refreshed by its client),
+        a Secret's token (read once), or None for a cluster without auth."""
         mode = self.mode(cluster_name)
-        cached = self._clients.get(cluster_name)
         if mode == "kubernetes":
-            token = self._kubernetes_token(cluster_name)
-        elif cached is not None:
-            return cached[1]
-        else:
-            token = self._secret_token(cluster_name) if mode == "secret" else None
+            return self._kubernetes_token(cluster_name)
+        cached = self._clients.get(cluster_name)
+        if cached is not None:
+            return cached[0]
+        return self._secret_token(cluster_name) if mode == "secret" else None
+
+    def client(self, cluster_name: str, url: str) -> JobsApiClient:
+        """The cluster's Jobs API client at ``url`` with :meth:`token` (a new client whenever the token was
+        refreshed); no credential is ever sent where none is checked."""
+        token = self.token(cluster_name)
+        cached = self._clients.get(cluster_name)
         if cached is None or cached[0] != token:
             cached = self._clients[cluster_name] = (token, JobsApiClient(cluster_name, url, token))
         return cached[1]

@@ -33,6 +33,7 @@ from typing import Any
 
 from airflow_ray_platform.backends.base import (
     LOG_CHUNK_BYTES,
+    RAY_CLIENT_PORT,
     BackendError,
     ClusterBusyError,
     ClusterInfo,
@@ -41,6 +42,7 @@ from airflow_ray_platform.backends.base import (
     DeleteCondition,
     JobInfo,
     Lease,
+    RayConnection,
     check_same_spec,
     leases_from_mapping,
     leases_to_mapping,
@@ -344,6 +346,14 @@ class KubeRayBackend:
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         url = self._dashboard_url(cluster_name)
         return None if url is None else dashboard_job_url(url, submission_id)
+
+    def connection(self, cluster_name: str) -> RayConnection:
+        """Ray Client on the head service KubeRay made (reachable inside the Kubernetes cluster, e.g. from
+        a notebook server there), with what this connection authenticates to the cluster with."""
+        if self.describe_cluster(cluster_name) is None:
+            raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.namespace!r}")
+        address = f"ray://{cluster_name}-head-svc.{self.namespace}.svc:{RAY_CLIENT_PORT}"
+        return RayConnection(address, self._dashboard_url(cluster_name), self.auth.token(cluster_name))
 
     # ------------------------------------------------------- watching (async)
     async def await_job(self, cluster_name: str, submission_id: str, timeout: float) -> JobInfo | None:

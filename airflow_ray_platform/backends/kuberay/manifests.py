@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from airflow_ray_platform.backends.base import RAY_CLIENT_PORT
 from airflow_ray_platform.spec.models import (
     DEFAULT_IMAGE_REPOSITORY,
     ClusterSpec,
@@ -31,7 +32,7 @@ from airflow_ray_platform.spec.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 GROUP, VERSION = "ray.io", "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
 #: Ports of the head container, by KubeRay's names.
-HEAD_PORTS = [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)]
+HEAD_PORTS = [("gcs-server", 6379), ("dashboard", 8265), ("client", RAY_CLIENT_PORT)]
 
 
 def default_image(ray_version: str) -> str:

@@ -46,6 +46,7 @@ from airflow_ray_platform.backends.base import (
     DeleteCondition,
     JobInfo,
     Lease,
+    RayConnection,
     check_same_spec,
     leases_from_mapping,
     leases_to_mapping,
@@ -597,3 +598,11 @@ class LocalBackend:
     def job_dashboard_url(self, cluster_name: str, submission_id: str) -> str | None:
         record = self.registry.load(cluster_name)
         return None if record is None else dashboard_job_url(record.dashboard_url, submission_id)
+
+    def connection(self, cluster_name: str) -> RayConnection:
+        """The head's GCS on this machine, with the cluster's own token."""
+        record = self.registry.load(cluster_name)
+        if record is None:
+            raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
+        token = self.registry.read_token(cluster_name)
+        return RayConnection(f"127.0.0.1:{record.gcs_port}", record.dashboard_url, token)

@@ -1,0 +1,74 @@
+"""``@task.ray`` end to end: real Airflow (dag.test) against real Ray, on the local and the emulated KubeRay
+backend; the result reaches the next task, a retry reattaches, a failure carries the driver's traceback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from airflow.sdk import task
+from airflow.utils.state import DagRunState, TaskInstanceState
+
+from airflow_ray_platform.backends.base import JobState
+from airflow_ray_platform.decorators.ray import RayDecoratedOperator
+
+from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, task_state, wait_for_running_job
+from ..test_dags import ray_task_dags as dags
+
+pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster")
+
+
+def test_task_ray_is_registered_through_the_provider():
+    decorated = task.ray(dags.split, task_id="registered", job_configuration=dags.ON_SHARED)
+    assert decorated.operator_class is RayDecoratedOperator
+
+
+@pytest.mark.parametrize("dag", [dags.ray_task_blocking, dags.ray_task_deferrable], ids=["blocking", "deferrable"])
+def test_the_functions_value_reaches_the_next_task(dag, each_backend):
+    run = dag.test()
+    assert run.state == DagRunState.SUCCESS, [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    (job,) = jobs_of(each_backend, run, dag.dag_id)
+    assert job.state == JobState.SUCCEEDED
+    ti = run.get_task_instance("job")
+    # ``ds`` is taken by name from the context, as plain text
+    expected = {"scores": {"north": 5.0, "south": 5.0, "east": 4.0}, "ds": run.logical_date.strftime("%Y-%m-%d")}
+    assert ti.xcom_pull(task_ids="job") == expected
+    assert ti.xcom_pull(task_ids="job", key="submission_id") == job.submission_id
+    assert ti.xcom_pull(task_ids="check") == "checked"
+    # kept with the job's record, for a retry that reattaches and for the Ray view
+    assert recorded_job(job.submission_id)["result"] == {"value": expected}
+
+
+def test_multiple_outputs_failure_and_pickled_arguments(backend, capfd):
+    run = dags.ray_task_shapes.test()
+    ti = run.get_task_instance("split")
+    assert ti.state == TaskInstanceState.SUCCESS
+    assert ti.xcom_pull(task_ids="split", key="sum") == 5
+    assert ti.xcom_pull(task_ids="split", key="product") == 6
+    assert run.get_task_instance("pickled").xcom_pull(task_ids="pickled") == {"year": 2026, "values": [1, 2, 3]}
+    assert task_state(run, "fails") == TaskInstanceState.FAILED
+    (failed,) = jobs_of(backend, run, "ray_task_shapes", "fails")
+    assert failed.state == JobState.FAILED
+    out = capfd.readouterr().out
+    assert f"Ray job '{failed.submission_id}' FAILED" in out
+    # the driver's own traceback, with the function's frame and source line, in the task's failure
+    assert 'File "<@task.ray fails>", line 3, in fails' in out
+    assert 'raise ValueError(f"zone {zone} diverged")' in out
+    assert "ValueError: zone 17 diverged" in out
+
+
+def test_a_worker_killed_mid_job_reattaches_and_gets_the_value(backend, tmp_path):
+    logical_date = datetime(2026, 4, 1, tzinfo=UTC)
+    run_id = f"manual__{logical_date.isoformat()}"
+    log_path = tmp_path / "worker.log"
+    worker = dag_test_in_subprocess("ray_task_slow", logical_date, None, log_path, module="ray_task_dags")
+    try:
+        running = wait_for_running_job(backend, "ray_task_slow", run_id, log_path)
+    finally:
+        worker.kill()
+        worker.wait()
+    run = dags.ray_task_slow.test(logical_date=logical_date, run_after=logical_date)
+    assert run.state == DagRunState.SUCCESS
+    jobs = jobs_of(backend, run, "ray_task_slow")
+    assert [j.submission_id for j in jobs] == [running.submission_id]  # one Ray job in all
+    assert run.get_task_instance("job").xcom_pull(task_ids="job") == "finished once"
