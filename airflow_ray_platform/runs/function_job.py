@@ -1,7 +1,7 @@
 """A plain Python function as a Ray job's driver: what ``@task.ray`` submits.
 
-The function's own source is taken through :mod:`ast` (its one decorator dropped by position, never by
-pattern) and checked when the DAG is parsed: a lambda, a coroutine, a second decorator, a closure, or a
+The function's own source is taken through :mod:`ast` (its ``@task.ray`` decorator dropped by its position
+in the syntax tree, never by a pattern over the text) and checked when the DAG is parsed: a lambda, a coroutine, a second decorator, a closure, or a
 name it takes from its module (which the job will not have) is an error naming what to change. At run
 time the source, the call's arguments and a few lines that hand the return value back
 (:mod:`~airflow_ray_platform.spec.results`) become a script carried in the job's ``runtime_env`` (an
@@ -86,7 +86,10 @@ def capture_function(function: Callable[..., Any]) -> CapturedFunction:
         raise _problem(
             function, "a coroutine cannot be a Ray job's driver; write a plain def (Ray runs it in parallel)"
         )
-    free = function.__code__.co_freevars
+    target = inspect.unwrap(function)  # another decorator's wrapper: its source shows the decorator
+    if not inspect.isfunction(target):
+        raise _problem(function, f"a {type(target).__name__} is not a plain def statement")
+    free = target.__code__.co_freevars
     if free:
         raise _problem(
             function,
@@ -101,8 +104,8 @@ def capture_function(function: Callable[..., Any]) -> CapturedFunction:
     node = tree.body[0] if tree.body else None
     if not isinstance(node, ast.FunctionDef) or node.name != function.__name__:
         raise _problem(function, "its source is not a plain def statement")
-    if len(node.decorator_list) > 1:
-        others = [ast.unparse(decorator) for decorator in node.decorator_list[1:]]
+    others = [ast.unparse(decorator) for decorator in node.decorator_list if not _is_task_ray(decorator)]
+    if others:
         raise _problem(
             function,
             f"it has other decorators ({', '.join(others)}) that the job would not apply; call them inside the "
@@ -121,6 +124,14 @@ def capture_function(function: Callable[..., Any]) -> CapturedFunction:
             f"needs as arguments (context values it may take by name: {sorted(CONTEXT_PARAMETERS)})",
         )
     return CapturedFunction(function.__name__, body, context)
+
+
+def _is_task_ray(decorator: ast.expr) -> bool:
+    """``@task.ray``, ``@task.ray(...)`` or ``@ray_task(...)``: the decorator the job leaves out."""
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return (isinstance(target, ast.Attribute) and target.attr == "ray") or (
+        isinstance(target, ast.Name) and target.id == "ray_task"
+    )
 
 
 def _check_module_names(function: Callable[..., Any], body: str) -> None:
