@@ -123,10 +123,11 @@ def list_jobs(store: StateStore, where: JobFilter, page: int = 1, page_size: int
 
 
 def job_detail(store: StateStore, submission_id: str, visible_teams: Collection[str] | None) -> dict | None:
-    """The newest record of one job with its usage and its events (None: none, or not the user's team)."""
+    """The newest record of one job with its usage, what it handed back (``result``: up to a megabyte, so
+    never in a list) and its events (None: none, or not the user's team)."""
     joined = jobs.join(clusters, clusters.c.cluster_uid == jobs.c.cluster_uid, isouter=True)
     query = (
-        sa.select(*_JOB_VIEW)
+        sa.select(*_JOB_VIEW, jobs.c.result)
         .select_from(joined)
         .where(jobs.c.submission_id == submission_id)
         .order_by(jobs.c.updated_at.desc())

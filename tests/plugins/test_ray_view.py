@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("shared_cluster", "airflow_db")
 DOCS = Path(__file__).parents[2] / "docs"
 PASSWORD = secrets.token_urlsafe(12)
 #: About 170 kB of driver log: three pages of the job page's 64 KiB.
-CHATTY = "python -c \"[print(i, 'x' * 50) for i in range(3000)]\""
+# A chatty job that hands a value back at the end (``spec.results``'s line).
+CHATTY = "python -c \"[print(i, 'x' * 50) for i in range(3000)]; print('airflow-ray-result:' + str(3000))\""
 PLUGIN_ENDPOINTS = [
     "/ray/",
     "/ray/jobs",
@@ -123,7 +124,8 @@ def test_the_json_endpoints_serve_the_records_paged_and_the_log_a_page_at_a_time
     size = int(first.headers["X-Log-Size"])
     assert len(first.content) == 1000 and size > 150_000 and first.headers["X-Next-Offset"] == "1000"
     last = client.get(f"/jobs/{finished_job['submission_id']}/log", params={"offset": size - 100, "length": 1000})
-    assert last.text.rstrip().endswith("2999 " + "x" * 50)
+    assert last.text.rstrip().endswith("2999 " + "x" * 50 + "\nairflow-ray-result:3000")
+    assert job["result"] == {"value": 3000}
     usage = client.get("/usage", params={"since": "2026-01-01"}).json()
     platform = next(team for team in usage["teams"] if team["team"] == "platform")
     assert platform["jobs"] >= 1 and platform["cpu_hours"] > 0
@@ -172,6 +174,7 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path)
             page.locator("pre#log").inner_text().startswith("2026") or "0 xxx" in page.locator("pre#log").inner_text()
         )
         assert page.get_by_role("link", name="next page").count() == 1  # paged, not loaded whole
+        assert page.locator("pre#result").inner_text() == "3000"  # what it handed back, its cluster gone
         page.screenshot(path=str(shots / "ray-view-job.png"))
 
         page.goto(f"{api_server}/ray/clusters")
