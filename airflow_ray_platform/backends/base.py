@@ -79,10 +79,14 @@ class Lease:
     collection deletes the cluster. A lease outlives its task on purpose (``RayClusterOperator``'s task
     ends long before the run's jobs do); it is released by its run's delete task, or expires with its
     run (a run that ends without releasing: killed, teardown skipped).
+
+    An interactive session's lease has no DAG run: it holds until ``expires_at`` (or its release), so a
+    notebook that crashed holds nothing for long.
     """
 
     holder: TaskIdentity
     acquired_at: datetime
+    expires_at: datetime | None = None
 
     @property
     def key(self) -> str:
@@ -97,20 +101,23 @@ class Lease:
 
     def to_dict(self) -> dict[str, Any]:
         holder = self.holder
-        return {
+        data = {
             "dag_id": holder.dag_id,
             "task_id": holder.task_id,
             "run_id": holder.run_id,
             "map_index": holder.map_index,
             "acquired_at": to_text(self.acquired_at),
         }
+        if self.expires_at is not None:
+            data["expires_at"] = to_text(self.expires_at)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Lease:
         holder = TaskIdentity(data["dag_id"], data["task_id"], data["run_id"], int(data.get("map_index", -1)))
         acquired = parse_time(data["acquired_at"])
         assert acquired is not None
-        return cls(holder, acquired)
+        return cls(holder, acquired, parse_time(data.get("expires_at")))
 
 
 def leases_from_mapping(data: Mapping[str, Mapping[str, Any]] | None) -> tuple[Lease, ...]:

@@ -17,7 +17,6 @@ traceback. Heavy modules are imported by the commands that need them, so ``--hel
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import sys
@@ -81,22 +80,10 @@ class _Platform:
         return store
 
     def actor(self, identity: Any = None, claimed_team: str | None = None) -> Any:
-        """Who acts: without a policy, the configuration's team (single-tenant); under one, ``--team``,
-        which must match the configuration's; the operating-system user either way."""
-        from airflow_ray_platform.tenancy.policy import Actor, configured_policy
+        """Who acts (``Actor.outside_airflow``): ``--team`` under a policy, the operating-system user."""
+        from airflow_ray_platform.tenancy.policy import Actor
 
-        if configured_policy() is not None:
-            if not self.team:
-                raise CliError(
-                    "--team: required under the platform policy ([ray_platform] policy): the CLI acts as the "
-                    "team you name, recorded with your user in the audit trail",
-                    EXIT_BAD_INPUT,
-                )
-            if claimed_team and claimed_team != self.team:
-                raise CliError(
-                    f"team: the configuration's team {claimed_team!r} is not --team {self.team!r}", EXIT_BAD_INPUT
-                )
-        return Actor(self.team or claimed_team, identity, 1 if identity is not None else None, user=_os_user())
+        return Actor.outside_airflow(self.team, identity, claimed_team, team_field="--team")
 
     def backend(self, actor: Any) -> Any:
         from airflow_ray_platform.hooks.ray import RayHook
@@ -105,10 +92,9 @@ class _Platform:
 
 
 def _os_user() -> str | None:
-    try:
-        return f"os:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return None
+    from airflow_ray_platform.tenancy.policy import os_user
+
+    return os_user()
 
 
 def _handle_errors(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -355,6 +341,51 @@ def submit(
         return
     first = event.failure.splitlines()[0].rstrip(": ")  # Ray's message goes on with the log's tail
     raise CliError(f"{first} (its log: airflow-ray logs {job.submission_id})")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND ...]")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help="A template's params.NAME.")
+@click.option(
+    "--hold-for",
+    default=8.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Hours the lease holds if this command dies without releasing it.",
+)
+@pass_platform
+@_handle_errors
+def session(platform: _Platform, config_path: Path, command: tuple[str, ...], params: tuple[str, ...], hold_for: float):
+    """Lease CONFIG.yaml's cluster and run COMMAND (default: your shell) with Ray pointed at it.
+
+    COMMAND gets RAY_ADDRESS and the cluster's token in its environment (never printed), so `ray.init()`
+    connects, e.g. `airflow-ray session job.yaml -- jupyter lab`. The lease ends with COMMAND.
+    """
+    import os
+    import subprocess
+
+    from airflow_ray_platform.interactive import ray_cluster
+
+    config = _read_configuration(config_path, _parse_params(params), "session", None)
+    with ray_cluster(
+        config,
+        ray_conn_id=platform.conn_id,
+        team=platform.team,
+        hold_for=timedelta(hours=hold_for),
+        state_store_conn_id=platform.state_store_conn_id,
+    ) as cluster:
+        platform.console.print(
+            f"Ray cluster [bold]{cluster.cluster_name}[/bold] on {cluster.backend}, leased until "
+            f"{cluster.lease_expires_at:%Y-%m-%d %H:%M} UTC at the latest: RAY_ADDRESS={cluster.address}"
+            + (f", dashboard {cluster.dashboard_url}" if cluster.dashboard_url else "")
+        )
+        argv = list(command[1:] if command[:1] == ("--",) else command) or [os.environ.get("SHELL") or "/bin/sh"]
+        try:
+            code = subprocess.call(argv, env={**os.environ, **cluster.environment})
+        except OSError as error:
+            raise CliError(f"cannot run {argv[0]!r}: {error}", EXIT_BAD_INPUT) from None
+    sys.exit(code)
 
 
 def _job_view(info: Any, cluster_name: str, backend: str) -> dict[str, Any]:

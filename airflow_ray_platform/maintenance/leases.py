@@ -17,6 +17,7 @@ from typing import Any
 
 from airflow_ray_platform.backends.base import ClusterBusyError, ClusterInfo, DeleteCondition, Lease, RayBackend
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.spec.timestamps import utc_now
 from airflow_ray_platform.tenancy.authorization import AuthorizationError
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class DagRunLiveness:
         return cls(count_running)
 
     def __call__(self, lease: Lease) -> bool:
+        if lease.expires_at is not None:  # an interactive session's: no DAG run to ask about
+            return utc_now() < lease.expires_at
         run = (lease.holder.dag_id, lease.holder.run_id)
         if run not in self._answers:
             try:

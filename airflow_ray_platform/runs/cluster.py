@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from airflow_ray_platform.backends.base import (
     ClusterFailedError,
@@ -56,24 +57,37 @@ def resolve_cluster(
 
 
 def shared_cluster(
-    backend: RayBackend, config: JobConfiguration, identity: TaskIdentity, recorder: LifecycleRecorder | None
+    backend: RayBackend,
+    config: JobConfiguration,
+    identity: TaskIdentity,
+    recorder: LifecycleRecorder | None,
+    *,
+    expires_at: datetime | None = None,
 ) -> ClusterInfo:
-    """The named cluster of ``config``, leased for ``identity``'s DAG run: the existing one when the
-    configuration only names it (nothing is created), else created from its spec if missing
-    (``RayClusterOperator``'s cluster, and a job's with ``lifecycle.cleanup: never``)."""
+    """The named cluster of ``config``, leased for ``identity``'s DAG run (or until ``expires_at``: an
+    interactive session's): the existing one when the configuration only names it (nothing is created),
+    else created from its spec if missing (``RayClusterOperator``'s cluster, a job's with
+    ``lifecycle.cleanup: never``, a notebook's)."""
     if config.cluster.reuses_existing:
-        return lease_existing(backend, config.cluster_name, identity, "job_configuration.cluster.name", recorder)
-    lease = Lease(identity, utc_now())
+        field = "job_configuration.cluster.name"
+        return lease_existing(backend, config.cluster_name, identity, field, recorder, expires_at=expires_at)
+    lease = Lease(identity, utc_now(), expires_at)
     return create_or_get_cluster(backend, config, config.cluster_name, identity, lease=lease, recorder=recorder)
 
 
 def lease_existing(
-    backend: RayBackend, name: str, identity: TaskIdentity, field: str, recorder: LifecycleRecorder | None
+    backend: RayBackend,
+    name: str,
+    identity: TaskIdentity,
+    field: str,
+    recorder: LifecycleRecorder | None,
+    *,
+    expires_at: datetime | None = None,
 ) -> ClusterInfo:
-    """The existing cluster ``field`` names, leased for ``identity``'s DAG run; an error naming that
-    field if there is none (nothing is created)."""
+    """The existing cluster ``field`` names, leased for ``identity``'s DAG run (or until ``expires_at``);
+    an error naming that field if there is none (nothing is created)."""
     try:
-        info = backend.acquire_lease(name, Lease(identity, utc_now()))
+        info = backend.acquire_lease(name, Lease(identity, utc_now(), expires_at))
     except ClusterNotFoundError:
         why = " (a configuration with only a name reuses, never creates)" if "." in field else ""
         raise ClusterNotFoundError(

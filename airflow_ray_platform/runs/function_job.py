@@ -1,8 +1,9 @@
 """A plain Python function as a Ray job's driver: what ``@task.ray`` submits.
 
-The function's own source is taken through :mod:`ast` (its ``@task.ray`` decorator dropped by its position
-in the syntax tree, never by a pattern over the text) and checked when the DAG is parsed: a lambda, a coroutine, a second decorator, a closure, or a
-name it takes from its module (which the job will not have) is an error naming what to change. At run
+The function's own source is taken through :mod:`ast` (its ``@task.ray`` decorator dropped by its place
+in the syntax tree, never by a pattern over the text) and checked when the DAG is parsed: a lambda, a
+coroutine, another decorator, a closure, or a name it takes from its module (which the job will not
+have) is an error naming what to change. At run
 time the source, the call's arguments and a few lines that hand the return value back
 (:mod:`~airflow_ray_platform.spec.results`) become a script carried in the job's ``runtime_env`` (an
 environment variable, compressed), and the entrypoint is a fixed one-liner that runs it: nothing the user

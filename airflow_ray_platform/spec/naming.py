@@ -197,6 +197,8 @@ def cluster_labels(
 
 #: The DAG id ``airflow-ray submit`` records its runs under (their task id is the configuration's name).
 CLI_DAG_ID = "airflow-ray-cli"
+#: The DAG id interactive sessions (a notebook, ``airflow-ray session``) hold their leases under.
+SESSION_DAG_ID = "airflow-ray-session"
 
 
 def dashboard_job_url(dashboard_url: str, submission_id: str) -> str:

@@ -17,6 +17,7 @@ deploying a DAG is controlled.
 from __future__ import annotations
 
 import fnmatch
+import getpass
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -307,6 +308,29 @@ class Actor:
         )
 
     @classmethod
+    def outside_airflow(
+        cls,
+        team: str | None,
+        identity: TaskIdentity | None = None,
+        claimed_team: str | None = None,
+        *,
+        team_field: str = "team",
+    ) -> Actor:
+        """Who acts from a terminal or a notebook, as the operating-system user: without a policy, the
+        configuration's team (single-tenant); under one, the ``team`` named (``team_field``: how the caller
+        spells it), which must match the configuration's. Nobody is authenticated here: the caller acts
+        with its own backend credentials, and the audit records the user."""
+        if configured_policy() is not None:
+            if not team:
+                raise PolicyViolation(
+                    f"{team_field}: required under the platform policy ([ray_platform] policy): you act as the "
+                    "team you name, recorded with your user in the audit trail"
+                )
+            if claimed_team and claimed_team != team:
+                raise PolicyViolation(f"team: the configuration's team {claimed_team!r} is not {team_field} {team!r}")
+        return cls(team or claimed_team, identity, 1 if identity is not None else None, user=os_user())
+
+    @classmethod
     def for_task(cls, context: Mapping[str, Any], policy: Policy | None, claimed_team: str | None = None) -> Actor:
         """The task of ``context``: its team by ``policy`` (without one: ``claimed_team``, the configuration's).
 
@@ -359,3 +383,11 @@ def configured_policy() -> Policy | None:
     """``[ray_platform] policy``; None when unset (single-tenant)."""
     path = settings.policy_path()
     return load_policy(path) if path else None
+
+
+def os_user() -> str | None:
+    """The operating-system user, as the audit records someone acting outside Airflow."""
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return None

@@ -272,6 +272,7 @@ class LocalBackend:
             last_active_at=now,
             dashboard_port=dashboard_port,
             gcs_port=gcs_port,
+            client_port=client_port,
             temp_dir=str(temp_dir),
             resources=spec.requested_resources,
             nodes=[],
@@ -367,13 +368,14 @@ class LocalBackend:
         private_dir: Path,
     ) -> None:
         """Start every node inside one sandbox (:mod:`.sandbox`), which relays to this machine's loopback
-        only the ports used from outside: the dashboard, and each node's agent and metrics."""
+        only the ports used from outside: the dashboard, Ray Client's, and each node's agent and metrics."""
         cluster_dir = self.registry.cluster_dir(record.name)
         started_path = cluster_dir / "sandbox-started.json"
         sandbox_spec = sandbox.SandboxSpec(
             hide=self._hidden_paths(private_dir.parent),
             keep=[str(cluster_dir), str(private_dir)],
-            forward_ports=[record.dashboard_port] + [port for _, agent, metrics in nodes for port in (agent, metrics)],
+            forward_ports=[record.dashboard_port, record.client_port]
+            + [port for _, agent, metrics in nodes for port in (agent, metrics)],
             nodes=[launch for launch, _, _ in nodes],
             started_path=str(started_path),
             env=env,
@@ -600,9 +602,12 @@ class LocalBackend:
         return None if record is None else dashboard_job_url(record.dashboard_url, submission_id)
 
     def connection(self, cluster_name: str) -> RayConnection:
-        """The head's GCS on this machine, with the cluster's own token."""
+        """Ray Client on the head (the one Ray port a sandbox relays out, besides the dashboard's), with the
+        cluster's own token."""
         record = self.registry.load(cluster_name)
         if record is None:
             raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
+        if not record.client_port:
+            raise BackendError(f"local Ray cluster {cluster_name!r} was started before Ray Client's port was kept")
         token = self.registry.read_token(cluster_name)
-        return RayConnection(f"127.0.0.1:{record.gcs_port}", record.dashboard_url, token)
+        return RayConnection(f"ray://127.0.0.1:{record.client_port}", record.dashboard_url, token)

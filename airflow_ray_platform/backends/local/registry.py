@@ -87,6 +87,8 @@ class LocalClusterRecord:
     #: The sandbox process every node runs under (0: started without a sandbox).
     sandbox_pid: int = 0
     sandbox_create_time: float = 0.0
+    #: Ray Client's port on the head (0: a record from before it was kept).
+    client_port: int = 0
     #: ``ClusterSpec.recorded()`` of the spec it was started from.
     spec: dict[str, Any] | None = None
     #: Leases by key (``Lease.to_dict()``).

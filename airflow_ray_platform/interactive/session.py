@@ -1,0 +1,112 @@
+"""Interactive sessions: a leased cluster and what a Ray client needs to reach it (see the package)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow_ray_platform import settings
+from airflow_ray_platform.backends.base import RayConnection
+from airflow_ray_platform.hooks.ray import RayHook
+from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.runs.cluster import shared_cluster, wait_for_cluster
+from airflow_ray_platform.spec.models import JobConfiguration, load_job_configuration
+from airflow_ray_platform.spec.naming import SESSION_DAG_ID, TaskIdentity
+from airflow_ray_platform.spec.timestamps import utc_now
+from airflow_ray_platform.tenancy.policy import Actor, configured_policy
+
+#: How long a session's lease outlives a process that died without releasing it.
+DEFAULT_HOLD = timedelta(hours=8)
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """A leased cluster and how to reach it: ``address`` for ``ray.init``, the dashboard, the token
+    (never shown: ``repr`` leaves it out)."""
+
+    cluster_name: str
+    backend: str
+    connection: RayConnection
+    lease_expires_at: datetime
+    identity: TaskIdentity = field(repr=False)
+
+    @property
+    def address(self) -> str | None:
+        return self.connection.address
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return self.connection.dashboard_url
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The variables Ray's client reads: for a child process (``airflow-ray session -- …``)."""
+        return self.connection.environment()
+
+    def init(self, **kwargs: Any) -> Any:
+        """``ray.init`` on this cluster, authenticated with its token (set in this process's environment,
+        where Ray's client reads it); ``kwargs`` go to ``ray.init``."""
+        import ray
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        os.environ.update(self.environment)
+        # Ray reads its authentication mode and token once per process, perhaps before this session (the
+        # Jobs API client of the backend does): have it read this cluster's, as Ray's own test helpers do.
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+        return ray.init(address=self.address, **kwargs)
+
+
+def _session_identity(config: JobConfiguration, user: str | None) -> TaskIdentity:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return TaskIdentity(SESSION_DAG_ID, config.name, f"session__{(user or 'unknown').removeprefix('os:')}__{stamp}")
+
+
+@contextmanager
+def ray_cluster(
+    job_configuration: JobConfiguration | Mapping[str, Any] | str | Path,
+    *,
+    ray_conn_id: str = RayHook.default_conn_name,
+    team: str | None = None,
+    hold_for: timedelta = DEFAULT_HOLD,
+    state_store_conn_id: str | None = None,
+    log_storage_uri: str | None = None,
+) -> Iterator[RaySession]:
+    """The cluster ``job_configuration`` describes (or names), leased for this block.
+
+    :param job_configuration: a dict, a YAML/JSON file path or a ``JobConfiguration``; its ``job`` is not
+        run (the session is yours to use).
+    :param ray_conn_id: the ``ray`` connection naming the backend, as for the operators.
+    :param team: the team you act for: required under a platform policy, and the configuration's.
+    :param hold_for: how long the lease holds if this process dies without leaving the block.
+    :param state_store_conn_id: the state store (default ``[ray_platform]``, else SQLite).
+    :param log_storage_uri: unused by a session; accepted like everywhere.
+    """
+    config = load_job_configuration(job_configuration)
+    actor = Actor.outside_airflow(team, None, config.team)
+    identity = _session_identity(config, actor.user)
+    actor = Actor(actor.team, identity, 1, user=actor.user)
+    policy = configured_policy()
+    if policy is not None:
+        assert actor.team is not None
+        policy.check_configuration(actor.team, config)
+    recorder = LifecycleRecorder(state_store_conn_id or settings.state_store_conn_id(), log_storage_uri)
+    backend = RayHook(ray_conn_id, actor=actor, audit=recorder.audit).backend
+    expires_at = utc_now() + hold_for
+    info = shared_cluster(backend, config, identity, recorder, expires_at=expires_at)
+    try:
+        started = time.monotonic()
+        wait_for_cluster(backend, info.name, config.lifecycle.startup_timeout.total_seconds(), 1.0)
+        if time.monotonic() - started > 1:
+            recorder.cluster_seen(backend.describe_cluster(info.name) or info)
+        yield RaySession(info.name, backend.name, backend.connection(info.name), expires_at, identity)
+    finally:
+        released = backend.release_leases(info.name, [identity.key])
+        if released is not None:
+            recorder.cluster_seen(released)
