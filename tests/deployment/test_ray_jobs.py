@@ -12,27 +12,18 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import JobState
-from airflow_ray_platform.runs.cluster import wait_for_cluster
-from airflow_ray_platform.spec.models import ClusterSpec
 from airflow_ray_platform.spec.naming import RUN_ID_METADATA
 
+from .conftest import CLUSTER
 from .harness import Deployment
 
-CLUSTER = "deploy-shared"
 SLEEP = "python -c 'import time; print(\"started\", flush=True); time.sleep({seconds})'"
 
 
-@pytest.fixture(scope="module")
-def cluster(deployment: Deployment) -> str:
-    backend = deployment.backend
-    backend.create_or_get_cluster(
-        CLUSTER, ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}), {}
-    )
-    wait_for_cluster(backend, CLUSTER, timeout=180, poll_interval=0.5)
+@pytest.fixture(scope="module", autouse=True)
+def _unpaused(deployment: Deployment) -> None:
     for dag_id in ("ray_job_deferred", "ray_job_blocking"):
         deployment.api.unpause(dag_id)
-    yield CLUSTER
-    backend.delete_cluster(CLUSTER)
 
 
 def _jobs_of(deployment: Deployment, run_id: str):
