@@ -41,8 +41,8 @@ def test_every_relative_link_resolves(path):
 
 @pytest.mark.usefixtures("airflow_db", "shared_cluster")
 def test_the_readmes_dag_runs_as_written(local_backend, capfd):
-    """Executed exactly as the README prints it: the task gets a cluster of its own, the job's output
-    reaches the task log, and the cluster is gone afterwards."""
+    """Executed exactly as the README prints it: the Ray step gets a cluster of its own, its value reaches
+    the next task, and the cluster is gone afterwards."""
     from airflow.utils.state import DagRunState
 
     from .test_dags.readme_dag import dag
@@ -50,5 +50,11 @@ def test_the_readmes_dag_runs_as_written(local_backend, capfd):
     before = {cluster.name for cluster in local_backend.list_clusters()}
     run = dag.test()
     assert run.state == DagRunState.SUCCESS
-    assert "'CPU': 1.0" in capfd.readouterr().out  # the driver's print, streamed into the task log
+    assert run.get_task_instance("train").xcom_pull(task_ids="train") == {
+        "north": 5.0,
+        "south": 5.0,
+        "east": 4.0,
+        "west": 4.0,
+    }
+    assert "best zone: north" in capfd.readouterr().out
     assert {cluster.name for cluster in local_backend.list_clusters()} == before
