@@ -76,3 +76,37 @@ for _backend, _conn in (("local", "ray_default"), ("dashboard", "ray_dashboard")
                 poll_interval=1,
             )
         globals()[_dag_id] = _dag
+
+
+# ``bench/task_ray.py``: the same fan-out as a decorated function and as an entrypoint job.
+FAN_OUT_CODE = (
+    "import ray\n"
+    "from airflow_ray_platform.spec.results import hand_back\n"
+    "square = ray.remote(num_cpus=0.1)(lambda x: x * x)\n"
+    "hand_back(sum(ray.get([square.remote(i) for i in range(8)])))"
+)
+FAN_OUT_JOB = {**TRIVIAL, "name": "bench-task-ray", "job": {"entrypoint": "python -c", "args": [FAN_OUT_CODE]}}
+
+
+def fan_out(count: int) -> int:
+    import ray
+
+    square = ray.remote(num_cpus=0.1)(lambda x: x * x)
+    return sum(ray.get([square.remote(i) for i in range(count)]))
+
+
+with DAG("bench_task_ray", schedule=None, start_date=START) as bench_task_ray:
+    on_bench = {key: value for key, value in TRIVIAL.items() if key != "job"}  # the function is the job
+    task.ray(fan_out, task_id="job", job_configuration=on_bench, deferrable=False, poll_interval=0.2)(8)
+
+with DAG("bench_task_ray_operator", schedule=None, start_date=START) as bench_task_ray_operator:
+    RayJobOperator(task_id="job", job_configuration=FAN_OUT_JOB, deferrable=False, poll_interval=0.2)
+
+# The result round trip: a job that hands back ``size`` bytes, and one that only prints as many.
+ROUND_TRIP = {
+    **TRIVIAL,
+    "name": "bench-result",
+    "job": {"entrypoint": "python -c", "args": ["{{ params.code }}"]},
+}
+with DAG("bench_result_round_trip", schedule=None, start_date=START, params={"code": "print(1)"}) as bench_result:
+    RayJobOperator(task_id="job", job_configuration=ROUND_TRIP, deferrable=False, poll_interval=0.2)

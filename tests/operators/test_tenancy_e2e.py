@@ -144,6 +144,31 @@ def test_an_admitted_team_submits_but_touches_only_its_own_jobs_and_never_delete
     assert {"stop_refused", "delete_refused"} <= _audit("team-c") and "submit_allowed" in _audit("team-c")
 
 
+def test_task_ray_and_notebook_sessions_are_under_the_same_policy(team_b_cluster, local_backend, capfd):
+    from airflow_ray_platform.interactive import ray_cluster
+    from airflow_ray_platform.tenancy.authorization import AuthorizationError
+    from airflow_ray_platform.tenancy.policy import PolicyViolation
+
+    refused = dags.tenancy_a_task_ray_on_b.test()
+    assert refused.state == DagRunState.FAILED
+    assert "refused: team 'team-a' may not use Ray cluster 'tenancy-b'" in capfd.readouterr().out
+    admitted = dags.tenancy_c_task_ray_on_b.test()
+    assert admitted.state == DagRunState.SUCCESS
+    assert admitted.get_task_instance("job").xcom_pull(task_ids="job") == 42
+
+    on_b = {"name": "notebook", "owner": "me", "team": "team-a", "cluster": {"name": TEAM_B_CLUSTER}}
+    with pytest.raises(PolicyViolation, match="team: required under the platform policy"), ray_cluster(on_b):
+        pass
+    with (
+        pytest.raises(AuthorizationError, match="team 'team-a' may not use Ray cluster 'tenancy-b'"),
+        ray_cluster(on_b, team="team-a"),
+    ):
+        pass
+    with ray_cluster({**on_b, "team": "team-b"}, team="team-b") as session:
+        assert session.connection.token  # its own team's cluster: the address and token are handed over
+    assert "use_refused" in _audit("team-a") and "connect_allowed" in _audit("team-b")
+
+
 def test_past_the_hard_lifetime_the_cleanup_dag_stops_the_jobs_and_deletes_the_cluster(
     policy_file, team_b_job, local_backend
 ):

@@ -86,3 +86,14 @@ tenancy_nobody = _job_dag("tenancy_nobody", _on_team_b("team-a"))
 tenancy_c_on_b = _job_dag("tenancy_c_on_b", _on_team_b("team-c"))
 tenancy_c_delete_b = _delete_dag("tenancy_c_delete_b")
 tenancy_c_touch_job = _touch_job_dag("tenancy_c_touch_job")
+
+
+def answer() -> int:
+    return 42
+
+
+# ``@task.ray`` on team-b's cluster: refused for team-a, admitted for team-c.
+with DAG("tenancy_a_task_ray_on_b", schedule=None, start_date=START) as tenancy_a_task_ray_on_b:
+    task.ray(answer, task_id="job", job_configuration=_config("team-a", cluster={"name": TEAM_B_CLUSTER}))()
+with DAG("tenancy_c_task_ray_on_b", schedule=None, start_date=START) as tenancy_c_task_ray_on_b:
+    task.ray(answer, task_id="job", job_configuration=_config("team-c", cluster={"name": TEAM_B_CLUSTER}))()

@@ -38,9 +38,7 @@ def check(scores: dict[str, int], ds: str | None = None) -> int:
 
 
 # Daily until March 2026: the test's backfill makes its only runs.
-with DAG(
-    "pipeline_with_ray_step", schedule="@daily", start_date=datetime(2026, 1, 1), end_date=datetime(2026, 3, 1)
-):
+with DAG("pipeline_with_ray_step", schedule="@daily", start_date=datetime(2026, 1, 1), end_date=datetime(2026, 3, 1)):
     zones = PythonOperator(task_id="list_zones", python_callable=list_zones)
     scores = task.ray(
         score_zones,
