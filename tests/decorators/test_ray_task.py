@@ -3,6 +3,8 @@ backend; the result reaches the next task, a retry reattaches, a failure carries
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import UTC, datetime
 
 import pytest
@@ -12,8 +14,10 @@ from airflow.utils.state import DagRunState, TaskInstanceState
 from airflow_ray_platform.backends.base import JobState
 from airflow_ray_platform.decorators.ray import RayDecoratedOperator
 
+from ..conftest import SHARED_CLUSTER
 from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, task_state, wait_for_running_job
 from ..test_dags import ray_task_dags as dags
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "shared_cluster")
 
@@ -72,3 +76,19 @@ def test_a_worker_killed_mid_job_reattaches_and_gets_the_value(backend, tmp_path
     jobs = jobs_of(backend, run, "ray_task_slow")
     assert [j.submission_id for j in jobs] == [running.submission_id]  # one Ray job in all
     assert run.get_task_instance("job").xcom_pull(task_ids="job") == "finished once"
+
+
+def test_killing_the_task_stops_its_job(backend, tmp_path):
+    """SIGTERM to the task process runs on_kill, which stops the function's Ray job."""
+    logical_date = datetime(2026, 4, 2, tzinfo=UTC)
+    run_id = f"manual__{logical_date.isoformat()}"
+    log_path = tmp_path / "worker.log"
+    worker = dag_test_in_subprocess("ray_task_endless", logical_date, None, log_path, module="ray_task_dags")
+    try:
+        running = wait_for_running_job(backend, "ray_task_endless", run_id, log_path)
+        os.kill(worker.pid, signal.SIGTERM)
+        wait_for(lambda: backend.describe_job(SHARED_CLUSTER, running.submission_id).state == JobState.STOPPED)
+        worker.wait(timeout=60)
+    finally:
+        worker.kill()
+    assert recorded_job(running.submission_id)["state"] == "STOPPED"

@@ -164,6 +164,11 @@ def test_task_ray_and_notebook_sessions_are_under_the_same_policy(team_b_cluster
         ray_cluster(on_b, team="team-a"),
     ):
         pass
+    with (  # team-c may submit to team-b's cluster, but not take its token to a notebook
+        pytest.raises(AuthorizationError, match="team 'team-c' may not connect a Ray client to Ray cluster"),
+        ray_cluster({**on_b, "team": "team-c"}, team="team-c"),
+    ):
+        pass
     with ray_cluster({**on_b, "team": "team-b"}, team="team-b") as session:
         assert session.connection.token  # its own team's cluster: the address and token are handed over
     assert "use_refused" in _audit("team-a") and "connect_allowed" in _audit("team-b")

@@ -78,3 +78,6 @@ with DAG("ray_task_shapes", schedule=None, start_date=START) as ray_task_shapes:
 
 with DAG("ray_task_slow", schedule=None, start_date=START) as ray_task_slow:
     ray_task(slow, task_id="job", job_configuration=ON_SHARED, deferrable=False, poll_interval=0.5)(8)
+
+with DAG("ray_task_endless", schedule=None, start_date=START) as ray_task_endless:
+    ray_task(slow, task_id="job", job_configuration=ON_SHARED, deferrable=False, poll_interval=0.5)(300)
