@@ -40,6 +40,8 @@ def test_every_listed_class_and_module_imports():
                 importlib.import_module(module)
     for path in [*info["extra-links"], *(c["hook-class-name"] for c in info["connection-types"])]:
         _import(path)
+    assert [decorator["name"] for decorator in info["task-decorators"]] == ["ray"]
+    assert callable(_import(info["task-decorators"][0]["class-name"]))
 
 
 @pytest.mark.parametrize("configured", ["True", "False"])
@@ -124,13 +126,13 @@ def test_a_sub_second_timeout_renders_a_deadline_of_one_second():
 
 def test_importing_the_operators_sensor_and_triggers_does_not_import_kubernetes():
     """The triggerer imports a trigger class on its event loop, and every DAG parse imports the
-    operators: neither may pay for the Kubernetes client (seconds) nor for Ray."""
+    operators and ``@task.ray``: none may pay for the Kubernetes client (seconds) nor for Ray."""
     import subprocess
     import sys
 
     code = (
         "import sys, airflow_ray_platform.operators.ray, airflow_ray_platform.sensors.ray, "
-        "airflow_ray_platform.triggers.ray; "
+        "airflow_ray_platform.triggers.ray, airflow_ray_platform.decorators.ray; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'kubernetes_asyncio', 'ray'}))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -378,6 +378,9 @@ class RayJobOperator(_RayOperator):
         with _configuration_errors_fail_the_task():
             self._admit(context)
             self.config.required_job()
+            finished = self.recorder.finished_job(TaskIdentity.from_context(context))
+            if finished is not None:
+                return self._already_finished(context, finished)
             cluster = resolve_cluster(
                 self.backend,
                 self.config,
@@ -468,6 +471,17 @@ class RayJobOperator(_RayOperator):
             raise AirflowException(event.failure)
         self.log.info("Ray job %r succeeded", event.submission_id)
         return self._returned(event.submission_id, result)
+
+    def _already_finished(self, context: Context, job: dict[str, Any]) -> Any:
+        """A try of a task whose Ray job succeeded and was recorded (a worker died after the job ended, its
+        cluster perhaps gone with it): the recorded result, and nothing runs again."""
+        self.log.info(
+            "Ray job %r of this task already succeeded (recorded at %s): its result is reused, nothing runs again",
+            job["submission_id"],
+            job["ended_at"],
+        )
+        context["ti"].xcom_push(key=XCOM_SUBMISSION_ID, value=job["submission_id"])
+        return self._returned(job["submission_id"], JobResult.from_dict(job["result"]))
 
     def _returned(self, submission_id: str, result: JobResult) -> Any:
         """The task's ``return_value``: the job's result (:func:`~airflow_ray_platform.spec.results.hand_back`),

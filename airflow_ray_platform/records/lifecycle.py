@@ -93,8 +93,16 @@ class LifecycleRecorder:
         )
 
     @_never_fails
-    def persist_log(self, cluster: ClusterInfo, job: JobInfo, read_log: Callable[[], Iterable[bytes]]) -> str | None:
-        """Stream the terminal job's whole driver log to storage and record its URI on the job row.
+    def persist_log(
+        self,
+        cluster: ClusterInfo,
+        job: JobInfo,
+        read_log: Callable[[], Iterable[bytes]],
+        result: Callable[[], JobResult] | None = None,
+    ) -> str | None:
+        """Stream the terminal job's whole driver log to storage and record its URI on the job row, with
+        ``result()`` (what the job handed back, found while the log streamed) in the same write: a job
+        row with its log's URI is a finished one, result included.
 
         ``read_log`` (the log's chunks) is called here, inside the never-failing wrapper: a log that
         cannot be read is a warning, not a failed task.
@@ -102,10 +110,22 @@ class LifecycleRecorder:
         storage = log_storage(self.log_storage_uri)
         created = to_text(cluster.created_at or datetime.fromtimestamp(0, UTC))
         uri = storage.write(log_key(cluster.backend, cluster.name, created, job.submission_id), read_log())
+        handed_back = None if result is None else result().to_dict()
         self.store.upsert_job(
-            cluster_uid=_uid(cluster), submission_id=job.submission_id, state=str(job.state), log_uri=uri
+            cluster_uid=_uid(cluster),
+            submission_id=job.submission_id,
+            state=str(job.state),
+            log_uri=uri,
+            **({} if handed_back is None else {"result": handed_back}),
         )
         return uri
+
+    @_never_fails
+    def finished_job(self, identity: TaskIdentity) -> dict[str, Any] | None:
+        """The task instance's Ray job if its record says it succeeded and was finished (its log persisted
+        and its result kept in the same write), else None: what a retry whose cluster is gone reuses."""
+        job = self.store.latest_job_of_task(identity.dag_id, identity.task_id, identity.run_id, identity.map_index)
+        return job if job is not None and job["state"] == "SUCCEEDED" and job["log_uri"] else None
 
     @_never_fails
     def result_seen(self, cluster: ClusterInfo, job: JobInfo, result: JobResult) -> None:

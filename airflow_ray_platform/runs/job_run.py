@@ -335,22 +335,27 @@ class RayJobRun:
         return final
 
     def _persist_log_and_result(self, cluster: ClusterInfo, final: JobInfo) -> JobResult:
-        """Stream the driver log to storage, finding the job's result on the way (one read); if storage
-        failed before the end, the result is read from the backend's log instead. Both are recorded."""
+        """Stream the driver log to storage, finding the job's result on the way (one read), and record
+        both in one write; if storage failed, the result is read from the backend's log instead."""
         assert self.recorder is not None
-        credentials = [presented_token(self.backend, self.cluster_name)]
+
+        def credentials() -> list[str | None]:
+            return [presented_token(self.backend, self.cluster_name)]
+
         scanner = ResultScanner(credentials)
         chunks = self.backend.job_log_chunks
-        uri = self.recorder.persist_log(cluster, final, lambda: scanner.through(chunks(self.cluster_name, self._id)))
+        uri = self.recorder.persist_log(
+            cluster, final, lambda: scanner.through(chunks(self.cluster_name, self._id)), lambda: scanner.result
+        )
         if uri:
             self.log.info("Ray job %r log persisted to %s", final.submission_id, uri)
-        if not scanner.complete:
+            return scanner.result
+        if not scanner.complete:  # storage failed part-way: the result from the live log
             scanner = ResultScanner(credentials)
             scanner.scan(chunks(self.cluster_name, self._id))
-        result = scanner.result
-        if result.to_dict() is not None:
-            self.recorder.result_seen(cluster, final, result)
-        return result
+        if scanner.result.to_dict() is not None:
+            self.recorder.result_seen(cluster, final, scanner.result)
+        return scanner.result
 
     def stop_and_record(self, why: str = STOPPED_BY_KILL) -> None:
         """Stop the job (a user killed its task) and record it STOPPED: operator and trigger alike."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,11 +88,12 @@ class JobResult:
 class ResultScanner:
     """Finds the last result line of a driver log fed in chunks, holding no more than one capped line.
 
-    :param credentials: secrets a result must not contain (the token this process presents to the cluster).
+    :param credentials: the secrets a result must not contain (the token this process presents to the
+        cluster), asked for only once a result line was found: a job that hands nothing back costs no call.
     """
 
-    def __init__(self, credentials: Collection[str | None] = ()) -> None:
-        self._credentials = [secret for secret in credentials if secret]
+    def __init__(self, credentials: Callable[[], Collection[str | None]] = tuple) -> None:
+        self._credentials = credentials
         self._line = bytearray()
         self._length = 0
         self._skipping = False
@@ -159,6 +160,6 @@ class ResultScanner:
         except ValueError as error:
             return JobResult(refused=f"the job's result line is not JSON ({error})")
         kept = json.dumps(value, ensure_ascii=False)  # as XCom would hold it, escapes undone
-        if any(secret in kept for secret in self._credentials):
+        if any(secret and secret in kept for secret in self._credentials()):
             return JobResult(refused="the job's result contains the cluster's authentication token: it is not kept")
         return JobResult(value, present=True)

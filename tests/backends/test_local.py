@@ -326,12 +326,14 @@ def test_a_probe_job_sees_none_of_the_workers_secrets(tmp_path, monkeypatch):
 
 def test_a_sandboxed_cluster_listens_on_this_machines_loopback_only_where_it_is_used(backend, shared_cluster):
     """Found by review: Ray's GCS, raylet and agents listened on every interface. Outside its sandbox, a
-    cluster answers only on 127.0.0.1 and only at its dashboard and its nodes' agent and metrics ports;
-    the GCS and every other Ray port are not reachable from this machine at all."""
+    cluster answers only on 127.0.0.1 and only at its dashboard, Ray Client's port (interactive sessions)
+    and its nodes' agent and metrics ports; the GCS and every other Ray port are not reachable from this
+    machine at all."""
     record = backend.registry.load(SHARED_CLUSTER)
     assert record.sandbox_pid
     sessions = {node.pid for node in record.nodes} | {record.sandbox_pid}
-    used = {record.dashboard_port} | {port for node in record.nodes for port in (node.agent_port, node.metrics_port)}
+    used = {record.dashboard_port, record.client_port}
+    used |= {port for node in record.nodes for port in (node.agent_port, node.metrics_port)}
     assert _listening_ports(sessions) == _listening_ports(sessions, "127.0.0.1") == used
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", record.gcs_port), timeout=5)

@@ -8,11 +8,14 @@ import signal
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from airflow.sdk import task
 from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_ray_platform.backends.base import JobState
 from airflow_ray_platform.decorators.ray import RayDecoratedOperator
+from airflow_ray_platform.records.state_store import StateStore, jobs
+from airflow_ray_platform.spec.naming import TaskIdentity
 
 from ..conftest import SHARED_CLUSTER
 from ..helpers import dag_test_in_subprocess, jobs_of, recorded_job, task_state, wait_for_running_job
@@ -92,3 +95,24 @@ def test_killing_the_task_stops_its_job(backend, tmp_path):
     finally:
         worker.kill()
     assert recorded_job(running.submission_id)["state"] == "STOPPED"
+
+
+def test_a_try_after_its_cluster_is_gone_reuses_the_recorded_result(local_backend, capfd):
+    """The job succeeded and its own cluster was deleted; a later try of the same task instance (a worker
+    that died before Airflow stored the value, a cleared task) gets the recorded value: no cluster is
+    created and nothing runs again."""
+    logical_date = datetime(2026, 4, 3, tzinfo=UTC)
+    first = dags.ray_task_ephemeral.test(logical_date=logical_date, run_after=logical_date)
+    assert first.state == DagRunState.SUCCESS
+    identity = TaskIdentity("ray_task_ephemeral", "job", first.run_id)
+    assert local_backend.describe_cluster(identity.ephemeral_cluster_name("e2e-task-own")) is None
+    capfd.readouterr()
+    again = dags.ray_task_ephemeral.test(logical_date=logical_date, run_after=logical_date)
+    assert again.run_id == first.run_id and again.state == DagRunState.SUCCESS
+    assert again.get_task_instance("job").xcom_pull(task_ids="job") == {"sum": 9, "product": 20}
+    assert "already succeeded (recorded at" in capfd.readouterr().out  # the task ran, its job did not
+    with StateStore.from_airflow_connection(None).engine.connect() as connection:
+        started = connection.execute(
+            sa.select(sa.func.count()).select_from(jobs).where(jobs.c.dag_id == "ray_task_ephemeral")
+        ).scalar_one()
+    assert started == 1  # one Ray job in all

@@ -81,3 +81,13 @@ with DAG("ray_task_slow", schedule=None, start_date=START) as ray_task_slow:
 
 with DAG("ray_task_endless", schedule=None, start_date=START) as ray_task_endless:
     ray_task(slow, task_id="job", job_configuration=ON_SHARED, deferrable=False, poll_interval=0.5)(300)
+
+# A cluster of the task's own, deleted when its job ends.
+OWN_CLUSTER = {
+    "name": "e2e-task-own",
+    "owner": "tests",
+    "team": "platform",
+    "cluster": {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}},
+}
+with DAG("ray_task_ephemeral", schedule=None, start_date=START) as ray_task_ephemeral:
+    ray_task(split, task_id="job", job_configuration=OWN_CLUSTER, deferrable=True, poll_interval=0.5)(4, 5)
