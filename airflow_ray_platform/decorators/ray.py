@@ -77,20 +77,14 @@ class RayDecoratedOperator(DecoratedOperator, RayJobOperator):
 
     def _as_run(self, job_configuration: JobConfigurationArg) -> JobConfigurationArg:
         """The configuration with the function's driver as its job."""
+        raw: Any = job_configuration
         if isinstance(job_configuration, JobConfiguration):
-            raw: Mapping[str, Any] = job_configuration.model_dump(mode="json", exclude_none=True)
-            job = dict(raw.get("job") or {})
-            job.pop("args", None)
-            job.pop("entrypoint", None)
-        else:
-            raw = (
-                read_configuration_file(Path(job_configuration))
-                if isinstance(job_configuration, str | Path)
-                else job_configuration
-            )
-            if not isinstance(raw, Mapping):
-                return job_configuration  # the loader names the problem
-            job = dict(raw.get("job") or {})
+            raw = job_configuration.model_dump(mode="json", exclude_none=True)
+        elif isinstance(job_configuration, str | Path):
+            raw = read_configuration_file(Path(job_configuration))
+        if not isinstance(raw, Mapping):
+            return job_configuration  # the loader names the problem
+        job = dict(raw.get("job") or {})  # a job section with an entrypoint is refused by driver_job
         return {**raw, "job": driver_job(job, self._driver)}
 
     def _admit(self, context: Context, *, check_configuration: bool = True) -> None:

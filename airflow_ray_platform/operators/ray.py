@@ -68,12 +68,10 @@ def _is_templated(value: Any) -> bool:
 
 
 def _validate_at_parse(job_configuration: JobConfigurationArg) -> None:
-    """Fail at DAG parse, naming the field, unless Jinja must render the configuration first.
+    """Fail at DAG parse, naming the field (a configuration Jinja must render first is left to task start).
 
     With ``[ray_platform] validate_kuberay_manifests``, also the KubeRay manifests it renders.
     """
-    if _is_templated(job_configuration):
-        return
     config = load_job_configuration(job_configuration)
     if settings.validate_kuberay_manifests():
         validate_configuration_offline("kuberay", config)
@@ -145,7 +143,8 @@ class _RayOperator(_RecordingOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _validate_at_parse(self._as_run(job_configuration))
+        if not _is_templated(job_configuration):  # else Jinja renders it first: checked at task start
+            _validate_at_parse(self._as_run(job_configuration))
         self.job_configuration = job_configuration
         self.ray_conn_id = ray_conn_id
         self.deferrable = deferrable

@@ -184,3 +184,16 @@ def test_the_driver_survives_ray_job_submits_requoting():
     env = {**os.environ, **job.runtime_env.env_vars}
     done = subprocess.run(["/bin/sh", "-c", requoted], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout == "survived\n", done.stderr
+
+
+def test_the_decorated_task_is_checked_at_parse_unless_jinja_renders_its_configuration_first():
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    with DAG("parse_checks", schedule=None, start_date=datetime(2026, 1, 1)):
+        task.ray(plain, task_id="templated_path", job_configuration="{{ var.value.ray_configuration }}")(1)
+        with pytest.raises(JobConfigurationError, match=r"job_configuration.job.entrypoint: @task\.ray runs"):
+            task.ray(plain, task_id="with_entrypoint", job_configuration={**CONFIG, "job": {"entrypoint": "x"}})(1)
+        with pytest.raises(JobConfigurationError, match=r"serializer 'yaml' is none of"):
+            task.ray(plain, task_id="bad_serializer", job_configuration=CONFIG, serializer="yaml")(1)
