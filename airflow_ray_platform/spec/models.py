@@ -50,6 +50,8 @@ QUALIFIED_NAME = re.compile(
 #: ``ray start`` options the backends set themselves, for the cluster's security and bookkeeping (where
 #: it listens, its ports, its temp dir, its caps, token auth, usage stats): ``ray_start_params`` cannot
 #: override them.
+#: How a ``ray_start_params`` key must look: a ``ray start`` option's name, without ``--``.
+RAY_OPTION_NAME = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 RESERVED_RAY_START_PARAMS = frozenset(
     {
         "address",
@@ -229,13 +231,18 @@ class NodeResources(_Strict):
     @field_validator("ray_start_params")
     @classmethod
     def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
-        reserved = sorted(
-            key for key in value if key.lstrip("-").replace("_", "-").lower() in RESERVED_RAY_START_PARAMS
-        )
+        # As ``ray start`` would read the key, however it is spelled: spaces, dashes, case, an ``=value``.
+        spelled = {key: key.strip().lstrip("-").split("=")[0].replace("_", "-").lower() for key in value}
+        reserved = sorted(key for key, name in spelled.items() if name in RESERVED_RAY_START_PARAMS)
         if reserved:
             raise ValueError(
                 f"{reserved} are set by the backend (where Ray listens, its ports, temp dir and caps) and cannot "
                 "be overridden; use the node's cpu, memory, gpu and object_store_memory fields for its caps"
+            )
+        malformed = sorted(key[:40] for key in value if not RAY_OPTION_NAME.fullmatch(key))
+        if malformed:
+            raise ValueError(
+                f"{malformed} are not `ray start` option names: lowercase words joined by - or _, without --"
             )
         return value
 
@@ -346,6 +353,16 @@ class ClusterSpec(_Strict):
     def requested_resources(self) -> dict[str, float]:
         """What the cluster requests in all: the head and every worker replica."""
         groups = [(group.cpu, group.memory, group.gpu, group.replicas) for group in self.worker_groups]
+        return requested_resources([(self.head.cpu, self.head.memory, self.head.gpu, 1), *groups])
+
+    @property
+    def ceiling_resources(self) -> dict[str, float]:
+        """What the cluster can grow to: the head and every worker group at its ``max_replicas`` (else
+        ``replicas``). What a platform policy's ceilings are checked against."""
+        groups = [
+            (group.cpu, group.memory, group.gpu, max(group.replicas, group.max_replicas or 0))
+            for group in self.worker_groups
+        ]
         return requested_resources([(self.head.cpu, self.head.memory, self.head.gpu, 1), *groups])
 
     def recorded(self) -> dict[str, Any]:

@@ -171,16 +171,23 @@ def _cluster_problems(allowed: Allowances, config: JobConfiguration) -> list[str
     cluster = config.cluster
     field = "job_configuration.cluster"
     problems = []
-    requested = cluster.requested_resources
-    if allowed.max_cpus is not None and requested["CPU"] > float(parse_quantity(allowed.max_cpus)):
-        problems.append(f"{field}: requests {requested['CPU']:g} CPU, over the policy's max_cpus {allowed.max_cpus}")
-    if allowed.max_memory is not None and requested["memory"] > float(parse_quantity(allowed.max_memory)):
+    # What the autoscaler may grow the cluster to, not what it starts with (found by review: replicas alone
+    # let a group of max_replicas 128,000 pass a ceiling of 8 CPUs).
+    ceiling = cluster.ceiling_resources
+    at_most = "with every worker group at its max_replicas"
+    if allowed.max_cpus is not None and ceiling["CPU"] > float(parse_quantity(allowed.max_cpus)):
         problems.append(
-            f"{field}: requests {requested['memory'] / 1024**3:g}Gi of memory, over the policy's max_memory "
+            f"{field}: up to {ceiling['CPU']:g} CPU {at_most}, over the policy's max_cpus {allowed.max_cpus}"
+        )
+    if allowed.max_memory is not None and ceiling["memory"] > float(parse_quantity(allowed.max_memory)):
+        problems.append(
+            f"{field}: up to {ceiling['memory'] / 1024**3:g}Gi of memory {at_most}, over the policy's max_memory "
             f"{allowed.max_memory}"
         )
-    if allowed.max_gpus is not None and requested["GPU"] > allowed.max_gpus:
-        problems.append(f"{field}: requests {requested['GPU']:g} GPU, over the policy's max_gpus {allowed.max_gpus}")
+    if allowed.max_gpus is not None and ceiling["GPU"] > allowed.max_gpus:
+        problems.append(
+            f"{field}: up to {ceiling['GPU']:g} GPU {at_most}, over the policy's max_gpus {allowed.max_gpus}"
+        )
     nodes = sum(max(group.replicas, group.max_replicas or 0) for group in cluster.worker_groups)
     if allowed.max_worker_nodes is not None and nodes > allowed.max_worker_nodes:
         problems.append(

@@ -113,7 +113,7 @@ def test_a_team_cannot_bill_another_nor_exceed_its_ceilings(team_b_cluster, loca
     assert DagRunState.FAILED == claims.state == too_big.state == nobody.state
     out = capfd.readouterr().out
     assert "job_configuration.team: 'team-b', but the platform policy assigns this DAG to team 'team-a'" in out
-    assert "job_configuration.cluster: requests 64 CPU, over the policy's max_cpus 4" in out
+    assert "job_configuration.cluster: up to 64 CPU with every worker group at its max_replicas, over" in out
     assert "job_configuration.cluster.auth: disabled (an unauthenticated Jobs API) is not allowed" in out
     assert "assigns DAG 'tenancy_nobody' (bundle" in out and "to no team" in out
     assert {cluster.name for cluster in local_backend.list_clusters()} == before  # nothing was created

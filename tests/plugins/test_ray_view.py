@@ -189,3 +189,25 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path)
         browser.close()
     outside = [url for url in requested if not url.startswith((api_server, "data:", f"blob:{api_server}"))]
     assert outside == [], outside  # no CDN: everything the pages load is served by the API server
+
+
+def test_the_usage_page_escapes_what_it_charts():
+    """Found by review: the charts' data was written into a ``<script>`` element with ``| safe``, so a team
+    name (a cluster label a job could write) ended it and ran as the viewer. Rendered as the route does."""
+    from datetime import datetime
+
+    from airflow_ray_platform.plugins.ui.app import _render, usage_page_charts
+
+    hostile = "</script><script>alert(document.cookie)</script>"
+    row = {"team": hostile, "jobs": 1, "success_rate": 1.0, "cpu_hours": 1.0, "gpu_hours": 0.0, "cost_estimate": 1.0}
+    row |= {"cluster_wait_p50_s": 1.0, "cluster_wait_p95_s": 2.0}
+    usage = {
+        "since": datetime(2026, 1, 1),
+        "until": datetime(2026, 1, 2),
+        "teams": [row],
+        "days": [row | {"day": "2026-01-01"}],
+    }
+    html = _render("usage.html", usage=usage, charts=usage_page_charts(usage)).body.decode()
+    assert "<script>alert" not in html
+    specs = html.split('<script id="chart-specs" type="application/json">')[1].split("</script>")[0]
+    assert json.loads(specs)["success_rate"]["data"]["values"][0]["team"] == hostile  # the data, intact

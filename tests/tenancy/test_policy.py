@@ -66,8 +66,8 @@ def test_ceilings_and_allow_lists_name_each_field_and_rule():
         policy.check_configuration("forecasting", config)
     text = str(refused.value)
     for expected in (
-        "requests 10 CPU, over the policy's max_cpus 8",
-        "requests 38Gi of memory, over the policy's max_memory 32Gi",
+        "up to 26 CPU with every worker group at its max_replicas, over the policy's max_cpus 8",
+        "up to 158Gi of memory with every worker group at its max_replicas, over the policy's max_memory 32Gi",
         "worker_groups: up to 5 worker nodes, over the policy's max_worker_nodes 4",
         "max_lifetime: 172800 s, over the policy's max_lifetime 43200 s",
         "image: 'docker.io/evil/ray:latest' is not among the policy's images",
@@ -149,6 +149,12 @@ def test_an_actor_survives_a_trigger_round_trip():
         ({"dashboard-host": "0.0.0.0"}, "set by the backend"),
         ({"--temp-dir": "/tmp/x"}, "set by the backend"),
         ({"node_ip_address": "0.0.0.0"}, "set by the backend"),
+        # found by review: spellings that passed the check, and that ``ray start`` reads all the same
+        ({" dashboard-host": "0.0.0.0"}, "set by the backend"),
+        ({"dashboard-host=0.0.0.0": ""}, "set by the backend"),
+        ({"temp_dir ": "/tmp/x"}, "set by the backend"),
+        ({"Temp-Dir": "/tmp/x"}, "set by the backend"),
+        ({"num-cpus --temp-dir": "1"}, "are not `ray start` option names"),
     ],
 )
 def test_ray_start_params_cannot_override_the_backends_security_flags(params, rule):
@@ -168,3 +174,27 @@ def test_replicas_are_bounded_before_anything_starts():
                 "cluster": {"worker_groups": [{"group_name": "w", "replicas": 10**12, "max_replicas": 10**12}]},
             }
         )
+
+
+def test_ceilings_count_what_the_autoscaler_may_grow_a_cluster_to():
+    """Found by review: only ``replicas`` were counted, so an autoscaling group passed any ceiling."""
+    policy = Policy.model_validate(
+        {"defaults": {"max_cpus": "8", "max_gpus": 0}, "teams": {"t": {"match": {"tags": ["t"]}}}}
+    )
+    starts_small = _config(
+        "t",
+        head={"cpu": "1"},
+        worker_groups=[
+            {"group_name": "cpu", "cpu": "1", "replicas": 1, "max_replicas": 2000},
+            {"group_name": "gpu", "cpu": "1", "gpu": 8, "replicas": 0, "max_replicas": 2000},
+        ],
+    )
+    assert starts_small.cluster.requested_resources == {"CPU": 2.0, "GPU": 0.0, "memory": 4 * 2**30}
+    with pytest.raises(PolicyViolation) as refused:
+        policy.check_configuration("t", starts_small)
+    assert "up to 4001 CPU with every worker group at its max_replicas, over the policy's max_cpus 8" in str(
+        refused.value
+    )
+    assert "up to 16000 GPU with every worker group at its max_replicas, over the policy's max_gpus 0" in str(
+        refused.value
+    )

@@ -238,11 +238,8 @@ def create_app() -> FastAPI:
 
     @app.get("/usage", response_class=HTMLResponse, include_in_schema=False)
     async def usage_page(user: UserDep, since: str | None = None, until: str | None = None) -> HTMLResponse:
-        from airflow_ray_platform.plugins.ui.charts import usage_charts
-
         usage = await _usage(user, since, until)
-        charts = json.dumps(usage_charts(usage), default=_plain)
-        return _render("usage.html", usage=usage, charts=charts)
+        return _render("usage.html", usage=usage, charts=usage_page_charts(usage))
 
     return app
 
@@ -292,6 +289,15 @@ def _cluster(row: dict[str, Any]) -> dict[str, Any]:
         "lifetime_s": ((deleted or now) - requested).total_seconds() if requested else None,
         "idle_s": (now - active).total_seconds() if active and not deleted else None,
     }
+
+
+def usage_page_charts(usage: dict[str, Any]) -> Any:
+    """The usage page's chart specs as plain JSON values: the template writes them with ``tojson``, which
+    escapes ``<``, ``>``, ``&`` and quotes, so no value (a team name from a cluster's labels) can end the
+    ``<script>`` element that holds them (found by review: ``| safe`` let one)."""
+    from airflow_ray_platform.plugins.ui.charts import usage_charts
+
+    return json.loads(json.dumps(usage_charts(usage), default=_plain))
 
 
 @cache
