@@ -103,6 +103,15 @@ def _token(base: str) -> str:
     return response.json()["access_token"]
 
 
+@pytest.mark.parametrize("path", ["/ray/openapi.json", "/ray/docs", "/ray/redoc"])
+def test_the_views_api_docs_are_off(api_server, path):
+    """Found by review: FastAPI served the schema and Swagger UI (loaded from a CDN) without authentication."""
+    headers = {"Authorization": f"Bearer {_token(api_server)}"}
+    for sent in ({}, headers):
+        response = httpx.get(f"{api_server}{path}", headers=sent, timeout=30, follow_redirects=False)
+        assert response.status_code == 404, (path, response.status_code, response.text[:200])
+
+
 @pytest.mark.parametrize("path", PLUGIN_ENDPOINTS)
 def test_no_plugin_endpoint_answers_an_unauthenticated_request(api_server, path):
     response = httpx.get(f"{api_server}{path}", timeout=30, follow_redirects=False)

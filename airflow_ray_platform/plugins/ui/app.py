@@ -130,7 +130,15 @@ def _dashboard_link(job: dict[str, Any]) -> str | None:
 
 def create_app() -> FastAPI:
     """The app Airflow mounts under ``/ray``."""
-    app = FastAPI(title="airflow-ray-platform", description="Ray clusters, jobs and usage, from the records")
+    # No OpenAPI schema or docs pages: FastAPI serves them without authentication, and Swagger UI loads
+    # from a CDN (found by review). The JSON routes are documented in docs/cli-and-ray-view.md.
+    app = FastAPI(
+        title="airflow-ray-platform",
+        description="Ray clusters, jobs and usage, from the records",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
 
     @app.get("/", include_in_schema=False)
     async def index(user: UserDep) -> Response:
