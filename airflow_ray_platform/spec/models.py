@@ -50,6 +50,8 @@ QUALIFIED_NAME = re.compile(
 #: ``ray start`` options the backends set themselves, for the cluster's security and bookkeeping (where
 #: it listens, its ports, its temp dir, its caps, token auth, usage stats): ``ray_start_params`` cannot
 #: override them.
+#: The longest user-written key an error message shows whole.
+SHOWN_KEY_CHARS = 32
 #: How a ``ray_start_params`` key must look: a ``ray start`` option's name, without ``--``.
 RAY_OPTION_NAME = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 RESERVED_RAY_START_PARAMS = frozenset(
@@ -233,13 +235,13 @@ class NodeResources(_Strict):
     def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
         # As ``ray start`` would read the key, however it is spelled: spaces, dashes, case, an ``=value``.
         spelled = {key: key.strip().lstrip("-").split("=")[0].replace("_", "-").lower() for key in value}
-        reserved = sorted(key for key, name in spelled.items() if name in RESERVED_RAY_START_PARAMS)
+        reserved = sorted(shown_key(key) for key, name in spelled.items() if name in RESERVED_RAY_START_PARAMS)
         if reserved:
             raise ValueError(
                 f"{reserved} are set by the backend (where Ray listens, its ports, temp dir and caps) and cannot "
                 "be overridden; use the node's cpu, memory, gpu and object_store_memory fields for its caps"
             )
-        malformed = sorted(key[:40] for key in value if not RAY_OPTION_NAME.fullmatch(key))
+        malformed = sorted(shown_key(key) for key in value if not RAY_OPTION_NAME.fullmatch(key))
         if malformed:
             raise ValueError(
                 f"{malformed} are not `ray start` option names: lowercase words joined by - or _, without --"
@@ -416,7 +418,7 @@ class RuntimeEnv(BaseModel):
 
     @model_validator(mode="after")
     def _known_fields_only(self) -> RuntimeEnv:
-        unknown = sorted(set(self.model_extra or {}) - RUNTIME_ENV_FIELDS)
+        unknown = sorted(shown_key(key) for key in set(self.model_extra or {}) - RUNTIME_ENV_FIELDS)
         if unknown:
             raise ValueError(f"unknown runtime_env field(s) {unknown}; Ray knows {sorted(RUNTIME_ENV_FIELDS)}")
         return self
@@ -596,10 +598,19 @@ class JobConfiguration(_Strict):
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+def shown_key(key: str) -> str:
+    """A user's key as an error shows it: a short prefix of a long one (a secret pasted where a field name
+    goes must not end up whole in a task log)."""
+    return key if len(key) <= SHOWN_KEY_CHARS else key[: SHOWN_KEY_CHARS - 8] + "…"
+
+
 def _location(parts: tuple[int | str, ...], root: str) -> str:
-    """``cluster.worker_groups.0.cpu``; keys that are not plain names are quoted (``cluster["a b"]``)."""
+    """``cluster.worker_groups.0.cpu``; keys that are not plain names are quoted (``cluster["a b"]``); long
+    keys shortened (:func:`shown_key`)."""
     text = ""
     for part in parts:
+        if isinstance(part, str):
+            part = shown_key(part)
         if isinstance(part, str) and _PLAIN_KEY.match(part):
             text += f".{part}" if text else part
         else:

@@ -323,3 +323,24 @@ def test_the_deprecated_cleanup_booleans_still_work_and_warn():
         load_job_configuration({**base, "lifecycle": {"cleanup": "never", "shutdown_after_job": False}})
     with pytest.raises(JobConfigurationError, match="shutdown_after_job: must be true or false"):
         load_job_configuration({**base, "lifecycle": {"shutdown_after_job": "sometimes"}})
+
+
+#: A credential pasted where a key goes (AWS's documented example secret).
+SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"job": {"entrypoint": "x", SECRET: "1"}},
+        {"job": {"entrypoint": "x", "runtime_env": {SECRET: "1"}}},
+        {"cluster": {"head": {"ray_start_params": {SECRET: "1"}}}},
+        {"cluster": {"head": {"ray_start_params": {"temp-dir=" + SECRET: "1"}}}},
+    ],
+    ids=["unknown field", "unknown runtime_env field", "malformed ray_start_params key", "reserved flag"],
+)
+def test_an_unknown_key_is_named_by_a_short_prefix_only(config):
+    """Found by review: a secret pasted where a key goes came back whole in the error (a task log)."""
+    with pytest.raises(JobConfigurationError) as refused:
+        load_job_configuration({"name": "x", "owner": "o", "team": "t", **config})
+    assert SECRET[:8] in str(refused.value) and SECRET[20:] not in str(refused.value)
