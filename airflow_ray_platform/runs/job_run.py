@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from airflow_ray_platform.backends.base import (
@@ -79,11 +79,15 @@ def decide_submission(identity: TaskIdentity, try_number: int, jobs: Iterable[Jo
 
 
 def stopped_job(latest: JobInfo | None, submission_id: str, cluster_name: str, why: str) -> JobInfo:
-    """The job as the record should keep it once this task stopped it.
+    """The job as the record should keep it once this task (or the cleanup DAG) stopped it, with ``why``.
 
     Ray may still report it RUNNING for a moment, and on KubeRay stopping deletes the RayJob, so
-    nothing else would ever move its record out of RUNNING.
+    nothing else would ever move its record out of RUNNING. Where Ray already reports it STOPPED, its
+    message says only that ("Job was intentionally stopped."): the record keeps who stopped it and why.
+    A job that ended otherwise before the stop took effect keeps Ray's own end.
     """
+    if latest is not None and latest.state == JobState.STOPPED:
+        return replace(latest, message=why)
     if latest is not None and latest.state.is_terminal:
         return latest
     started = latest.start_time if latest is not None else None

@@ -120,6 +120,15 @@ def test_a_job_gone_with_its_rayjob_is_still_recorded_stopped():
     assert stopped_job(None, "s", "c", "stopped").state == JobState.STOPPED
 
 
+def test_a_job_ray_already_reports_stopped_is_recorded_with_why():
+    """Found by a CI run: when Ray moved to STOPPED before the record was written, the cleanup DAG's reason
+    ("past the platform policy's hard max_lifetime") gave way to Ray's "Job was intentionally stopped."."""
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    by_ray = JobInfo("s", "c", JobState.STOPPED, message="Job was intentionally stopped.", end_time=ended)
+    stopped = stopped_job(by_ray, "s", "c", STOPPED_BY_TIMEOUT)
+    assert (stopped.state, stopped.message, stopped.end_time) == (JobState.STOPPED, STOPPED_BY_TIMEOUT, ended)
+
+
 def test_a_job_that_ended_before_the_stop_keeps_its_own_end():
     succeeded = JobInfo("s", "c", JobState.SUCCEEDED, message="done")
     assert stopped_job(succeeded, "s", "c", "stopped") is succeeded
