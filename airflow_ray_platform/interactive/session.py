@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from airflow_ray_platform.runs.cluster import shared_cluster, wait_for_cluster
 from airflow_ray_platform.spec.models import JobConfiguration, load_job_configuration
 from airflow_ray_platform.spec.naming import SESSION_DAG_ID, TaskIdentity
 from airflow_ray_platform.spec.timestamps import utc_now
-from airflow_ray_platform.tenancy.policy import Actor, configured_policy
+from airflow_ray_platform.tenancy.policy import Actor, configured_policy, os_user
 
 #: How long a session's lease outlives a process that died without releasing it.
 DEFAULT_HOLD = timedelta(hours=8)
@@ -34,7 +33,6 @@ class RaySession:
     backend: str
     connection: RayConnection
     lease_expires_at: datetime
-    identity: TaskIdentity = field(repr=False)
 
     @property
     def address(self) -> str | None:
@@ -76,7 +74,6 @@ def ray_cluster(
     team: str | None = None,
     hold_for: timedelta = DEFAULT_HOLD,
     state_store_conn_id: str | None = None,
-    log_storage_uri: str | None = None,
 ) -> Iterator[RaySession]:
     """The cluster ``job_configuration`` describes (or names), leased for this block.
 
@@ -86,26 +83,23 @@ def ray_cluster(
     :param team: the team you act for: required under a platform policy, and the configuration's.
     :param hold_for: how long the lease holds if this process dies without leaving the block.
     :param state_store_conn_id: the state store (default ``[ray_platform]``, else SQLite).
-    :param log_storage_uri: unused by a session; accepted like everywhere.
     """
     config = load_job_configuration(job_configuration)
-    actor = Actor.outside_airflow(team, None, config.team)
-    identity = _session_identity(config, actor.user)
-    actor = Actor(actor.team, identity, 1, user=actor.user)
+    identity = _session_identity(config, os_user())
+    actor = Actor.outside_airflow(team, identity, config.team)
     policy = configured_policy()
     if policy is not None:
         assert actor.team is not None
         policy.check_configuration(actor.team, config)
-    recorder = LifecycleRecorder(state_store_conn_id or settings.state_store_conn_id(), log_storage_uri)
+    recorder = LifecycleRecorder(state_store_conn_id or settings.state_store_conn_id())
     backend = RayHook(ray_conn_id, actor=actor, audit=recorder.audit).backend
     expires_at = utc_now() + hold_for
     info = shared_cluster(backend, config, identity, recorder, expires_at=expires_at)
     try:
-        started = time.monotonic()
-        wait_for_cluster(backend, info.name, config.lifecycle.startup_timeout.total_seconds(), 1.0)
-        if time.monotonic() - started > 1:
-            recorder.cluster_seen(backend.describe_cluster(info.name) or info)
-        yield RaySession(info.name, backend.name, backend.connection(info.name), expires_at, identity)
+        ready = wait_for_cluster(backend, info.name, config.lifecycle.startup_timeout.total_seconds(), 1.0)
+        if ready is not None and ready.state != info.state:  # it started here: its READY on the record
+            recorder.cluster_seen(ready)
+        yield RaySession(info.name, backend.name, backend.connection(info.name), expires_at)
     finally:
         released = backend.release_leases(info.name, [identity.key])
         if released is not None:
