@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Any
 
 from airflow_ray_platform import settings
 from airflow_ray_platform.backends.base import RayConnection
+from airflow_ray_platform.backends.retries import client_connect
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.runs.cluster import shared_cluster, wait_for_cluster
@@ -19,6 +21,8 @@ from airflow_ray_platform.spec.models import JobConfiguration, load_job_configur
 from airflow_ray_platform.spec.naming import SESSION_DAG_ID, TaskIdentity
 from airflow_ray_platform.spec.timestamps import utc_now
 from airflow_ray_platform.tenancy.policy import Actor, configured_policy, os_user
+
+log = logging.getLogger(__name__)
 
 #: How long a session's lease outlives a process that died without releasing it.
 DEFAULT_HOLD = timedelta(hours=8)
@@ -58,7 +62,7 @@ class RaySession:
         # Jobs API client of the backend does): have it read this cluster's, as Ray's own test helpers do.
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
-        return ray.init(address=self.address, **kwargs)
+        return client_connect(log)(ray.init, address=self.address, **kwargs)
 
 
 def _session_identity(config: JobConfiguration, user: str | None) -> TaskIdentity:
