@@ -9,6 +9,8 @@ export AIRFLOW__CORE__PARALLELISM=4
 export AIRFLOW_RAY_PLATFORM_HOME="$AIRFLOW_HOME/ray"
 export ZONE_TRAINING_OUTPUT="$root/demo-output/zone_training"
 export RAY_USAGE_OUTPUT="$root/demo-output/usage"
+# The local backend's jobs run in a read-only sandbox: the one folder of this machine they may write.
+export AIRFLOW_CONN_RAY_DEFAULT="{\"conn_type\": \"ray\", \"extra\": {\"backend\": \"local\", \"writable_paths\": [\"$root/demo-output\"]}}"
 mkdir -p "$AIRFLOW_HOME"
 airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 log="$AIRFLOW_HOME/demo-zone-training.log"

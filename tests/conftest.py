@@ -3,17 +3,25 @@
 Everything is set before Airflow is imported: a private HOME (Ray keeps tokens in ~/.ray), a private
 AIRFLOW_HOME with a SQLite metadata DB migrated once, the test DAG folder, and a private root for
 the local backend. One real Ray cluster, started by the local backend, is shared by the session.
+Jobs in a local cluster's sandbox write only where the ``ray_default`` connection lets them: here,
+pytest's own temporary folders (where tests give jobs an ``output_dir``).
 """
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
 import tempfile
 from pathlib import Path
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="arp-tests-"))
 TEST_DAGS = Path(__file__).parent / "test_dags"
+#: pytest's temporary folders (``tmp_path`` lies under it): what sandboxed test jobs may write.
+JOB_OUTPUTS = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+LOCAL_CONNECTION = json.dumps({"conn_type": "ray", "extra": {"backend": "local", "writable_paths": [str(JOB_OUTPUTS)]}})
 os.environ.update(
+    AIRFLOW_CONN_RAY_DEFAULT=LOCAL_CONNECTION,
     HOME=str(_SESSION_DIR / "home"),
     AIRFLOW_HOME=str(_SESSION_DIR / "airflow"),
     AIRFLOW__CORE__DAGS_FOLDER=str(TEST_DAGS),
@@ -31,7 +39,6 @@ from airflow_ray_platform.backends.local.processes import INHERITED_RAY_VARIABLE
 for variable in INHERITED_RAY_VARIABLES:
     os.environ.pop(variable, None)
 
-import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -106,7 +113,7 @@ def airflow_db() -> None:
 
 @pytest.fixture(scope="session")
 def local_backend() -> LocalBackend:
-    return LocalBackend()
+    return LocalBackend(writable_paths=[str(JOB_OUTPUTS)])
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,9 @@ class ClusterInfo:
     leases: tuple[Lease, ...] = ()
     #: The spec it was created from (``ClusterSpec.recorded()``), if the backend recorded one.
     spec: Mapping[str, Any] | None = None
+    #: Whether its processes run in the local backend's sandbox (None: a backend whose clusters are
+    #: isolated otherwise, KubeRay's pods).
+    sandboxed: bool | None = None
 
     @property
     def owner(self) -> str | None:
@@ -331,6 +334,14 @@ class IncrementalLogs(Protocol):
         self, cluster_name: str, submission_id: str, offset: int, *, complete_lines: bool = True
     ) -> tuple[str, int]:
         """(text after byte ``offset``, the offset after it); with ``complete_lines``, whole lines only."""
+
+
+@runtime_checkable
+class SandboxingBackend(Protocol):
+    """A backend whose clusters run in a sandbox of its own where the machine allows one (local)."""
+
+    def sandbox_refusal(self) -> str | None:
+        """Why a cluster created now would run outside the sandbox (None: it would run inside)."""
 
 
 @runtime_checkable

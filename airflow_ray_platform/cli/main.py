@@ -534,6 +534,7 @@ def clusters_list(platform: _Platform, as_json: bool) -> None:
             "age_s": round((now - info.created_at).total_seconds()) if info.created_at else None,
             "resources": dict(info.resources),
             "leases": len(info.leases),
+            "sandboxed": info.sandboxed,
             "dashboard_url": info.dashboard_url,
         }
         for info in infos
@@ -543,11 +544,12 @@ def clusters_list(platform: _Platform, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table("name", "backend", "state", "team", "owner", "age", "CPU", "leases")
+    table = Table("name", "backend", "state", "team", "owner", "age", "CPU", "leases", "sandboxed")
     for row in rows:
         age = timedelta(seconds=row["age_s"]) if row["age_s"] is not None else "-"
         named = (str(row[key] or "-") for key in ("name", "backend", "state", "team", "owner"))
-        table.add_row(*named, str(age), str(row["resources"].get("CPU", "-")), str(row["leases"]))
+        sandboxed = {True: "yes", False: "NO"}.get(row["sandboxed"], "-")
+        table.add_row(*named, str(age), str(row["resources"].get("CPU", "-")), str(row["leases"]), sandboxed)
     platform.console.print(table)
 
 

@@ -84,6 +84,7 @@ class LifecycleRecorder:
             "leases": [{"holder": lease.key, "acquired_at": to_text(lease.acquired_at)} for lease in info.leases],
             "requested_at": info.created_at,
             "last_active_at": info.last_active_at,
+            "sandboxed": info.sandboxed,
         }
         kind = "requested" if requested else str(info.state).lower()
         if str(info.state) == "READY":

@@ -50,6 +50,8 @@ clusters = sa.Table(
     sa.Column("resources", sa.JSON),
     #: Who holds it, as last seen: [{"holder": task key, "acquired_at": ISO time}] (migration 0005).
     sa.Column("leases", sa.JSON),
+    #: Whether it ran in the local backend's sandbox (NULL: not applicable; migration 0007).
+    sa.Column("sandboxed", sa.Boolean),
     sa.Column("requested_at", sa.DateTime(timezone=True)),
     sa.Column("ready_at", sa.DateTime(timezone=True)),
     sa.Column("last_active_at", sa.DateTime(timezone=True)),
@@ -118,7 +120,7 @@ events = sa.Table(
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "arp_alembic_version"
 #: The newest migration's revision (a test checks it against Alembic's head).
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 MIGRATION_LOCK_KEY = 0x41525053  # "ARPS": the advisory lock PostgreSQL migrations take
 
 

@@ -35,6 +35,7 @@ from airflow_ray_platform.backends.base import (
     Lease,
     RayBackend,
     RayConnection,
+    SandboxingBackend,
     WatchingBackend,
 )
 from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
@@ -77,6 +78,8 @@ _PHRASES = {
 MUTATING_ACTIONS = frozenset({Action.CREATE, Action.SUBMIT, Action.STOP, Action.DELETE, Action.CONNECT})
 #: What a team admitted to another team's cluster may do there.
 ADMITTED_ACTIONS = frozenset({Action.USE, Action.SUBMIT, Action.RELEASE})
+#: What a team under ``sandbox: required`` may do only on a sandboxed cluster.
+SANDBOXED_ACTIONS = frozenset({Action.USE, Action.SUBMIT, Action.CONNECT})
 #: What the cleanup DAG may do on any team's cluster.
 CLEANUP_ACTIONS = frozenset({Action.USE, Action.READ_LOGS, Action.STOP, Action.RELEASE, Action.DELETE})
 
@@ -154,6 +157,12 @@ def authorize(
             f"team {team!r} may not {action.phrase} Ray cluster {cluster_name!r}: no team owns it and "
             "the policy's unowned_cluster_teams does not name this one",
         )
+    if action in SANDBOXED_ACTIONS and cluster.sandboxed is False and _requires_sandbox(policy, team):
+        return Verdict(
+            False,
+            f"team {team!r} may not {action.phrase} Ray cluster {cluster_name!r}: it runs outside the local "
+            "backend's sandbox, which the policy requires for this team (sandbox: required)",
+        )
     if owner == team:
         return Verdict(True, f"team {team!r} owns the cluster")
     if team in admits:
@@ -166,6 +175,10 @@ def authorize(
         False,
         f"team {team!r} may not {action.phrase} Ray cluster {cluster_name!r}: it belongs to team {owner!r}{shown}",
     )
+
+
+def _requires_sandbox(policy: Policy, team: str) -> bool:
+    return team in policy.teams and policy.allowances(team).requires_sandbox
 
 
 @dataclass(frozen=True)
@@ -235,6 +248,24 @@ class AuthorizedBackend:
         if not verdict.allowed:
             raise AuthorizationError(f"refused: {verdict.reason}")
 
+    def _check_sandbox_possible(self, name: str) -> None:
+        """Under ``sandbox: required``, refuse (and audit) a create that would start outside the sandbox,
+        before anything starts."""
+        team = self.actor.team
+        if self.policy is None or team is None or not _requires_sandbox(self.policy, team):
+            return
+        why = self.inner.sandbox_refusal() if isinstance(self.inner, SandboxingBackend) else None
+        if why is None:
+            return
+        verdict = Verdict(
+            False,
+            f"team {team!r} may not create Ray cluster {name!r} outside the local backend's sandbox, which the "
+            f"policy requires for this team (sandbox: required), and none can be made here: {why}",
+        )
+        if self.audit is not None:
+            self.audit(AuditEntry(self.actor, Action.CREATE, self.inner.name, name, None, verdict))
+        raise AuthorizationError(f"refused: {verdict.reason}")
+
     def _job_team(self, cluster_name: str, submission_id: str) -> str | None:
         if submission_id not in self._job_teams:
             job = self.inner.describe_job(cluster_name, submission_id)
@@ -264,6 +295,8 @@ class AuthorizedBackend:
     ) -> ClusterInfo:
         existing = self.inner.describe_cluster(name)
         self._check(Action.CREATE if existing is None else Action.USE, name, cluster=existing, described=True)
+        if existing is None:
+            self._check_sandbox_possible(name)
         info = self.inner.create_or_get_cluster(name, spec, labels, lease)
         if existing is None and info.team != labels.get(TEAM_LABEL):
             # Another team created it between the check and the create: what we got is a use of theirs.

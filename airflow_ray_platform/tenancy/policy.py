@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -100,6 +100,16 @@ class Allowances(_Strict):
     tolerations: list[Toleration] | None = Field(None, description="Allowed tolerations, exactly as written.")
     allow_auth_disabled: bool | None = Field(None, description="May run clusters without Ray token auth.")
     allow_keep: bool | None = Field(None, description=f"May label clusters `{KEEP_LABEL}` (exempt from GC).")
+    sandbox: Literal["required"] | None = Field(
+        None,
+        description="`required`: on the local backend, the team's clusters run in its sandbox only. Creating "
+        "one where the machine cannot make a sandbox (or the connection turns it off) is refused before "
+        "anything starts, and so is using a cluster that runs outside one.",
+    )
+
+    @property
+    def requires_sandbox(self) -> bool:
+        return self.sandbox == "required"
 
 
 class TeamPolicy(Allowances):

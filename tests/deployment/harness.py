@@ -137,8 +137,9 @@ class Deployment:
 
     @property
     def backend(self) -> LocalBackend:
-        """The local backend the deployment's tasks use (its own root)."""
-        return LocalBackend(self.env["AIRFLOW_RAY_PLATFORM_HOME"])
+        """The local backend the deployment's tasks use (its own root, its connection's options)."""
+        options = json.loads(self.env["AIRFLOW_CONN_RAY_DEFAULT"])["extra"]
+        return LocalBackend(self.env["AIRFLOW_RAY_PLATFORM_HOME"], writable_paths=options["writable_paths"])
 
     def log(self, service: str) -> str:
         return (self.root / "logs" / f"{service}.log").read_text(errors="replace")
@@ -208,6 +209,10 @@ def _environment(root: Path, database_url: str, api_port: int, log_ports: list[i
         AIRFLOW_CONN_RAY_STATE_STORE=json.dumps({"conn_type": "postgres", "extra": {"sqlalchemy_url": database_url}}),
         AIRFLOW_RAY_PLATFORM_HOME=str(root / "ray-platform"),
         ZONE_TRAINING_OUTPUT=str(root / "output"),
+        # as docker-compose.yaml: the one folder the local backend's sandboxed jobs may write
+        AIRFLOW_CONN_RAY_DEFAULT=json.dumps(
+            {"conn_type": "ray", "extra": {"backend": "local", "writable_paths": [str(root / "output")]}}
+        ),
     )
     return env
 

@@ -60,3 +60,24 @@ def test_every_airflow_service_runs_the_shared_settings_and_the_tested_commands(
     assert "./dags:/opt/airflow/dags" in services["airflow-scheduler"]["volumes"]
     dockerfile = (REPO / services["airflow-scheduler"]["build"] / "Dockerfile").read_text()
     assert dockerfile.startswith("# ") and "FROM apache/airflow:" in dockerfile
+
+
+SANDBOX_NEEDS = {"unshare", "clone", "clone3", "mount", "umount2", "mount_setattr", "setns", "prctl"}
+
+
+def test_the_scheduler_where_tasks_start_local_clusters_may_make_their_sandbox(compose):
+    """Docker's default seccomp profile refuses the namespaces and mounts the local backend's sandbox makes
+    (an unsandboxed cluster would read the scheduler's environment). The scheduler (LocalExecutor: tasks
+    run there) gets a profile of the project's that allows those and refuses what no Airflow or Ray process
+    needs; the other services keep Docker's default."""
+    services = compose["services"]
+    options = dict(option.split("=", 1) for option in services["airflow-scheduler"]["security_opt"])
+    profile = json.loads((REPO / options["seccomp"]).read_text())
+    assert options["apparmor"] == "unconfined"  # docker-default's AppArmor profile denies mount
+    denied = {name for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ERRNO" for name in rule["names"]}
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW" and not SANDBOX_NEEDS & denied
+    assert {"init_module", "finit_module", "kexec_load", "bpf", "keyctl", "open_by_handle_at", "ptrace"} <= denied
+    assert all("security_opt" not in services[name] for name in services if name != "airflow-scheduler")
+    connection = json.loads(services["airflow-scheduler"]["environment"]["AIRFLOW_CONN_RAY_DEFAULT"])
+    assert connection["extra"]["writable_paths"] == ["/opt/airflow/demo-output"]
+    assert services["airflow-scheduler"]["environment"]["ZONE_TRAINING_OUTPUT"].startswith("/opt/airflow/demo-output/")

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import sysconfig
+import tempfile
+import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
@@ -34,6 +40,8 @@ POLICY = {
     "defaults": {"max_cpus": "4", "max_memory": "8Gi"},
     "teams": {team: {"match": {"dag_ids": [f"tenancy_{team[-1]}_*"]}} for team in ("team-a", "team-b", "team-c")},
 }
+HOSTILE_JOB = Path(__file__).parents[1] / "tenancy" / "probes" / "hostile_job.py"
+POLICY["teams"]["team-c"]["sandbox"] = "required"
 LONG_JOB = "python -c \"import time; print('team b at work', flush=True); time.sleep(600)\""
 
 
@@ -172,6 +180,91 @@ def test_task_ray_and_notebook_sessions_are_under_the_same_policy(team_b_cluster
     with ray_cluster({**on_b, "team": "team-b"}, team="team-b") as session:
         assert session.connection.token  # its own team's cluster: the address and token are handed over
     assert "use_refused" in _audit("team-a") and "connect_allowed" in _audit("team-b")
+
+
+def test_a_hostile_job_reaches_nothing_past_its_cluster(team_b_cluster, local_backend, tmp_path, monkeypatch, capfd):
+    """A team's job tries, from inside its (sandboxed) cluster, what an attacker on a shared machine
+    would: rewrite the record the machine acts on, plant a ``.pth`` in site-packages, edit DAGs, write
+    the worker's home, /tmp and /dev/shm, connect to the database servers' sockets, read another
+    cluster's token and the worker's environment, and have the machine read a file of its choosing
+    through its own driver log. Each fails, and nothing it wrote is on the machine afterwards."""
+    from airflow.configuration import conf
+
+    from airflow_ray_platform.backends.local import sandbox
+
+    assert team_b_cluster.sandboxed
+    marker = f"arp-hostile-{uuid.uuid4().hex[:12]}"
+    worker_secret = f"worker-secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv("ARP_PROBE_WORKER_SECRET", worker_secret)
+    secret_file = tmp_path / "machine-secret.txt"
+    secret_file.write_text("the machine's secret: fernet_key = not-for-jobs\n")
+    other_token = local_backend.registry.write_token("hostile-other", "another-clusters-token")
+    sockets = sandbox.machine_sockets()
+    assert sockets, "no unix socket listens on this machine (PostgreSQL's and MariaDB's are expected)"
+    record_path = local_backend.registry.cluster_dir(TEAM_B_CLUSTER) / "record.json"
+    worker_home = os.environ["HOME"]
+    args = {
+        "marker": marker,
+        "record": str(record_path),
+        "dags_folder": conf.get("core", "dags_folder"),
+        "worker_home": worker_home,
+        "other_token": str(other_token),
+        "secret_file": str(secret_file),
+        "sockets": sockets,
+        "worker_secret": worker_secret,
+    }
+    entrypoint = shlex.join(["python", str(HOSTILE_JOB), json.dumps(args)])
+    try:
+        run = dags.tenancy_b_probe.test(run_conf={"entrypoint": entrypoint})
+        out = capfd.readouterr().out
+        private_dir = local_backend.registry.load(TEAM_B_CLUSTER).private_dir
+        seen = json.loads((private_dir / "home" / "probe.json").read_text())
+    finally:
+        local_backend.registry.remove("hostile-other")
+
+    must_fail = ["write its record", "write site-packages", "write the DAGs folder"]
+    must_fail += ["read another cluster's token", "read the machine's secret", *(f"connect {path}" for path in sockets)]
+    assert {attempt: seen[attempt] for attempt in must_fail if not seen[attempt].startswith("refused")} == {}
+    assert seen["environments holding the worker's secret"] == []
+    # what it could write landed in its own private /tmp and /dev/shm: nothing of it is on the machine
+    written = [Path("/tmp", marker), Path("/dev/shm", marker), Path(worker_home, marker)]
+    written += [Path(tempfile.gettempdir(), "airflow", "dag_bundles", marker), Path(args["dags_folder"], marker)]
+    written += list(Path(sysconfig.get_paths()["purelib"]).glob(f"{marker}*"))
+    assert [path for path in written if path.exists()] == []
+    assert local_backend.registry.load(TEAM_B_CLUSTER).labels[TEAM_LABEL] == "team-b"  # its record is the machine's
+    # the machine did not read the file the job's driver log was made to point to: the task fails, saying why
+    assert run.state == DagRunState.FAILED
+    assert "the cluster replaced it with a link" in out
+    assert "not-for-jobs" not in out
+    submission_id = run.get_task_instance("job").xcom_pull(task_ids="job", key="submission_id")
+    assert "not-for-jobs" not in json.dumps(recorded_job(submission_id), default=str)
+
+
+def test_a_team_whose_policy_requires_the_sandbox_never_runs_outside_it(
+    team_b_cluster, local_backend, monkeypatch, capfd
+):
+    """Team c's policy says ``sandbox: required``. On team b's (sandboxed) cluster it works (above); a
+    cluster of its own, where the connection turns the sandbox off or this machine cannot make one, is
+    refused before anything starts, and the refusal is audited."""
+    from airflow_ray_platform.backends.local import backend as local
+
+    off = json.dumps({"conn_type": "ray", "extra": {"backend": "local", "sandbox": "off"}})
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_SANDBOX_OFF", off)
+    before = {cluster.name for cluster in local_backend.list_clusters()}
+    turned_off = dags.tenancy_c_sandbox_off.test()
+    # a machine refusing unprivileged namespaces (a kernel setting this test cannot change)
+    monkeypatch.setattr(local, "_sandbox_refusal", lambda: "unprivileged namespaces are refused here: EPERM")
+    unable = dags.tenancy_c_own_cluster.test()
+    assert turned_off.state == unable.state == DagRunState.FAILED
+    out = capfd.readouterr().out
+    refusal = (
+        r"refused: team 'team-c' may not create Ray cluster 'tenancy-[0-9a-f]+' outside the local backend's "
+        r"sandbox, which the policy requires for this team \(sandbox: required\), and none can be made here: "
+    )
+    assert re.search(refusal + "the ray connection's sandbox option is off", out)
+    assert re.search(refusal + "unprivileged namespaces are refused here: EPERM", out)
+    assert {cluster.name for cluster in local_backend.list_clusters()} == before  # nothing was created
+    assert "create_refused" in _audit("team-c")
 
 
 def test_past_the_hard_lifetime_the_cleanup_dag_stops_the_jobs_and_deletes_the_cluster(

@@ -15,7 +15,9 @@ from airflow_ray_platform.tenancy.policy import Actor, Policy
 TEAMS = ["alpha", "beta", "gamma", "delta"]
 
 
-def _cluster(owner: str | None, *, managed: bool = True, admits: tuple[str, ...] = ()) -> ClusterInfo:
+def _cluster(
+    owner: str | None, *, managed: bool = True, admits: tuple[str, ...] = (), sandboxed: bool | None = True
+) -> ClusterInfo:
     labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE} if managed else {}
     if owner is not None:
         labels[TEAM_LABEL] = owner
@@ -27,6 +29,7 @@ def _cluster(owner: str | None, *, managed: bool = True, admits: tuple[str, ...]
         labels=labels,
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
         spec={"admit_teams": list(admits)},
+        sandboxed=sandboxed,
     )
 
 
@@ -109,3 +112,24 @@ def test_without_a_policy_everything_but_deleting_an_unmanaged_cluster_is_allowe
     assert authorize(None, Actor(None), Action.SUBMIT, "c", unmanaged).allowed
     refused = authorize(None, Actor(None), Action.DELETE, "c", unmanaged)
     assert not refused.allowed and "does not manage it" in refused.reason
+
+
+def test_a_team_that_requires_the_sandbox_uses_only_sandboxed_clusters():
+    policy = Policy.model_validate(
+        {
+            "teams": {
+                "alpha": {"match": {"dag_ids": ["alpha_*"]}, "sandbox": "required"},
+                "beta": {"match": {"dag_ids": ["beta_*"]}},
+            }
+        }
+    )
+    for action in (Action.USE, Action.SUBMIT, Action.CONNECT):
+        refused = authorize(policy, Actor("alpha"), action, "c", _cluster("alpha", sandboxed=False))
+        assert not refused.allowed and "runs outside the local backend's sandbox" in refused.reason
+        assert authorize(policy, Actor("alpha"), action, "c", _cluster("alpha", sandboxed=True)).allowed
+        # KubeRay's clusters are pods: the local sandbox does not apply to them
+        assert authorize(policy, Actor("alpha"), action, "c", _cluster("alpha", sandboxed=None)).allowed
+        assert authorize(policy, Actor("beta"), action, "c", _cluster("beta", sandboxed=False)).allowed
+    # what it must still do on an unsandboxed cluster of its own: release, stop its jobs, delete it
+    for action in (Action.RELEASE, Action.STOP, Action.DELETE):
+        assert authorize(policy, Actor("alpha"), action, "c", _cluster("alpha", sandboxed=False)).allowed

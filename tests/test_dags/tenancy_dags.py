@@ -71,6 +71,7 @@ with DAG("tenancy_b_cluster", schedule=None, start_date=START, params=PARAMS) as
     )
 
 tenancy_b_job = _job_dag("tenancy_b_job", _on_team_b("team-b"), wait_for_completion=False)
+tenancy_b_probe = _job_dag("tenancy_b_probe", _on_team_b("team-b"))
 tenancy_b_touch_job = _touch_job_dag("tenancy_b_touch_job")
 tenancy_a_use_b = _job_dag("tenancy_a_use_b", _on_team_b("team-a"))
 tenancy_a_delete_b = _delete_dag("tenancy_a_delete_b")
@@ -86,6 +87,10 @@ tenancy_nobody = _job_dag("tenancy_nobody", _on_team_b("team-a"))
 tenancy_c_on_b = _job_dag("tenancy_c_on_b", _on_team_b("team-c"))
 tenancy_c_delete_b = _delete_dag("tenancy_c_delete_b")
 tenancy_c_touch_job = _touch_job_dag("tenancy_c_touch_job")
+# team-c's policy requires the sandbox: its own cluster, where none can be made, or with it turned off
+_C_OWN = _config("team-c", cluster={"head": SMALL_HEAD}, job={"entrypoint": "true"})
+tenancy_c_own_cluster = _job_dag("tenancy_c_own_cluster", _C_OWN)
+tenancy_c_sandbox_off = _job_dag("tenancy_c_sandbox_off", _C_OWN, ray_conn_id="ray_sandbox_off")
 
 
 def answer() -> int:

@@ -25,13 +25,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 from ray import __path__ as ray_package_path
@@ -62,6 +62,7 @@ from airflow_ray_platform.backends.local.processes import (
     node_resources,
     outer_pids,
     private_log,
+    read_until_closed,
     stop_cluster_processes,
 )
 from airflow_ray_platform.backends.local.registry import (
@@ -69,6 +70,9 @@ from airflow_ray_platform.backends.local.registry import (
     LocalClusterRecord,
     LocalClusterRegistry,
     NodeProcess,
+    cluster_token_copy,
+    open_cluster_file,
+    write_private,
 )
 from airflow_ray_platform.settings import default_root
 from airflow_ray_platform.spec.models import (
@@ -82,7 +86,22 @@ from airflow_ray_platform.spec.timestamps import to_text
 
 #: What a sandboxed cluster never sees besides the registry and other clusters' temp dirs: where the
 #: worker's user keeps credentials (relative to ``$HOME``) and Airflow's home and configuration.
-HIDDEN_HOME_PATHS = (".aws", ".azure", ".config/gcloud", ".kube", ".docker", ".ssh", ".netrc", ".pgpass", ".my.cnf")
+HIDDEN_HOME_PATHS = (
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".config/gh",
+    ".kube",
+    ".docker",
+    ".ssh",
+    ".gnupg",
+    ".netrc",
+    ".pgpass",
+    ".my.cnf",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+)
 SANDBOX_MODES = ("auto", "required", "off")
 #: How long a sandbox may take to start its nodes (not to make them ready: that is the startup timeout).
 SANDBOX_START_SECONDS = 30.0
@@ -117,10 +136,14 @@ class LocalBackend:
         pass_env: Collection[str] = (),
         sandbox: str = "auto",
         hide_paths: Collection[str] = (),
+        writable_paths: Collection[str] = (),
     ) -> None:
         """:param sandbox: ``auto`` (each cluster in namespaces of its own where the kernel allows it, else
             as plain processes, with a warning), ``required`` (refuse to start a cluster without) or ``off``.
         :param hide_paths: more paths a sandboxed cluster must not see, besides the defaults.
+        :param writable_paths: folders of this machine that jobs in a sandbox may write (where they leave
+            outputs; every cluster of this connection shares them). Everything else outside a cluster's
+            own folder is read-only to its jobs.
         """
         if sandbox not in SANDBOX_MODES:
             raise BackendError(f"local backend option 'sandbox' must be one of {list(SANDBOX_MODES)}, not {sandbox!r}")
@@ -129,6 +152,7 @@ class LocalBackend:
         self.pass_env = frozenset(pass_env)
         self.sandbox = sandbox
         self.hide_paths = tuple(hide_paths)
+        self.writable_paths = tuple(self._checked_writable(path) for path in writable_paths)
         self._clients: dict[tuple[str, str], JobsApiClient] = {}
 
     # ----------------------------------------------------------------- clusters
@@ -147,7 +171,7 @@ class LocalBackend:
                         self._lease(record, lease)
                     return self._describe(record)
                 # The head is gone (a reboot, a kill): clear what is left, then start afresh.
-                stop_cluster_processes(record, self.registry.token_path(record.name))
+                stop_cluster_processes(record, self._token_paths(record))
                 self.registry.remove(name)
             return self._describe(self._start(name, spec, dict(labels), lease))
 
@@ -176,9 +200,10 @@ class LocalBackend:
                 self.registry.save(record)
             return self._describe(record)
 
-    def _ray_environment(self, name: str) -> dict[str, str]:
+    def _ray_environment(self, private_dir: Path, sandboxed: bool) -> dict[str, str]:
         """The environment of the cluster's processes and jobs: an allow-list of the worker's, plus the
-        cluster's own token path (a job needs its cluster's token, and no other secret)."""
+        path of the cluster's copy of its token (a job needs its cluster's token, and no other secret).
+        In a sandbox, whose file tree is read-only, a job's home and temp folders are its own."""
         env = {
             key: value
             for key, value in os.environ.items()
@@ -187,11 +212,15 @@ class LocalBackend:
         }
         env.update(
             RAY_AUTH_MODE="token",
-            RAY_AUTH_TOKEN_PATH=str(self.registry.token_path(name)),
+            RAY_AUTH_TOKEN_PATH=str(cluster_token_copy(private_dir)),
             RAY_USAGE_STATS_ENABLED="0",
             # Job drivers run ``python`` from the raylet's PATH: make it this interpreter.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )
+        if sandboxed:
+            home = private_dir / "home"
+            home.mkdir(mode=0o700, exist_ok=True)
+            env.update(HOME=str(home), TMPDIR="/tmp")
         return env
 
     def _private_dir(self, name: str) -> Path:
@@ -216,17 +245,43 @@ class LocalBackend:
             ) from None
         return private_dir
 
+    def sandbox_refusal(self) -> str | None:
+        """Why a cluster started now would run outside the sandbox (None: it would be inside)."""
+        if self.sandbox == "off":
+            return "the ray connection's sandbox option is off"
+        return _sandbox_refusal()
+
     def _sandboxed(self) -> bool:
         """Whether new clusters start in a sandbox (``auto``: where this machine allows it)."""
-        if self.sandbox == "off":
-            return False
-        refusal = _sandbox_refusal()
+        refusal = self.sandbox_refusal()
         if refusal is None:
             return True
         if self.sandbox == "required":
             raise BackendError(f"cannot start a sandboxed local Ray cluster (sandbox: required): {refusal}")
-        _log.warning("Local Ray clusters start without a sandbox: %s", refusal)
+        if self.sandbox == "auto":
+            _log.warning("Local Ray clusters start without a sandbox: %s", refusal)
         return False
+
+    def _checked_writable(self, path: str) -> Path:
+        """A ``writable_paths`` entry, refused if writing under it would undo the sandbox: relative, or
+        holding the Python environment Ray runs from, Airflow's home or the registry."""
+        resolved = Path(path).expanduser().resolve()
+        if not Path(path).expanduser().is_absolute():
+            raise BackendError(f"local backend option 'writable_paths': {path!r} must be an absolute path")
+        airflow_home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+        protected = {
+            "the Python environment Ray runs from": Path(sys.prefix),
+            "Airflow's home": airflow_home,
+            "the local backend's registry": self.registry.root,
+        }
+        for what, protected_path in protected.items():
+            protected_path = protected_path.resolve()
+            if resolved == protected_path or resolved in protected_path.parents:
+                raise BackendError(
+                    f"local backend option 'writable_paths': {path!r} holds {what} ({protected_path}): jobs "
+                    "writing there could change what runs outside their sandbox"
+                )
+        return resolved
 
     def _hidden_paths(self, private_parent: Path) -> list[str]:
         """What a sandboxed cluster must not see; never a folder holding this interpreter (Ray runs from it)."""
@@ -250,10 +305,12 @@ class LocalBackend:
         sandboxed = self._sandboxed()  # before anything is made: a refusal leaves nothing behind
         cluster_dir = self.registry.cluster_dir(name)
         cluster_dir.mkdir(mode=0o700, exist_ok=True)
-        self.registry.write_token(name, secrets.token_urlsafe(32))
+        token = secrets.token_urlsafe(32)
+        self.registry.write_token(name, token)
         private_dir = self._private_dir(name)
+        write_private(cluster_token_copy(private_dir), token)  # the cluster's own: the registry stays outside
         temp_dir = private_dir / "r"  # Ray makes its own temp dir world-writable: keep it inside ours
-        env = self._ray_environment(name)
+        env = self._ray_environment(private_dir, sandboxed)
         ray_bin = str(Path(sys.executable).parent / "ray")
 
         gcs_port, dashboard_port, client_port, dashboard_metrics, autoscaler_metrics, *node_ports = free_ports(
@@ -368,49 +425,72 @@ class LocalBackend:
         private_dir: Path,
     ) -> None:
         """Start every node inside one sandbox (:mod:`.sandbox`), which relays to this machine's loopback
-        only the ports used from outside: the dashboard, Ray Client's, and each node's agent and metrics."""
+        only the ports used from outside: the dashboard, Ray Client's, and each node's agent and metrics.
+
+        The sandbox gets the node logs and a pipe for the started pids as descriptors opened here: the
+        registry folder, where they are kept, is never inside."""
         cluster_dir = self.registry.cluster_dir(record.name)
-        started_path = cluster_dir / "sandbox-started.json"
-        sandbox_spec = sandbox.SandboxSpec(
-            hide=self._hidden_paths(private_dir.parent),
-            keep=[str(cluster_dir), str(private_dir)],
-            forward_ports=[record.dashboard_port, record.client_port]
-            + [port for _, agent, metrics in nodes for port in (agent, metrics)],
-            nodes=[launch for launch, _, _ in nodes],
-            started_path=str(started_path),
-            env=env,
-        )
         log_path = cluster_dir / "sandbox.log"
-        with private_log(log_path) as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "airflow_ray_platform.backends.local.sandbox"],
+        started_read, started_write = os.pipe()
+        handed = [started_write]
+        try:
+            launches = [launch for launch, _, _ in nodes]
+            for launch in launches:
+                launch.log_fd = os.open(launch.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+                handed.append(launch.log_fd)
+            sandbox_spec = sandbox.SandboxSpec(
+                hide=self._hidden_paths(private_dir.parent),
+                writable=[str(private_dir), *self._writable_folders()],
+                forward_ports=[record.dashboard_port, record.client_port]
+                + [port for _, agent, metrics in nodes for port in (agent, metrics)],
+                nodes=launches,
+                started_fd=started_write,
                 env=env,
-                cwd=private_dir,
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
+            with private_log(log_path) as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "airflow_ray_platform.backends.local.sandbox"],
+                    env=env,
+                    cwd=private_dir,
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=handed,
+                )
+        finally:
+            for fd in handed:
+                os.close(fd)
         record.sandbox_pid, record.sandbox_create_time = process.pid, psutil.Process(process.pid).create_time()
         self.registry.save(record)
         assert process.stdin is not None
         with process.stdin:
             process.stdin.write(sandbox_spec.to_json().encode())
-        deadline = time.monotonic() + SANDBOX_START_SECONDS
-        while not started_path.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise BackendError(
-                    f"cannot start local Ray cluster {record.name!r} in its sandbox: " + (" ".join(tail) or "no output")
-                )
-            time.sleep(0.05)
-        inside = json.loads(started_path.read_text())
+        reported = read_until_closed(started_read, SANDBOX_START_SECONDS)
+        try:
+            inside = json.loads(reported)
+        except ValueError:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise BackendError(
+                f"cannot start local Ray cluster {record.name!r} in its sandbox: " + (" ".join(tail) or "no output")
+            ) from None
         outside = outer_pids(process.pid)
         for launch, agent_port, metrics_port in nodes:
             pid = outside[inside[launch.role]]
             created = psutil.Process(pid).create_time()
             record.nodes.append(NodeProcess(launch.role, pid, created, launch.log_path, agent_port, metrics_port))
         self.registry.save(record)
+
+    def _writable_folders(self) -> list[str]:
+        """The ``writable_paths``, made if missing (a sandbox binds only what exists)."""
+        for path in self.writable_paths:
+            path.mkdir(parents=True, exist_ok=True)
+        return [str(path) for path in self.writable_paths]
+
+    def _token_paths(self, record: LocalClusterRecord) -> list[Path]:
+        """Where the cluster's processes were told its token is: its copy (and, for a cluster started
+        before the copy was made, the registry's)."""
+        return [cluster_token_copy(record.private_dir), self.registry.token_path(record.name)]
 
     def _probe(self, url: str, token: str) -> bool:
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
@@ -451,6 +531,7 @@ class LocalBackend:
             message=message,
             leases=leases_from_mapping(record.leases),
             spec=record.spec,
+            sandboxed=bool(record.sandbox_pid),
         )
 
     def _ray_healthy(self, record: LocalClusterRecord) -> bool:
@@ -491,7 +572,7 @@ class LocalBackend:
                 return False
             if condition is not None:
                 self._check_condition(record, condition)
-            stop_cluster_processes(record, self.registry.token_path(record.name))
+            stop_cluster_processes(record, self._token_paths(record))
             shutil.rmtree(record.private_dir, ignore_errors=True)
             self.registry.remove(name)
             self._clients = {key: client for key, client in self._clients.items() if key[0] != name}
@@ -555,23 +636,25 @@ class LocalBackend:
     def job_logs(self, cluster_name: str, submission_id: str) -> str:
         return self._jobs(cluster_name).logs(submission_id)
 
-    def _driver_log(self, cluster_name: str, submission_id: str) -> Path:
+    def _open_driver_log(self, cluster_name: str, submission_id: str) -> BinaryIO:
         """The job's driver log file (what Ray's Jobs API reads too), under the cluster's temp dir, which
-        every node of a local cluster shares."""
+        every node of a local cluster shares. Its jobs can write there: it is opened as
+        :func:`open_cluster_file` allows, never through a link out of the cluster's folder."""
         record = self.registry.load(cluster_name)
         if record is None:
             raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
         logs = Path(record.temp_dir) / "session_latest" / "logs"
-        return logs / JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
+        return open_cluster_file(logs / JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id), record.private_dir)
 
     def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
         """The driver log file itself, chunk by chunk (Ray's websocket log tail would also stream it, but
         only ends ~5 s after a finished job's EOF); the Jobs API's when the file is not there."""
-        path = self._driver_log(cluster_name, submission_id)
-        if not path.is_file():
+        try:
+            log = self._open_driver_log(cluster_name, submission_id)
+        except FileNotFoundError:
             yield from self._jobs(cluster_name).log_chunks(submission_id)
             return
-        with open(path, "rb") as log:
+        with log:
             while chunk := log.read(LOG_CHUNK_BYTES):
                 yield chunk
 
@@ -580,7 +663,7 @@ class LocalBackend:
     ) -> tuple[str, int]:
         """The driver log after byte ``offset``, read from the file from there on: each byte once."""
         try:
-            with open(self._driver_log(cluster_name, submission_id), "rb") as log:
+            with self._open_driver_log(cluster_name, submission_id) as log:
                 log.seek(offset)
                 data = log.read()
         except FileNotFoundError:  # no output yet

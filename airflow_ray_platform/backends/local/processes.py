@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import select
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -77,20 +79,20 @@ def node_resources(resources: NodeResources) -> tuple[int, int, int, int]:
     return num_cpus, memory, max(object_store, MIN_OBJECT_STORE_BYTES), resources.gpu
 
 
-def stop_cluster_processes(record: LocalClusterRecord, token_path: Path) -> None:
+def stop_cluster_processes(record: LocalClusterRecord, token_paths: Collection[Path]) -> None:
     """Stop every process this cluster's nodes started, and nothing else.
 
     A node's processes are its ``ray start`` process, that process's session (Ray's daemons are
     reparented to init once ``ray start`` dies, but keep its session id), and their descendants.
     Job drivers start sessions of their own and outlive a head that was killed, orphaned: every
     process of the cluster, drivers included, inherited the cluster's own token path in its
-    environment, which names this cluster alone.
+    environment, which names this cluster alone (``token_paths``: where it may have been told it is).
     """
     sessions = {node.pid: node.create_time for node in record.nodes}
     if record.sandbox_pid:  # its PID namespace ends with its init, taking every process inside along
         sessions[record.sandbox_pid] = record.sandbox_create_time
     created = datetime.fromisoformat(record.created_at).timestamp()
-    token_variable = f"RAY_AUTH_TOKEN_PATH={token_path}"
+    token_variables = [f"RAY_AUTH_TOKEN_PATH={path}" for path in token_paths]
     processes = list(psutil.process_iter(["pid", "create_time", "cmdline"]))
     orphans: dict[int, psutil.Process] = {}
     for process in processes:
@@ -100,7 +102,7 @@ def stop_cluster_processes(record: LocalClusterRecord, token_path: Path) -> None
             sessions.setdefault(process.pid, process.info["create_time"])
         elif process.info["create_time"] >= created - 1 and process.pid != os.getpid():
             with contextlib.suppress(psutil.Error, OSError):
-                if environment_has(process.pid, token_variable):
+                if any(environment_has(process.pid, variable) for variable in token_variables):
                     orphans[process.pid] = process
     targets: dict[int, psutil.Process] = {}
     for process in processes:
@@ -126,3 +128,22 @@ def private_log(path: Path) -> Iterator[Any]:
     """``path`` opened for appending, created 0600."""
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         yield log
+
+
+def read_until_closed(fd: int, timeout: float) -> bytes:
+    """What a child writes to the pipe ``fd`` until it closes its end (or dies), at most ``timeout``
+    seconds; ``fd`` is closed after."""
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([fd], [], [], left)
+            if not readable:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)

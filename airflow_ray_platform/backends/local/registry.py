@@ -1,21 +1,26 @@
 """The local backend's registry: where each cluster's runtime data lives, found again by any process.
 
 Per cluster, a folder only its owner can read: the record (pids, ports, the spec it was created from,
-its leases) and its token. This is the backend's private runtime data, how to find and stop its
-processes from any Airflow process; the platform's record of clusters and jobs is the state store's.
+its leases), its token and its nodes' output. This is the backend's private runtime data, how to find
+and stop its processes from any Airflow process; the platform's record of clusters and jobs is the
+state store's. A cluster never writes here (a sandboxed one never sees it): every path, pid, time and
+label the machine acts on comes from this side. What a cluster writes in its own private folder is
+opened by :func:`open_cluster_file`, as data only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
@@ -27,6 +32,49 @@ from airflow_ray_platform.spec.models import JobConfigurationError, validate_clu
 PRIVATE_DIR_PREFIX = "arp-"
 #: What ``ray start`` prints once its node runs.
 READY_MARKER = "Ray runtime started"
+#: The cluster's copy of its token, in its private folder (what its processes authenticate with).
+TOKEN_COPY_NAME = "auth_token"
+
+
+def cluster_token_copy(private_dir: Path) -> Path:
+    return private_dir / TOKEN_COPY_NAME
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` in a new 0600 file at ``path`` (never written through a link)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def open_cluster_file(path: Path, private_dir: Path) -> BinaryIO:
+    """A file a cluster's jobs could have written, opened for reading as data only.
+
+    A job can replace any file in its cluster's folder with a link, a FIFO or a device: read through
+    the link, the machine would copy a file of the job's choosing (Airflow's configuration, another
+    cluster's token) into task logs and object storage; a FIFO would hold the reader. So the last
+    component is never followed, what is opened must be a regular file, and the path the kernel
+    actually opened must lie in ``private_dir``. Raises ``FileNotFoundError`` when there is no such
+    file, :class:`BackendError` when there is something else there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise BackendError(f"refusing to read {path.name}: the cluster replaced it with a link") from None
+        raise
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+        inside = opened.startswith(f"{private_dir.resolve()}{os.sep}")
+        if not inside or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BackendError(
+                f"refusing to read {path.name}: it is not a file in the cluster's own folder (a link or a "
+                "special file put there by a job)"
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass
@@ -139,25 +187,23 @@ class LocalClusterRegistry:
 
     def load(self, name: str) -> LocalClusterRecord | None:
         try:
-            return LocalClusterRecord.from_json((self.cluster_dir(name) / "record.json").read_text())
+            fd = os.open(self.cluster_dir(name) / "record.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        with os.fdopen(fd) as handle:
+            return LocalClusterRecord.from_json(handle.read())
 
     def save(self, record: LocalClusterRecord) -> None:
         directory = self.cluster_dir(record.name)
         directory.mkdir(mode=0o700, exist_ok=True)
         tmp = directory / "record.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(record), handle, indent=2)
+        write_private(tmp, json.dumps(asdict(record), indent=2))
         tmp.replace(directory / "record.json")
 
     def write_token(self, name: str, token: str) -> Path:
         path = self.token_path(name)
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token)
+        write_private(path, token)
         return path
 
     def read_token(self, name: str) -> str:

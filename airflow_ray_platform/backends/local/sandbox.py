@@ -8,9 +8,15 @@ worker itself. Ray's GCS, raylet and agents also listen where Ray chooses. The s
 whole cluster in new user, mount, PID and network namespaces (unprivileged: the kernel's user
 namespaces, no setuid helper):
 
-* **files**: each ``hide`` path is covered (a directory by an empty private tmpfs, a file by
-  ``/dev/null``) and each ``keep`` path bound back at its place (the cluster's own registry folder,
-  token included, and its own temp dir);
+* **files**: the machine's whole file tree is read-only inside (every mount, recursively: the
+  interpreter's site-packages, Airflow's DAGs and DAG bundles, the worker's home). ``/tmp``,
+  ``/dev/shm`` and ``/run`` are fresh, empty and private to the cluster; each ``hide`` path is covered
+  (a directory by an empty tmpfs, a file by ``/dev/null``), and so is every unix socket the machine
+  listens on (a database server's, wherever it is); the ``writable`` paths alone (the cluster's own
+  private folder: Ray's temp dir, its jobs' working folders, its copy of its token) are bound back
+  writable. The registry, where the machine keeps what it knows of each cluster, is never inside: a
+  cluster writes nothing the machine then acts on. What the machine reads of a cluster (node logs,
+  the started pids) comes through file descriptors it opened itself and handed in;
 * **processes**: a PID namespace with its own ``/proc``, so no other process of the machine is
   visible, and the whole cluster dies with its first process (the kernel's rule for a PID
   namespace's init);
@@ -19,7 +25,8 @@ namespaces, no setuid helper):
   outside (dashboard, node agents, metrics) are listened on at ``127.0.0.1`` of the machine by the
   sandbox's init, which relays each connection to the same port inside;
 * **privilege**: the capabilities a user namespace grants are dropped from the bounding set before
-  any node starts, so nothing inside can undo a mount (not even as uid 0).
+  any node starts, so nothing inside can undo a mount (not even as uid 0), and the init is not
+  dumpable, so no process inside can trace it or take its descriptors (its relays listen outside).
 
 The user namespace maps the user to itself: files the cluster writes are the user's, as before.
 """
@@ -48,12 +55,19 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 IFF_UP, IFF_RUNNING = 0x1, 0x40
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 RELAY_CHUNK = 64 * 1024
+#: ``mount_setattr(2)`` (Linux 5.12+; the same number on every architecture since 5.x's unified table).
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD, AT_RECURSIVE = -100, 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+#: Folders every process writes to, fresh and private inside (with their usual modes).
+FRESH_FOLDERS = {"/tmp": "1777", "/dev/shm": "1777", "/run": "0755"}
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -66,21 +80,24 @@ class NodeLaunch:
 
     role: str
     args: list[str]
+    #: Where the machine keeps the node's output (outside the sandbox: written through ``log_fd``).
     log_path: str
     cwd: str
+    #: The node's output, opened by the machine and handed to the sandbox.
+    log_fd: int = -1
 
 
 @dataclass
 class SandboxSpec:
     #: Paths covered inside (directories by an empty tmpfs, files by /dev/null); missing ones are skipped.
     hide: list[str]
-    #: Paths under hidden ones bound back at their own place (must exist).
-    keep: list[str]
+    #: The only paths writable inside, bound back at their own place (must exist).
+    writable: list[str]
     #: Ports listened on at 127.0.0.1 outside and relayed to the same port inside.
     forward_ports: list[int]
     nodes: list[NodeLaunch]
-    #: Where the init writes ``{role: pid inside}`` once every node is started.
-    started_path: str
+    #: A pipe's end where the init writes ``{role: pid inside}`` once every node is started.
+    started_fd: int
     env: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -118,21 +135,59 @@ def _enter_namespaces() -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def _hide_and_keep(hide: list[str], keep: list[str]) -> None:
-    """Cover each ``hide`` path, then bind each ``keep`` path back (opened before anything is covered)."""
-    kept = [(path, os.open(path, O_PATH)) for path in keep]
+def machine_sockets() -> list[str]:
+    """The paths of the unix sockets listening in this network namespace (``/proc/net/unix``), read
+    before leaving it: a database server's socket connects even on a read-only mount."""
+    paths = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7].startswith("/"):
+                paths.add(fields[7])
+    return sorted(paths)
+
+
+def _read_only(path: str, read_only: bool, *, recursive: bool) -> None:
+    """Set (or clear) the read-only flag of the mount at ``path`` (and, ``recursive``, of every mount
+    under it: a ``remount,ro`` of ``/`` alone would miss them, each keeping its own flag)."""
+    set_flags, clear_flags = (MOUNT_ATTR_RDONLY, 0) if read_only else (0, MOUNT_ATTR_RDONLY)
+    attr = struct.pack("QQQQ", set_flags, clear_flags, 0, 0)
+    result = _libc.syscall(
+        SYS_MOUNT_SETATTR,
+        AT_FDCWD,
+        path.encode(),
+        AT_RECURSIVE if recursive else 0,
+        ctypes.c_char_p(attr),
+        ctypes.c_size_t(len(attr)),
+    )
+    _check(result, f"mount_setattr {path} {'read-only' if read_only else 'writable'}")
+
+
+def _build_filesystem(hide: list[str], writable: list[str], sockets: list[str]) -> None:
+    """Cover each ``hide`` path and socket, make the whole tree read-only, mount the fresh folders, then
+    bind each ``writable`` path back (opened before anything is covered)."""
+    kept = [(path, os.open(path, O_PATH)) for path in writable]
     for path in sorted(hide, key=len):
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
         elif os.path.exists(path):
             _mount("/dev/null", path, None, MS_BIND)
+    for path in sockets:
+        with contextlib.suppress(OSError):  # gone since, or under a folder hidden already
+            _mount("/dev/null", path, None, MS_BIND)
+    _read_only("/", True, recursive=True)
+    for path, mode in FRESH_FOLDERS.items():
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
     for path, fd in kept:
         if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(path, exist_ok=True)
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             Path(path).touch()
+        # recursive: whatever is hidden under it stays covered (and read-only)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        _read_only(path, False, recursive=False)  # a bind copies its source's flags: read-only by now
         os.close(fd)
 
 
@@ -149,6 +204,7 @@ def _drop_privileges() -> None:
         if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
             break
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
 
 
 def _relay(listener: socket.socket) -> None:
@@ -194,19 +250,18 @@ def _init(spec: SandboxSpec, listeners: list[socket.socket]) -> int:
     _drop_privileges()
     nodes = {}
     for node in spec.nodes:
-        with os.fdopen(os.open(node.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
-            nodes[node.role] = subprocess.Popen(
-                node.args,
-                env=spec.env,
-                cwd=node.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-    started = Path(spec.started_path)
-    started.with_suffix(".tmp").write_text(json.dumps({role: process.pid for role, process in nodes.items()}))
-    started.with_suffix(".tmp").replace(started)
+        nodes[node.role] = subprocess.Popen(
+            node.args,
+            env=spec.env,
+            cwd=node.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=node.log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        os.close(node.log_fd)
+    with os.fdopen(spec.started_fd, "w") as started:
+        started.write(json.dumps({role: process.pid for role, process in nodes.items()}))
     for listener in listeners:
         threading.Thread(target=_relay, args=(listener,), daemon=True).start()
     node_pids = {process.pid for process in nodes.values()}
@@ -235,8 +290,9 @@ def run(spec: SandboxSpec) -> int:
         listener.bind(("127.0.0.1", port))
         listener.listen(128)
         listeners.append(listener)
+    sockets = machine_sockets()
     _enter_namespaces()
-    _hide_and_keep(spec.hide, spec.keep)
+    _build_filesystem(spec.hide, spec.writable, sockets)
     child = os.fork()
     if child == 0:
         try:
@@ -244,6 +300,8 @@ def run(spec: SandboxSpec) -> int:
         except BaseException as error:  # the init must never return into the parent's code
             print(f"sandbox init failed: {error}", file=sys.stderr, flush=True)
             os._exit(1)
+    for fd in [spec.started_fd, *(node.log_fd for node in spec.nodes)]:  # the init's alone from here on
+        os.close(fd)
     for listener in listeners:
         listener.close()
     _, status = os.waitpid(child, 0)
@@ -265,6 +323,7 @@ def probe() -> None:
 
 def _probe_here() -> int:
     _enter_namespaces()
+    _read_only("/", True, recursive=True)
     child = os.fork()
     if child == 0:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
