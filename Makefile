@@ -5,11 +5,14 @@ BIN    := $(VENV)/bin
 
 .PHONY: install demo test test-fast bench lock clean
 
-# A project venv; uv (from PyPI) installs the locked, universal resolution in seconds.
+# A project venv; uv (from PyPI, one pinned version) installs the locked, universal resolution in seconds,
+# every package checked against the lock's hashes.
+UV_VERSION := 0.13.9
+
 $(BIN)/.installed: pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check "uv>=0.5,<1"
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements/lock.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install -q --python $(BIN)/python --require-hashes -r requirements/lock.txt
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
@@ -34,7 +37,8 @@ bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run_all
 
 lock:
-	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 -o requirements/lock.txt
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
+		-o requirements/lock.txt
 
 clean:
 	rm -rf $(VENV) .airflow-home demo-output
