@@ -194,6 +194,8 @@ class ClusterInfo:
     #: Whether its processes run in the local backend's sandbox (None: a backend whose clusters are
     #: isolated otherwise, KubeRay's pods).
     sandboxed: bool | None = None
+    #: Why nothing can use it (the backend's own record of it cannot be read): the cleanup DAG deletes it.
+    unusable: str | None = None
 
     @property
     def owner(self) -> str | None:

@@ -88,7 +88,7 @@ class _Platform:
     def backend(self, actor: Any) -> Any:
         from airflow_ray_platform.hooks.ray import RayHook
 
-        return RayHook(self.conn_id, actor=actor, audit=self.recorder.audit).backend
+        return RayHook(self.conn_id, actor=actor, recorder=self.recorder).backend
 
 
 def _os_user() -> str | None:
@@ -459,7 +459,7 @@ def status(platform: _Platform, submission_id: str, cluster: str | None, as_json
 def _persisted(platform: _Platform, submission_id: str) -> Iterator[bytes]:
     from airflow_ray_platform.hooks.ray import RayHook
 
-    hook = RayHook(platform.conn_id, actor=platform.actor(), audit=platform.recorder.audit)
+    hook = RayHook(platform.conn_id, actor=platform.actor(), recorder=platform.recorder)
     return hook.read_persisted_job_log_chunks(submission_id, platform.state_store_conn_id, platform.log_storage_uri)
 
 

@@ -30,7 +30,6 @@ from airflow_ray_platform.records.lifecycle import LifecycleRecorder, read_job_l
 from airflow_ray_platform.tenancy.authorization import (
     Action,
     AuditEntry,
-    AuditSink,
     AuthorizationError,
     authorize,
     authorized,
@@ -83,13 +82,15 @@ class RayHook(BaseHook):
         self,
         ray_conn_id: str = default_conn_name,
         actor: Actor | None = None,
-        audit: AuditSink | None = None,
+        recorder: LifecycleRecorder | None = None,
         **kwargs: Any,
     ) -> None:
+        """:param recorder: where decisions are audited and jobs' teams are looked up (default: the
+        configured state store)."""
         super().__init__(**kwargs)
         self.ray_conn_id = ray_conn_id
         self._actor = actor
-        self._audit = audit
+        self._recorder = recorder
 
     def get_conn(self) -> RayBackend:
         return self.backend
@@ -103,16 +104,16 @@ class RayHook(BaseHook):
         return self._actor or current_actor(self.policy)
 
     @cached_property
-    def audit(self) -> AuditSink:
-        if self._audit is not None:
-            return self._audit
-        return LifecycleRecorder(settings.state_store_conn_id()).audit
+    def recorder(self) -> LifecycleRecorder:
+        return self._recorder or LifecycleRecorder(settings.state_store_conn_id())
 
     @cached_property
     def backend(self) -> RayBackend:
         """The connection's backend; every action on a cluster through it is authorized and audited."""
         name, options = self.backend_spec()
-        return authorized(get_backend(name, **options), self.actor, self.policy, self.audit)  # type: ignore[return-value]
+        backend = get_backend(name, **options)
+        recorder = self.recorder
+        return authorized(backend, self.actor, self.policy, recorder.audit, recorder.job_team)  # type: ignore[return-value]
 
     def backend_spec(self) -> tuple[str, dict[str, Any]]:
         """(backend name, options) from the connection (on KubeRay, the policy's namespace for the team)."""
@@ -157,7 +158,9 @@ class RayHook(BaseHook):
         def may_read(job_team: str | None) -> None:
             verdict = authorize(self.policy, self.actor, Action.READ_LOGS, "-", None, job_team)
             if self.policy is not None or not verdict.allowed:
-                self.audit(AuditEntry(self.actor, Action.READ_LOGS, "log-storage", "-", None, verdict, submission_id))
+                self.recorder.audit(
+                    AuditEntry(self.actor, Action.READ_LOGS, "log-storage", "-", None, verdict, submission_id)
+                )
             if not verdict.allowed:
                 raise AuthorizationError(f"refused: {verdict.reason}")
 

@@ -96,7 +96,7 @@ def ray_cluster(
         assert actor.team is not None
         policy.check_configuration(actor.team, config)
     recorder = LifecycleRecorder(state_store_conn_id or settings.state_store_conn_id())
-    backend = RayHook(ray_conn_id, actor=actor, audit=recorder.audit).backend
+    backend = RayHook(ray_conn_id, actor=actor, recorder=recorder).backend
     expires_at = utc_now() + hold_for
     info = shared_cluster(backend, config, identity, recorder, expires_at=expires_at)
     try:

@@ -107,6 +107,8 @@ def _decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime,
         return Decision(cluster, False, f"not managed by airflow-ray-platform{broken}")
     if cluster.labels.get(KEEP_LABEL) == "true":
         return Decision(cluster, False, f"labelled {KEEP_LABEL}=true")
+    if cluster.unusable:
+        return Decision(cluster, True, f"unusable: {cluster.unusable}")
     if jobs is None:
         return Decision(cluster, False, "its jobs could not be listed")
     active = [job.submission_id for job in jobs if not job.state.is_terminal]

@@ -154,7 +154,7 @@ class _RayOperator(_RecordingOperator):
     @cached_property
     def backend(self) -> RayBackend:
         """The connection's backend, acting as this task (authorized and audited)."""
-        return RayHook(self.ray_conn_id, actor=self._actor, audit=self.recorder.audit).backend
+        return RayHook(self.ray_conn_id, actor=self._actor, recorder=self.recorder).backend
 
     def _as_run(self, job_configuration: JobConfigurationArg) -> JobConfigurationArg:
         """The configuration as this operator runs it (``@task.ray`` adds its driver to the job)."""
@@ -300,7 +300,7 @@ class RayClusterDeleteOperator(_RecordingOperator):
         validate_cluster_name(self.cluster_name, "cluster_name")
         ti = context["ti"]
         teardown = release_and_delete(
-            RayHook(self.ray_conn_id, audit=self.recorder.audit).backend,
+            RayHook(self.ray_conn_id, recorder=self.recorder).backend,
             self.cluster_name,
             dag_id=ti.dag_id,
             run_id=ti.run_id,
@@ -412,17 +412,21 @@ class RayJobOperator(_RayOperator):
     def _submit_and_wait(self, context: Context) -> Any:
         run = self._run
         assert run is not None
-        info = run.submit_or_reattach(TaskIdentity.from_context(context), int(context["ti"].try_number or 1))
-        ti = context["ti"]
-        ti.xcom_push(key=XCOM_SUBMISSION_ID, value=info.submission_id)
-        job_url = self.backend.job_dashboard_url(info.cluster_name, info.submission_id)
-        if job_url:
-            ti.xcom_push(key=XCOM_DASHBOARD_LINK, value=job_url)
-            self.log.info("Ray dashboard: %s", job_url)
-        if not self.wait_for_completion:
-            return info.submission_id
-        run.start_clock(_seconds(self.timeout))
-        event = run.wait(info, poll_interval=self.poll_interval, stream_logs=self.get_logs, within=_settling(self))
+        try:
+            info = run.submit_or_reattach(TaskIdentity.from_context(context), int(context["ti"].try_number or 1))
+            ti = context["ti"]
+            ti.xcom_push(key=XCOM_SUBMISSION_ID, value=info.submission_id)
+            job_url = self.backend.job_dashboard_url(info.cluster_name, info.submission_id)
+            if job_url:
+                ti.xcom_push(key=XCOM_DASHBOARD_LINK, value=job_url)
+                self.log.info("Ray dashboard: %s", job_url)
+            if not self.wait_for_completion:
+                return info.submission_id
+            run.start_clock(_seconds(self.timeout))
+            event = run.wait(info, poll_interval=self.poll_interval, stream_logs=self.get_logs, within=_settling(self))
+        except Exception:  # a submit or a wait that raised: this task's own cluster goes with it, as on failure
+            self._cleanup_cluster(failed=True)
+            raise
         if event is None:
             self.defer(
                 trigger=RayJobTrigger(

@@ -129,6 +129,13 @@ class LifecycleRecorder:
         return job if job is not None and job["state"] == "SUCCEEDED" and job["log_uri"] else None
 
     @_never_fails
+    def job_team(self, submission_id: str) -> str | None:
+        """The team recorded for a job this provider submitted (None: it submitted no such job): what a
+        job's own metadata says is written by whoever holds the cluster's token."""
+        row = self.store.latest_job(submission_id)
+        return None if row is None else row["team"]
+
+    @_never_fails
     def result_seen(self, cluster: ClusterInfo, job: JobInfo, result: JobResult) -> None:
         """What the job handed back (or why it was refused), kept with its record."""
         self.store.upsert_job(

@@ -195,6 +195,8 @@ class AuditEntry:
 
 
 AuditSink = Callable[[AuditEntry], None]
+#: The team the provider's records give a job (by submission id), None when it has no record of it.
+JobTeams = Callable[[str], "str | None"]
 
 
 class AuthorizedBackend:
@@ -205,11 +207,19 @@ class AuthorizedBackend:
     no credential and change nothing.
     """
 
-    def __init__(self, backend: RayBackend, actor: Actor, policy: Policy | None, audit: AuditSink | None) -> None:
+    def __init__(
+        self,
+        backend: RayBackend,
+        actor: Actor,
+        policy: Policy | None,
+        audit: AuditSink | None,
+        job_teams: JobTeams | None = None,
+    ) -> None:
         self.inner = backend
         self.actor = actor
         self.policy = policy
         self.audit = audit
+        self.job_teams = job_teams
         self._verdicts: dict[tuple[Action, str, str | None], Verdict] = {}
         self._job_teams: dict[str, str | None] = {}
         self._readable_jobs: set[tuple[str, str]] = set()
@@ -266,10 +276,11 @@ class AuthorizedBackend:
             self.audit(AuditEntry(self.actor, Action.CREATE, self.inner.name, name, None, verdict))
         raise AuthorizationError(f"refused: {verdict.reason}")
 
-    def _job_team(self, cluster_name: str, submission_id: str) -> str | None:
+    def _job_team(self, submission_id: str) -> str | None:
+        """From the provider's records, never from the job's metadata (anyone with the cluster's token
+        writes that); no record, no team: only the cluster's owner touches such a job."""
         if submission_id not in self._job_teams:
-            job = self.inner.describe_job(cluster_name, submission_id)
-            self._job_teams[submission_id] = None if job is None else job.metadata.get(TEAM_METADATA)
+            self._job_teams[submission_id] = self.job_teams(submission_id) if self.job_teams is not None else None
         return self._job_teams[submission_id]
 
     def _check_job(self, action: Action, cluster_name: str, submission_id: str) -> None:
@@ -282,7 +293,7 @@ class AuthorizedBackend:
         cluster = self.inner.describe_cluster(cluster_name)
         job_team = None
         if cluster is not None and cluster.team != self.actor.team:
-            job_team = self._job_team(cluster_name, submission_id)
+            job_team = self._job_team(submission_id)
         self._check(action, cluster_name, submission_id, job_team, cluster=cluster, described=True)
         self._readable_jobs.add((cluster_name, submission_id))
 
@@ -411,9 +422,13 @@ def _authorized_class(abilities: tuple[type, ...]) -> type[AuthorizedBackend]:
 
 
 def authorized(
-    backend: RayBackend, actor: Actor, policy: Policy | None, audit: AuditSink | None = None
+    backend: RayBackend,
+    actor: Actor,
+    policy: Policy | None,
+    audit: AuditSink | None = None,
+    job_teams: JobTeams | None = None,
 ) -> AuthorizedBackend:
     """``backend`` behind the authorization check, keeping the optional abilities it has (watching,
     listing every job at once, reading logs from an offset) and no others."""
     abilities = tuple(mixin for protocol, mixin in _ABILITIES if isinstance(backend, protocol))
-    return _authorized_class(abilities)(backend, actor, policy, audit)
+    return _authorized_class(abilities)(backend, actor, policy, audit, job_teams)

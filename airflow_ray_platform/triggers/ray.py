@@ -72,7 +72,7 @@ class _RayTrigger(BaseTrigger):
         """Built without I/O; its backend (which reads the connection) is first touched in a thread. It acts
         as the deferred task (``actor``), recording decisions where the task records."""
         actor = None if self.actor is None else Actor.from_dict(self.actor)
-        return RayHook(self.ray_conn_id, actor=actor, audit=LifecycleRecorder(self.state_store_conn_id).audit)
+        return RayHook(self.ray_conn_id, actor=actor, recorder=LifecycleRecorder(self.state_store_conn_id))
 
     async def _backend(self) -> RayBackend:
         return await asyncio.to_thread(lambda: self.hook.backend)  # reads the connection: not on the loop

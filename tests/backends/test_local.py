@@ -8,6 +8,8 @@ import os
 import shlex
 import socket
 import stat
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -232,12 +234,32 @@ def test_one_unreadable_record_is_listed_as_broken_and_the_sweep_goes_on(tmp_pat
     (tokenless / "record.json").write_text(json.dumps(record))
     listed = {info.name: info for info in backend.list_clusters()}
     assert listed["corrupt"].state == ClusterState.FAILED
-    assert "registry record cannot be read" in listed["corrupt"].message
     assert listed["tokenless"].state == ClusterState.FAILED and "token file is missing" in listed["tokenless"].message
-    outcomes = apply(backend, None, plan(backend), dry_run=True, sweep_id="t")
-    reasons = {outcome.decision.cluster.name: outcome.detail for outcome in outcomes}
-    assert "registry record cannot be read" in reasons["corrupt"]
     assert backend.list_clusters({"purpose": "x"}) == []
+    # Found by review: describing or deleting it raised a bare JSONDecodeError, and no sweep collected it.
+    described = backend.describe_cluster("corrupt")
+    assert described.state == ClusterState.FAILED and described.unusable == listed["corrupt"].message
+    assert f"local Ray cluster 'corrupt': its registry record {corrupt / 'record.json'} cannot be read" in (
+        described.message
+    )
+    assert "JSONDecodeError" in described.message and '"labels"' not in described.message  # why, not what
+    # A node left running by the corrupt cluster names its temp dir (a folder named after the cluster).
+    temp_dir = backend._private_dir_of("corrupt") / "r"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    orphan = subprocess.Popen([*sleeper, "--temp-dir", str(temp_dir)], start_new_session=True)
+    bystander = subprocess.Popen([*sleeper, "--temp-dir", "/somewhere/else"], start_new_session=True)
+    try:
+        outcomes = apply(backend, None, plan(backend), dry_run=False, sweep_id="t")
+        reasons = {outcome.decision.cluster.name: outcome for outcome in outcomes}
+        assert reasons["corrupt"].action == "deleted", reasons["corrupt"].detail
+        assert reasons["corrupt"].decision.reason.startswith("unusable: local Ray cluster 'corrupt'")
+        assert not corrupt.exists() and "corrupt" not in backend.registry.names()
+        assert orphan.wait(timeout=10) is not None and bystander.poll() is None
+        assert reasons["tokenless"].action != "deleted"  # readable: kept by the usual rules
+    finally:
+        for process in (orphan, bystander):
+            process.kill()
+            process.wait()
 
 
 PROBE_SCRIPT = """

@@ -153,6 +153,20 @@ def test_ephemeral_cluster_runs_the_job_and_is_torn_down(each_backend):
     assert kinds[0] == "requested" and "ready" in kinds and "job_succeeded" in kinds and kinds[-1] == "deleted"
 
 
+def test_an_ephemeral_cluster_whose_submit_raises_is_torn_down(local_backend, capfd):
+    """Found by review: when the submit itself raised (here: a working_dir that does not exist, found only
+    when Ray's client uploads it), the task failed and its own cluster stayed until the cleanup DAG's idle
+    timeout. It goes with the task, as after a failed job."""
+    run = dags.ray_job_ephemeral_unsubmittable.test()
+    assert run.state == DagRunState.FAILED
+    assert "/nonexistent/arp-working-dir" in capfd.readouterr().out  # the submit's own reason
+    name = TaskIdentity("ray_job_ephemeral_unsubmittable", "job", run.run_id).ephemeral_cluster_name(
+        "e2e-unsubmittable"
+    )
+    assert run.get_task_instance("job").xcom_pull(task_ids="job", key="cluster_name") == name
+    assert local_backend.describe_cluster(name) is None
+
+
 def test_an_unreachable_state_store_only_warns(backend, monkeypatch, caplog):
     monkeypatch.setenv(
         "AIRFLOW_CONN_ARP_UNREACHABLE_STORE",

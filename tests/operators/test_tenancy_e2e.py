@@ -25,6 +25,7 @@ from airflow_ray_platform.backends.base import ClusterState
 from airflow_ray_platform.maintenance.garbage_collection import apply, decide
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.records.state_store import StateStore
+from airflow_ray_platform.spec.models import JobSpec
 from airflow_ray_platform.spec.naming import TEAM_LABEL, TEAM_METADATA
 from airflow_ray_platform.spec.timestamps import utc_now
 from airflow_ray_platform.tenancy.authorization import authorized
@@ -150,6 +151,21 @@ def test_an_admitted_team_submits_but_touches_only_its_own_jobs_and_never_delete
     outsider = dags.tenancy_a_touch_job.test(run_conf={"submission_id": own})
     assert _failed_tasks(outsider) == {"stop", "live_log", "persisted_log"}  # team c's log is not team a's
     assert {"stop_refused", "delete_refused"} <= _audit("team-c") and "submit_allowed" in _audit("team-c")
+
+
+def test_an_admitted_team_cannot_take_a_job_whose_metadata_claims_it(team_b_job, local_backend):
+    """Found by review: which team a job belongs to was read from its Ray metadata, which whoever holds
+    the cluster's token writes (a notebook of team b's, a script). A job claiming team c that the provider
+    never submitted for team c is not team c's to stop or read: its records say whose a job is."""
+    forged = local_backend.submit_job(
+        TEAM_B_CLUSTER, "forged-team-c", JobSpec(entrypoint=LONG_JOB), {TEAM_METADATA: "team-c"}
+    )
+    try:
+        run = dags.tenancy_c_touch_job.test(run_conf={"submission_id": forged.submission_id})
+        assert _failed_tasks(run) == {"stop", "live_log", "persisted_log"}
+        assert not local_backend.describe_job(TEAM_B_CLUSTER, forged.submission_id).state.is_terminal
+    finally:
+        local_backend.stop_job(TEAM_B_CLUSTER, forged.submission_id)
 
 
 def test_task_ray_and_notebook_sessions_are_under_the_same_policy(team_b_cluster, local_backend, capfd):

@@ -42,6 +42,16 @@ ray_job_ephemeral = _job_dag(
         "job": {"entrypoint": "{{ params.entrypoint }}"},
     },
 )
+ray_job_ephemeral_unsubmittable = _job_dag(
+    "ray_job_ephemeral_unsubmittable",
+    deferrable=False,
+    config={
+        "name": "e2e-unsubmittable",
+        **OWNER,
+        "cluster": {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}},
+        "job": {"entrypoint": "true", "runtime_env": {"working_dir": "/nonexistent/arp-working-dir"}},
+    },
+)
 ray_job_ephemeral_s3_logs = _job_dag(
     "ray_job_ephemeral_s3_logs",
     deferrable=False,

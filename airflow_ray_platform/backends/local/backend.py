@@ -28,7 +28,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Collection, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
 from typing import BinaryIO
@@ -70,6 +70,7 @@ from airflow_ray_platform.backends.local.registry import (
     LocalClusterRecord,
     LocalClusterRegistry,
     NodeProcess,
+    UnreadableRecordError,
     cluster_token_copy,
     open_cluster_file,
     write_private,
@@ -81,7 +82,7 @@ from airflow_ray_platform.spec.models import (
     JobSpec,
     NodeResources,
 )
-from airflow_ray_platform.spec.naming import dashboard_job_url
+from airflow_ray_platform.spec.naming import MANAGED_BY_LABEL, MANAGED_BY_VALUE, dashboard_job_url
 from airflow_ray_platform.spec.timestamps import to_text
 
 #: What a sandboxed cluster never sees besides the registry and other clusters' temp dirs: where the
@@ -223,10 +224,17 @@ class LocalBackend:
             env.update(HOME=str(home), TMPDIR="/tmp")
         return env
 
+    def _private_parent(self) -> Path:
+        """This registry's own 0700 folder of clusters' private folders (a sandbox hides it whole)."""
+        return Path(tempfile.gettempdir()) / f"{PRIVATE_DIR_PREFIX}{_short_hash(str(self.registry.root.resolve()))}"
+
+    def _private_dir_of(self, name: str) -> Path:
+        return self._private_parent() / f"{PRIVATE_DIR_PREFIX}{_short_hash(name)}"
+
     def _private_dir(self, name: str) -> Path:
-        """The cluster's private temp folder, created exclusively inside this registry's own 0700 parent
-        (which a sandbox hides whole, its own cluster's folder bound back)."""
-        parent = Path(tempfile.gettempdir()) / f"{PRIVATE_DIR_PREFIX}{_short_hash(str(self.registry.root.resolve()))}"
+        """The cluster's private temp folder, created exclusively inside :meth:`_private_parent` (its own
+        folder bound back in its sandbox)."""
+        parent = self._private_parent()
         with contextlib.suppress(FileExistsError):
             parent.mkdir(mode=0o700)
         found = parent.lstat()
@@ -235,7 +243,7 @@ class LocalBackend:
                 f"cannot start local Ray cluster {name!r}: {parent} is not this user's private folder "
                 "(another user's, or a link?)"
             )
-        private_dir = parent / f"{PRIVATE_DIR_PREFIX}{_short_hash(name)}"
+        private_dir = self._private_dir_of(name)
         shutil.rmtree(private_dir, ignore_errors=True)
         try:  # ours alone, created here: another local user cannot have prepared it, nor enter it
             private_dir.mkdir(mode=0o700)
@@ -542,7 +550,10 @@ class LocalBackend:
         )
 
     def describe_cluster(self, name: str) -> ClusterInfo | None:
-        record = self.registry.load(name)
+        try:
+            record = self.registry.load(name)
+        except UnreadableRecordError as error:
+            return self._broken(name, str(error))
         return None if record is None else self._describe(record)
 
     def list_clusters(self, labels: Mapping[str, str] | None = None) -> list[ClusterInfo]:
@@ -553,21 +564,49 @@ class LocalBackend:
         for name in self.registry.names():
             try:
                 record = self.registry.load(name)
-            except (BackendError, OSError, ValueError, TypeError, KeyError) as error:
+            except UnreadableRecordError as error:
                 if not wanted:
-                    found.append(self._broken(name, f"its registry record cannot be read: {error!r}"))
+                    found.append(self._broken(name, str(error)))
+                continue
+            except (BackendError, OSError) as error:  # perhaps passing: listed, never collected for it
+                if not wanted:
+                    why = f"its registry record cannot be read now: {error}"
+                    found.append(ClusterInfo(name, self.name, ClusterState.FAILED, None, message=why))
                 continue
             if record is not None and wanted.items() <= record.labels.items():
                 found.append(self._describe(record))
         return found
 
     def _broken(self, name: str, why: str) -> ClusterInfo:
+        """A cluster whose record cannot be read: in this backend's own registry, so this provider made
+        it; unusable, so the cleanup DAG deletes it."""
         _log.warning("Local Ray cluster %r: %s", name, why)
-        return ClusterInfo(name=name, backend=self.name, state=ClusterState.FAILED, dashboard_url=None, message=why)
+        born = datetime.fromtimestamp(self.registry.born_at(name), UTC)
+        return ClusterInfo(
+            name=name,
+            backend=self.name,
+            state=ClusterState.FAILED,
+            dashboard_url=None,
+            labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE},
+            created_at=born,
+            last_active_at=born,
+            message=why,
+            unusable=why,
+        )
+
+    def _stand_in(self, name: str) -> LocalClusterRecord:
+        """What is known of a cluster whose record cannot be read, enough to stop its processes: the temp
+        dir every one of them names (its folder is named after the cluster) and when it was made."""
+        born = to_text(datetime.fromtimestamp(self.registry.born_at(name), UTC))
+        temp_dir = self._private_dir_of(name) / "r"
+        return LocalClusterRecord(name, {}, born, born, 0, 0, str(temp_dir), {})
 
     def delete_cluster(self, name: str, condition: DeleteCondition | None = None) -> bool:
         with self.registry.lock(name):
-            record = self.registry.load(name)
+            try:
+                record = self.registry.load(name)
+            except UnreadableRecordError:
+                record = self._stand_in(name)  # nothing could lease it or submit to it since
             if record is None:
                 return False
             if condition is not None:

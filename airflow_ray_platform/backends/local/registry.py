@@ -153,6 +153,10 @@ class LocalClusterRecord:
         return cls(**data)
 
 
+class UnreadableRecordError(BackendError):
+    """A cluster's record is there but cannot be read (cut short, edited by hand)."""
+
+
 class LocalClusterRegistry:
     """Cluster records on disk: ``<root>/clusters/<name>/`` holds the record, token and node logs."""
 
@@ -186,12 +190,30 @@ class LocalClusterRegistry:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def load(self, name: str) -> LocalClusterRecord | None:
+        """The cluster's record; None if there is none, :class:`UnreadableRecordError` if it cannot be read."""
+        path = self.cluster_dir(name) / "record.json"
         try:
-            fd = os.open(self.cluster_dir(name) / "record.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        with os.fdopen(fd) as handle:
-            return LocalClusterRecord.from_json(handle.read())
+        with os.fdopen(fd, errors="replace") as handle:
+            text = handle.read()
+        try:
+            return LocalClusterRecord.from_json(text)
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            reason = f"{type(error).__name__}: {str(error)[:120]}"
+            raise UnreadableRecordError(
+                f"local Ray cluster {name!r}: its registry record {path} cannot be read ({reason}); nothing can "
+                "use the cluster, and deleting it (the cleanup DAG does) stops what is left of it"
+            ) from None
+
+    def born_at(self, name: str) -> float:
+        """When the cluster's token was written (just before any of its processes started), else when its
+        folder was made: what is known of a cluster whose record cannot be read."""
+        for path in (self.token_path(name), self.cluster_dir(name)):
+            with contextlib.suppress(OSError):
+                return path.stat().st_ctime
+        return 0.0
 
     def save(self, record: LocalClusterRecord) -> None:
         directory = self.cluster_dir(record.name)
