@@ -51,6 +51,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "example": "True",
         "default": "False",
     },
+    "cleanup_ray_conn_ids": {
+        "description": "The ray connections the shipped cleanup DAG sweeps, comma-separated (configuration, "
+        "not a DAG param: whoever triggers a run cannot point the sweep, or its audit, elsewhere).",
+        "version_added": "0.1.0",
+        "type": "string",
+        "example": "ray_default,ray_kuberay",
+        "default": "ray_default",
+    },
     "deferral_settle_seconds": {
         "description": "How long a deferrable operator waits in its task before deferring, and "
         "the soonest its trigger fires after the deferral: works around Airflow 3.3.2 failing a "
@@ -84,6 +92,10 @@ def log_storage_uri() -> str | None:
 
 def policy_path() -> str | None:
     return _text("policy")
+
+
+def cleanup_ray_conn_ids() -> list[str]:
+    return [conn_id.strip() for conn_id in (_text("cleanup_ray_conn_ids") or "").split(",") if conn_id.strip()]
 
 
 def validate_kuberay_manifests() -> bool:

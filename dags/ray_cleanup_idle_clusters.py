@@ -8,7 +8,10 @@ ignored and released. The delete is a compare-and-delete (a job that arrives mea
 its cluster). Every decision goes to the lifecycle state store; the task log ends with a table of the
 decisions and the resources freed. First, each sweep stops (and records STOPPED) any active Ray job whose
 task instance has ended without it (marked failed before a triggerer ran its trigger). ``dry_run``
-decides and records without deleting or stopping.
+decides and records without deleting or stopping. The connections swept and the state store come from
+Airflow's configuration (``[ray_platform] cleanup_ray_conn_ids``, ``state_store_conn_id``), never from a
+run's params: this DAG acts as the platform's garbage collector (under a policy, only from a bundle the
+policy's ``cleanup.bundles`` names).
 """
 
 from __future__ import annotations
@@ -25,17 +28,14 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["ray", "maintenance"],
-    params={
-        "ray_conn_ids": Param(["ray_default"], type="array", items={"type": "string"}),
-        "dry_run": Param(False, type="boolean"),
-        # None: [ray_platform] state_store_conn_id, else the embedded SQLite file (as the operators).
-        "state_store_conn_id": Param(None, type=["null", "string"]),
-    },
+    params={"dry_run": Param(False, type="boolean")},
 ) as dag:
 
     @task
-    def backends(params=None) -> list[str]:
-        return list(params["ray_conn_ids"])
+    def backends() -> list[str]:
+        from airflow_ray_platform import settings
+
+        return settings.cleanup_ray_conn_ids()
 
     @task
     def sweep_backend(ray_conn_id: str, params=None, run_id=None, ti=None) -> dict:
@@ -46,9 +46,9 @@ with DAG(
         from airflow_ray_platform.maintenance.leases import DagRunLiveness
         from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 
-        recorder = LifecycleRecorder(params["state_store_conn_id"] or settings.state_store_conn_id())
+        recorder = LifecycleRecorder(settings.state_store_conn_id())
         done = sweep(
-            RayHook(ray_conn_id, audit=recorder.audit).backend,  # acts as the cleanup DAG
+            RayHook(ray_conn_id, recorder=recorder).backend,  # acts as the cleanup DAG
             recorder,
             task_state=task_state_lookup(ti),
             lease_is_live=DagRunLiveness.from_task_instance(ti),

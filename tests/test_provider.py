@@ -152,6 +152,7 @@ def test_every_setting_is_declared_and_read_in_one_place():
         "log_storage_uri",
         "policy",
         "validate_kuberay_manifests",
+        "cleanup_ray_conn_ids",
         "deferral_settle_seconds",
     }
     assert all(option["description"] and option["type"] for option in declared.values())

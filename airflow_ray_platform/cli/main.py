@@ -588,10 +588,10 @@ def gc(platform: _Platform, dry_run: bool, as_json: bool) -> None:
     from airflow_ray_platform.maintenance.abandoned_jobs import task_state_from_metadata_db
     from airflow_ray_platform.maintenance.garbage_collection import report, sweep
     from airflow_ray_platform.maintenance.leases import DagRunLiveness
-    from airflow_ray_platform.tenancy.policy import Actor
+    from airflow_ray_platform.tenancy.policy import Actor, configured_policy
 
     done = sweep(
-        platform.backend(Actor(None, cleanup=True, user=_os_user())),
+        platform.backend(Actor.cleanup_outside_airflow(configured_policy())),
         platform.recorder,
         task_state=task_state_from_metadata_db,
         lease_is_live=DagRunLiveness.from_metadata_db(),

@@ -120,20 +120,54 @@ class TeamPolicy(Allowances):
     kubernetes_conn_id: str | None = Field(None, description="Kubernetes connection of its clusters (kuberay).")
 
 
+class CleanupIdentity(_Strict):
+    """What makes a task, or ``airflow-ray gc``, the platform's garbage collector: the one identity that
+    stops and deletes any team's clusters. A DAG id alone would let any DAG named so act as it: its bundle
+    must be one the platform team alone pushes to."""
+
+    bundles: list[str] = Field(
+        default_factory=list,
+        description="DAG bundles the cleanup DAG may come from. Empty: no DAG acts as the cleanup DAG (no "
+        "other team's cluster is collected).",
+    )
+    dag_ids: list[str] = Field(default_factory=lambda: [CLEANUP_DAG_ID], description="Its DAG ids, in those bundles.")
+    os_users: list[str] = Field(
+        default_factory=list,
+        description="Operating-system users whose `airflow-ray gc` acts as it (`alice`, or `os:alice` as the "
+        "audit names them). Empty: nobody's.",
+    )
+
+    def admits_dag(self, dag: DagFacts) -> bool:
+        return dag.dag_id in self.dag_ids and dag.bundle in self.bundles
+
+    def admits_user(self, user: str | None) -> bool:
+        return user is not None and user.removeprefix("os:") in {name.removeprefix("os:") for name in self.os_users}
+
+
 class Policy(_Strict):
     """The whole policy file."""
 
     defaults: Allowances = Field(default_factory=Allowances, description="What every team gets unless it says.")
     teams: dict[LabelValue, TeamPolicy] = Field(description="The teams, by the name billed (a label value).")
-    cleanup_dag_ids: list[str] = Field(
-        default_factory=lambda: [CLEANUP_DAG_ID],
-        description="DAGs whose tasks garbage-collect: they alone delete other teams' idle clusters.",
+    cleanup: CleanupIdentity = Field(
+        default_factory=CleanupIdentity,
+        description="Who garbage-collects: it alone deletes other teams' idle clusters.",
     )
     unowned_cluster_teams: list[LabelValue] = Field(
         default_factory=list,
         description="Teams that may use clusters no team owns (created outside the provider: a dashboard "
         "connection's cluster).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_dag_id_identity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cleanup_dag_ids" in data:
+            raise ValueError(
+                "cleanup_dag_ids: replaced by cleanup: {bundles: [...], dag_ids: [...]} (a DAG id alone let any "
+                "DAG of that name garbage-collect every team's clusters)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _known_teams(self) -> Policy:
@@ -359,9 +393,28 @@ class Actor:
         try_number = int(getattr(ti, "try_number", None) or 1)
         if policy is None:
             return cls(claimed_team, identity, try_number, cleanup=ti.dag_id == CLEANUP_DAG_ID)
-        if ti.dag_id in policy.cleanup_dag_ids:
+        dag = DagFacts.from_context(context)
+        if policy.cleanup.admits_dag(dag):
             return cls(None, identity, try_number, cleanup=True)
-        return cls(policy.team_of(DagFacts.from_context(context)), identity, try_number)
+        if dag.dag_id in policy.cleanup.dag_ids:
+            raise PolicyViolation(
+                f"DAG {dag.dag_id!r} comes from bundle {dag.bundle!r}, which the platform policy's cleanup.bundles "
+                f"{policy.cleanup.bundles} does not name: it does not act as the cleanup DAG"
+            )
+        return cls(policy.team_of(dag), identity, try_number)
+
+    @classmethod
+    def cleanup_outside_airflow(cls, policy: Policy | None) -> Actor:
+        """``airflow-ray gc``'s identity: the cleanup DAG's, for a user the policy's ``cleanup.os_users``
+        names (anyone without a policy: single-tenant)."""
+        user = os_user()
+        if policy is not None and not policy.cleanup.admits_user(user):
+            who = user or "this user"
+            raise PolicyViolation(
+                f"airflow-ray gc: under the platform policy only cleanup.os_users act as the cleanup DAG; {who} "
+                "is not one"
+            )
+        return cls(None, cleanup=True, user=user)
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 
@@ -198,3 +199,39 @@ def test_ceilings_count_what_the_autoscaler_may_grow_a_cluster_to():
     assert "up to 16000 GPU with every worker group at its max_replicas, over the policy's max_gpus 0" in str(
         refused.value
     )
+
+
+def _context(dag_id: str, bundle: str | None) -> dict:
+    """What ``Actor.for_task`` reads of a task's context: its task instance (ids, try, bundle) and DAG."""
+    from types import SimpleNamespace
+
+    ti = SimpleNamespace(dag_id=dag_id, task_id="sweep", run_id="r", map_index=-1, try_number=1)
+    ti.bundle_instance = SimpleNamespace(name=bundle) if bundle else None
+    return {"ti": ti, "dag": SimpleNamespace(tags=[], tasks=[])}
+
+
+def test_the_cleanup_identity_is_a_dag_of_the_platform_teams_bundle_not_a_dag_id(tmp_path):
+    """Found by review: any DAG named ray_cleanup_idle_clusters could stop, delete and read every team's
+    clusters. Under a policy the cleanup DAG must also come from a bundle the policy names."""
+    policy = Policy.model_validate({**POLICY, "cleanup": {"bundles": ["platform-dags"]}})
+    assert Actor.for_task(_context("ray_cleanup_idle_clusters", "platform-dags"), policy).cleanup
+    with pytest.raises(PolicyViolation, match=r"comes from bundle 'forecasting-dags', which the platform policy's "):
+        Actor.for_task(_context("ray_cleanup_idle_clusters", "forecasting-dags"), policy)
+    nobody = Policy.model_validate(POLICY)  # no bundle named: no DAG acts as the cleanup DAG
+    with pytest.raises(PolicyViolation, match="does not name: it does not act as the cleanup DAG"):
+        Actor.for_task(_context("ray_cleanup_idle_clusters", "platform-dags"), nobody)
+    assert Actor.for_task(_context("forecast", "forecasting-dags"), policy).team == "forecasting"
+    legacy = tmp_path / "policy.yaml"
+    legacy.write_text(json.dumps({**POLICY, "cleanup_dag_ids": ["ray_cleanup_idle_clusters"]}))
+    with pytest.raises(PolicyError, match=r"cleanup_dag_ids: replaced by cleanup: \{bundles"):
+        load_policy(legacy)
+
+
+def test_airflow_ray_gc_acts_as_the_cleanup_dag_only_for_the_users_the_policy_names():
+    from airflow_ray_platform.tenancy.policy import os_user
+
+    policy = Policy.model_validate({**POLICY, "cleanup": {"os_users": ["someone-else"]}})
+    with pytest.raises(PolicyViolation, match=rf"only cleanup.os_users act as the cleanup DAG; {os_user()} is not one"):
+        Actor.cleanup_outside_airflow(policy)
+    mine = Policy.model_validate({**POLICY, "cleanup": {"os_users": [os_user().removeprefix("os:")]}})
+    assert Actor.cleanup_outside_airflow(mine).cleanup and Actor.cleanup_outside_airflow(None).cleanup
