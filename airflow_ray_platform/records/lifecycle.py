@@ -21,7 +21,7 @@ from airflow_ray_platform.records.object_storage import ObjectStorage, log_key
 from airflow_ray_platform.records.state_store import Event, StateStore, cluster_uid, jobs
 from airflow_ray_platform.records.utilisation import Utilisation
 from airflow_ray_platform.settings import default_object_storage_uri
-from airflow_ray_platform.spec.models import JobConfiguration
+from airflow_ray_platform.spec.models import JobConfiguration, is_label_value
 from airflow_ray_platform.spec.naming import EPHEMERAL_LABEL, TaskIdentity
 from airflow_ray_platform.spec.results import JobResult
 from airflow_ray_platform.spec.timestamps import to_text, utc_now
@@ -43,6 +43,15 @@ def _never_fails(method: Callable[P, R]) -> Callable[P, R | None]:
             return None
 
     return wrapper
+
+
+def _label_or_none(value: str | None) -> str | None:
+    """A team or owner read back from a cluster's labels, kept only if it is a label value: a label is
+    written by whoever may edit the cluster, and what is recorded ends up in the Ray view and the bills."""
+    if value is None or is_label_value(value):
+        return value
+    log.warning("Not recording a cluster label that is no label value (%d characters)", len(value))
+    return None
 
 
 def _uid(info: ClusterInfo) -> str:
@@ -74,8 +83,8 @@ class LifecycleRecorder:
             "cluster_uid": _uid(info),
             "backend": info.backend,
             "name": info.name,
-            "owner": info.owner,
-            "team": info.team,
+            "owner": _label_or_none(info.owner),
+            "team": _label_or_none(info.team),
             "state": str(info.state),
             "ephemeral": info.labels.get(EPHEMERAL_LABEL) == "true",
             "dashboard_url": info.dashboard_url,

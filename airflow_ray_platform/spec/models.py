@@ -121,10 +121,15 @@ def _dns1123_name(value: str) -> str:
     return value
 
 
+def is_label_value(value: str) -> bool:
+    """Kubernetes' rule for a label value (what a team or an owner must be)."""
+    return len(value) <= 63 and bool(LABEL_VALUE.match(value))
+
+
 def _label_value(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if len(value) > 63 or not LABEL_VALUE.match(value):
+    if not is_label_value(value):
         raise ValueError(
             "must be a Kubernetes label value: at most 63 characters of letters, digits, '-', '_' "
             "and '.', starting and ending with a letter or digit"
