@@ -112,9 +112,9 @@ def _timings(store: StateStore, submission_id: str) -> dict[str, float]:
         "jobs_first_page": _median_ms(lambda: list_jobs(store, JobFilter(), 1, 50)),
         "jobs_team_page_20": _median_ms(lambda: list_jobs(store, JobFilter(team=team), 20, 50)),
         "jobs_team_failed": _median_ms(lambda: list_jobs(store, JobFilter(team=team, state="FAILED"), 1, 50)),
-        "clusters_first_page": _median_ms(lambda: list_clusters(store, None, 1, 50)),
-        "job_page": _median_ms(lambda: job_detail(store, submission_id, None)),
-        "usage_30_days": _median_ms(lambda: usage_by_team_day(store, *month, None)),
+        "clusters_first_page": _median_ms(lambda: list_clusters(store, page=1, page_size=50)),
+        "job_page": _median_ms(lambda: job_detail(store, submission_id)),
+        "usage_30_days": _median_ms(lambda: usage_by_team_day(store, *month)),
     }
 
 

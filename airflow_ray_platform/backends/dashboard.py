@@ -11,7 +11,6 @@ cluster still starting.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -28,16 +27,9 @@ from airflow_ray_platform.backends.base import (
     Lease,
     RayConnection,
 )
-from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.backends.jobs_api import JobsApiClient, require_https
 from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
 from airflow_ray_platform.spec.naming import dashboard_job_url
-
-
-def _is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and (host == "localhost" or ipaddress.ip_address(host).is_loopback)
-    except ValueError:
-        return False
 
 
 class DashboardBackend:
@@ -53,12 +45,7 @@ class DashboardBackend:
         verify: bool | str = True,
         allow_http: bool = False,
     ) -> None:
-        parts = urlsplit(address)
-        if parts.scheme != "https" and not allow_http and not _is_loopback(parts.hostname):
-            raise BackendError(
-                f"the ray connection's dashboard {address} is not https: its token would cross the network in "
-                "clear text; use https (schema), or set the extra allow_http: true to accept that"
-            )
+        require_https(address, allow_http, "the ray connection's dashboard")
         self.address = address.rstrip("/")
         self.cluster_name = cluster_name
         self._token = token

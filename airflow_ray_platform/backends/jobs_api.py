@@ -8,6 +8,7 @@ raised from here never repeat request headers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import queue
 import re
 import threading
@@ -15,6 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
@@ -40,6 +42,24 @@ def _millis(value: int | None) -> datetime | None:
 
 
 _CLIENT_ERRORS = (RuntimeError, ConnectionError, RayError, requests.RequestException)
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and (host == "localhost" or ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        return False
+
+
+def require_https(address: str, allow_http: bool, what: str) -> None:
+    """Refuse a Jobs API address beyond this machine that is not https: the credential sent in its header
+    would cross the network in clear text (``allow_http`` accepts that, explicitly)."""
+    parts = urlsplit(address)
+    if parts.scheme != "https" and not allow_http and not _is_loopback(parts.hostname):
+        raise BackendError(
+            f"{what} {address} is not https: its credential would cross the network in clear text; use https, "
+            "or set the extra allow_http: true to accept that"
+        )
 
 
 class JobsApiClient:

@@ -639,7 +639,7 @@ def usage(platform: _Platform, since: str, until: str | None, as_json: bool) -> 
     end = _day(until, "--until") if until else datetime.now(UTC)
     if end <= start:
         raise CliError("--until: must be after --since", EXIT_BAD_INPUT)
-    rows = usage_by_team_day(platform.store, start, end, None)["teams"]
+    rows = usage_by_team_day(platform.store, start, end)["teams"]
     if as_json:
         _emit_json({"since": start, "until": end, "teams": rows})
         return

@@ -11,7 +11,7 @@ hours, priced by ``usage_export.DEFAULT_PRICES``).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,11 +56,38 @@ def _hours_mysql(element: hours_between, compiler: Any, **kw: Any) -> str:
 
 
 @dataclass(frozen=True)
-class JobFilter:
-    """What a jobs list is narrowed to; ``visible_teams`` None: every team (no policy, or a user whom
-    Airflow gives every team)."""
+class Scope:
+    """What a reader may see: jobs of ``teams`` (None: every team) and of ``dag_ids`` (None: every DAG);
+    clusters are a team's, not a DAG's, so only ``teams`` narrows them."""
 
-    visible_teams: Collection[str] | None = None
+    teams: Collection[str] | None = None
+    dag_ids: Collection[str] | None = None
+
+    def jobs(self, query: sa.Select) -> sa.Select:
+        if self.teams is not None:
+            query = query.where(jobs.c.team.in_(list(self.teams)))
+        if self.dag_ids is not None:
+            query = query.where(jobs.c.dag_id.in_(list(self.dag_ids)))
+        return query
+
+    def clusters(self, query: sa.Select) -> sa.Select:
+        return query if self.teams is None else query.where(clusters.c.team.in_(list(self.teams)))
+
+    def sees_job(self, row: Mapping[str, Any]) -> bool:
+        return (self.teams is None or row["team"] in self.teams) and (
+            self.dag_ids is None or row["dag_id"] in self.dag_ids
+        )
+
+
+#: Everything (no policy and every DAG, or a user whom Airflow lets read all of it).
+EVERYTHING = Scope()
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What a jobs list is narrowed to: what the reader may see, then the filters asked for."""
+
+    scope: Scope = EVERYTHING
     team: str | None = None
     owner: str | None = None
     dag_id: str | None = None
@@ -69,8 +96,7 @@ class JobFilter:
     until: datetime | None = None
 
     def where(self, query: sa.Select) -> sa.Select:
-        if self.visible_teams is not None:
-            query = query.where(jobs.c.team.in_(list(self.visible_teams)))
+        query = self.scope.jobs(query)
         for column, value in ((jobs.c.team, self.team), (jobs.c.owner, self.owner), (jobs.c.dag_id, self.dag_id)):
             if value:
                 query = query.where(column == value)
@@ -122,9 +148,9 @@ def list_jobs(store: StateStore, where: JobFilter, page: int = 1, page_size: int
     return _with_usage(rows), total
 
 
-def job_detail(store: StateStore, submission_id: str, visible_teams: Collection[str] | None) -> dict | None:
+def job_detail(store: StateStore, submission_id: str, scope: Scope = EVERYTHING) -> dict | None:
     """The newest record of one job with its usage, what it handed back (``result``: up to a megabyte, so
-    never in a list) and its events (None: none, or not the user's team)."""
+    never in a list) and its events (None: none, or not in the reader's ``scope``)."""
     joined = jobs.join(clusters, clusters.c.cluster_uid == jobs.c.cluster_uid, isouter=True)
     query = (
         sa.select(*_JOB_VIEW, jobs.c.result)
@@ -135,7 +161,7 @@ def job_detail(store: StateStore, submission_id: str, visible_teams: Collection[
     )
     with store.engine.connect() as connection:
         row = connection.execute(query).mappings().first()
-        if row is None or (visible_teams is not None and row["team"] not in visible_teams):
+        if row is None or not scope.sees_job(row):
             return None
         happened = connection.execute(
             sa.select(events.c.occurred_at, events.c.kind, events.c.reason, events.c.actor)
@@ -148,16 +174,13 @@ def job_detail(store: StateStore, submission_id: str, visible_teams: Collection[
 
 
 def list_clusters(
-    store: StateStore, visible_teams: Collection[str] | None, page: int = 1, page_size: int = 50
+    store: StateStore, scope: Scope = EVERYTHING, page: int = 1, page_size: int = 50
 ) -> tuple[list[dict], int]:
     """(one page of cluster incarnations, newest first, each with its last garbage-collection decision;
     the total)."""
     offset, size = _page(page, page_size)
-    query = sa.select(clusters)
-    count = sa.select(sa.func.count()).select_from(clusters)
-    if visible_teams is not None:
-        query = query.where(clusters.c.team.in_(list(visible_teams)))
-        count = count.where(clusters.c.team.in_(list(visible_teams)))
+    query = scope.clusters(sa.select(clusters))
+    count = scope.clusters(sa.select(sa.func.count()).select_from(clusters))
     query = query.order_by(clusters.c.requested_at.desc(), clusters.c.cluster_uid).offset(offset).limit(size)
     with store.engine.connect() as connection:
         rows = [dict(row) for row in connection.execute(query).mappings()]
@@ -180,9 +203,7 @@ def list_clusters(
     return rows, total
 
 
-def usage_by_team_day(
-    store: StateStore, start: datetime, end: datetime, visible_teams: Collection[str] | None
-) -> dict[str, Any]:
+def usage_by_team_day(store: StateStore, start: datetime, end: datetime, scope: Scope = EVERYTHING) -> dict[str, Any]:
     """Jobs that ended in [start, end), per team and UTC day: jobs, succeeded, CPU-/GPU-/GiB-hours and
     cost; and per team the cluster wait (requested -> ready) p50 / p95 of clusters requested then."""
     hours = hours_between(jobs.c.started_at, jobs.c.ended_at)
@@ -200,9 +221,7 @@ def usage_by_team_day(
     waits = sa.select(clusters.c.team, hours_between(clusters.c.requested_at, clusters.c.ready_at)).where(
         clusters.c.requested_at >= start, clusters.c.requested_at < end, clusters.c.ready_at.is_not(None)
     )
-    if visible_teams is not None:
-        query = query.where(jobs.c.team.in_(list(visible_teams)))
-        waits = waits.where(clusters.c.team.in_(list(visible_teams)))
+    query, waits = scope.jobs(query), scope.clusters(waits)
     with store.engine.connect() as connection:
         days = [dict(row) for row in connection.execute(query).mappings()]
         wait_rows = connection.execute(waits).all()

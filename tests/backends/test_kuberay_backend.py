@@ -299,3 +299,13 @@ def test_kubernetes_token_auth_refuses_a_ray_that_cannot_check_kubernetes_tokens
         KubeRayBackend(kuberay.connection).validate_configuration(config)
     KubeRayBackend(kuberay.connection, ray_auth="secret").validate_configuration(config)
     assert not [key for key, count in kuberay.emulator.requests.items() if count > before.get(key, 0)]
+
+
+def test_a_dashboard_template_beyond_this_machine_must_be_https():
+    """Found by review: with ``ray_auth: kubernetes`` the worker's Kubernetes token went to every head over
+    plain http when the template said http. Refused before any connection is read, unless allow_http."""
+    plain = "http://{name}-head-svc.{namespace}.svc.cluster.local:8265"
+    with pytest.raises(BackendError, match=r"dashboard_url_template': http://cluster-head-svc.* is not https"):
+        KubeRayBackend("no_such_connection", dashboard_url_template=plain)
+    with pytest.raises(BackendError, match="allow_http: true"):
+        KubeRayBackend("no_such_connection", dashboard_url_template=plain, allow_http=False)

@@ -23,6 +23,9 @@ from ..waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("shared_cluster", "airflow_db")
 
+REPO = Path(__file__).parents[2]
+#: A user who may read one DAG, and so the Ray jobs of that DAG alone.
+READER = "reader-of-ray_job_blocking"
 #: Where the screenshots go: the README's (docs/) when ARP_UPDATE_SCREENSHOTS=1, else the test's own folder.
 DOCS = Path(__file__).parents[2] / "docs"
 PASSWORD = secrets.token_urlsafe(12)
@@ -61,12 +64,14 @@ def api_server(tmp_path_factory, finished_job):
     user, on the session's metadata database and state store; stopped by pid."""
     root = tmp_path_factory.mktemp("api-server")
     passwords = root / "passwords.json"
-    passwords.write_text(json.dumps({"tester": PASSWORD}))
+    passwords.write_text(json.dumps({"tester": PASSWORD, READER: PASSWORD}))
     (port,) = free_ports(1)
     env = {
         **os.environ,
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "tester:admin",
+        # SimpleAuthManager, with DAG-level read permissions for users named reader-of-<dag id>
+        "AIRFLOW__CORE__AUTH_MANAGER": "tests.plugins.dag_scoped_auth.DagScopedAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"tester:admin,{READER}:viewer",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -97,8 +102,8 @@ def api_server(tmp_path_factory, finished_job):
     process.wait(timeout=60)
 
 
-def _token(base: str) -> str:
-    response = httpx.post(f"{base}/auth/token", json={"username": "tester", "password": PASSWORD}, timeout=30)
+def _token(base: str, username: str = "tester") -> str:
+    response = httpx.post(f"{base}/auth/token", json={"username": username, "password": PASSWORD}, timeout=30)
     assert response.status_code in (200, 201), response.text
     return response.json()["access_token"]
 
@@ -140,6 +145,31 @@ def test_the_json_endpoints_serve_the_records_paged_and_the_log_a_page_at_a_time
     assert platform["jobs"] >= 1 and platform["cpu_hours"] > 0
     assert client.get("/jobs/no-such-job").status_code == 404
     assert client.get("/jobs", params={"since": "yesterday"}).status_code == 422
+
+
+def test_a_user_sees_the_jobs_logs_and_usage_of_the_dags_airflow_lets_them_read(api_server, finished_job):
+    """Found by review: every logged-in user saw every job, log and cost; Airflow's DAG-level permissions
+    were never asked. A reader of one DAG sees that DAG's jobs alone, in lists, pages, logs and usage."""
+    readable = dags.ray_job_blocking.test(run_conf={"entrypoint": "python -c 'print(7)'"})
+    own = TaskIdentity("ray_job_blocking", "job", readable.run_id).submission_id()
+    reader = httpx.Client(
+        base_url=f"{api_server}/ray", headers={"Authorization": f"Bearer {_token(api_server, READER)}"}
+    )
+    listed = reader.get("/api/jobs", params={"page_size": 200}).json()
+    assert listed["total"] >= 1 and {job["dag_id"] for job in listed["jobs"]} == {"ray_job_blocking"}
+    assert reader.get(f"/api/jobs/{own}").status_code == 200
+    hidden = finished_job["submission_id"]  # ray_job_ephemeral's
+    for path in (f"/api/jobs/{hidden}", f"/api/jobs/{hidden}/log", f"/jobs/{hidden}"):
+        assert reader.get(path).status_code == 404, path
+    assert reader.get("/api/jobs", params={"dag_id": "ray_job_ephemeral"}).json()["total"] == 0
+    seen = reader.get("/api/usage", params={"since": "2026-01-01"}).json()
+    everything = httpx.get(
+        f"{api_server}/ray/api/usage",
+        params={"since": "2026-01-01"},
+        timeout=30,
+        headers={"Authorization": f"Bearer {_token(api_server)}"},
+    ).json()
+    assert sum(team["jobs"] for team in seen["teams"]) < sum(team["jobs"] for team in everything["teams"])
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"), reason="no chromium here")

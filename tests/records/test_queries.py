@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airflow_ray_platform.records.queries import JobFilter, job_detail, list_clusters, list_jobs, usage_by_team_day
+from airflow_ray_platform.records.queries import (
+    JobFilter,
+    Scope,
+    job_detail,
+    list_clusters,
+    list_jobs,
+    usage_by_team_day,
+)
 from airflow_ray_platform.records.state_store import Event
 from airflow_ray_platform.records.usage_export import DEFAULT_PRICES
 
@@ -58,18 +65,23 @@ def test_jobs_are_paged_filtered_and_limited_to_the_visible_teams(store):  # noq
     assert first[0]["cpu_hours"] == pytest.approx(2.0) and first[0]["queue_wait_s"] == pytest.approx(10)
     failed, count = list_jobs(store, JobFilter(team="a", state="failed"))
     assert count == 1 and failed[0]["submission_id"] == "job-1" and failed[0]["cluster_name"] == "c-a"
-    only_b, count = list_jobs(store, JobFilter(visible_teams={"b"}))
+    only_b, count = list_jobs(store, JobFilter(Scope(teams={"b"})))
     assert count == 1 and only_b[0]["team"] == "b"
-    assert job_detail(store, "job-0", {"b"}) is None  # another team's job is not there at all
-    detail = job_detail(store, "job-0", None)
+    assert job_detail(store, "job-0", Scope(teams={"b"})) is None  # another team's job is not there at all
+    detail = job_detail(store, "job-0")
     assert detail["state"] == "SUCCEEDED" and [event["kind"] for event in detail["events"]][-1] == "job_succeeded"
-    listed, count = list_clusters(store, {"a"})
+    listed, count = list_clusters(store, Scope(teams={"a"}))
     assert count == 1 and listed[0]["name"] == "c-a"
+    # a reader Airflow lets read other DAGs only (DAG-level permissions) sees none of DAG d's jobs
+    elsewhere = Scope(dag_ids={"another_dag"})
+    assert list_jobs(store, JobFilter(elsewhere))[1] == 0 and job_detail(store, "job-0", elsewhere) is None
+    assert usage_by_team_day(store, DAY, DAY + timedelta(days=3), elsewhere)["days"] == []
+    assert list_jobs(store, JobFilter(Scope(teams={"a"}, dag_ids={"d"})))[1] == 3
 
 
 def test_usage_is_summed_per_team_and_day_in_the_database(store):  # noqa: F811
     _records(store)
-    usage = usage_by_team_day(store, DAY, DAY + timedelta(days=3), None)
+    usage = usage_by_team_day(store, DAY, DAY + timedelta(days=3))
     days = {(row["team"], row["day"]): row for row in usage["days"]}
     assert set(days) == {("a", "2026-06-01"), ("a", "2026-06-02"), ("b", "2026-06-01")}
     assert days[("a", "2026-06-01")]["jobs"] == 2 and days[("a", "2026-06-01")]["succeeded"] == 1
@@ -78,5 +90,5 @@ def test_usage_is_summed_per_team_and_day_in_the_database(store):  # noqa: F811
     per_job = 2 * DEFAULT_PRICES["cpu_hour"] + 4 * DEFAULT_PRICES["memory_gib_hour"]  # usage_export's formula
     assert a["cost_estimate"] == pytest.approx(3 * per_job)
     assert a["cluster_wait_p50_s"] == pytest.approx(30, abs=0.01)
-    only_b = usage_by_team_day(store, DAY, DAY + timedelta(days=3), {"b"})
+    only_b = usage_by_team_day(store, DAY, DAY + timedelta(days=3), Scope(teams={"b"}))
     assert [row["team"] for row in only_b["teams"]] == ["b"]

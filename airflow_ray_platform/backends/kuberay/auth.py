@@ -32,11 +32,13 @@ class JobsApiAuth:
 
     :param api: the backend's Kubernetes client.
     :param token_secret_key: with ``ray_auth: secret``, the token's key in the cluster's Secret.
+    :param verify: how the dashboards' certificates are checked (a CA bundle's path, True or False).
     """
 
-    def __init__(self, api: KubeRayClient, token_secret_key: str = "auth_token") -> None:
+    def __init__(self, api: KubeRayClient, token_secret_key: str = "auth_token", verify: bool | str = True) -> None:
         self.api = api
         self.token_secret_key = token_secret_key
+        self.verify = verify
         #: Per cluster: (the token it was made with, the Jobs API client).
         self._clients: dict[str, tuple[str | None, JobsApiClient]] = {}
         self._modes: dict[str, str] = {}
@@ -91,7 +93,7 @@ class JobsApiAuth:
         token = self.token(cluster_name)
         cached = self._clients.get(cluster_name)
         if cached is None or cached[0] != token:
-            cached = self._clients[cluster_name] = (token, JobsApiClient(cluster_name, url, token))
+            cached = self._clients[cluster_name] = (token, JobsApiClient(cluster_name, url, token, self.verify))
         return cached[1]
 
     def forget(self, cluster_name: str) -> None:

@@ -48,7 +48,7 @@ from airflow_ray_platform.backends.base import (
     leases_to_mapping,
     with_lease,
 )
-from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.backends.jobs_api import JobsApiClient, require_https
 from airflow_ray_platform.backends.kuberay.auth import MIN_KUBERNETES_TOKEN_AUTH_RAY, RAY_AUTH_MODES, JobsApiAuth
 from airflow_ray_platform.backends.kuberay.client import KubeRayClient
 from airflow_ray_platform.backends.kuberay.logs import FollowedLogs
@@ -94,6 +94,10 @@ class KubeRayBackend:
         custom verb ``ray:write`` on the RayCluster) or ``secret`` (a static token in a Secret KubeRay
         makes, which the Jobs API calls read: ``secrets: get``).
     :param token_secret_key: with ``ray_auth: secret``, the token's key in that Secret.
+    :param verify: how the dashboards' certificates are checked: True (the system's CAs), a CA bundle's
+        path (a cluster-internal CA), or False.
+    :param allow_http: accept a ``dashboard_url_template`` that is not https (the Jobs API credential then
+        crosses the network in clear text).
     """
 
     name = "kuberay"
@@ -106,7 +110,12 @@ class KubeRayBackend:
         validate_manifests: bool = True,
         ray_auth: str = "kubernetes",
         token_secret_key: str = "auth_token",
+        verify: bool | str = True,
+        allow_http: bool = False,
     ) -> None:
+        if dashboard_url_template:
+            example = dashboard_url_template.format(name="cluster", namespace="namespace")
+            require_https(example, allow_http, "kuberay backend option 'dashboard_url_template':")
         if ray_auth not in RAY_AUTH_MODES:
             raise BackendError(
                 f"kuberay backend option 'ray_auth' must be one of {list(RAY_AUTH_MODES)}, not {ray_auth!r}"
@@ -115,7 +124,7 @@ class KubeRayBackend:
         self.dashboard_url_template = dashboard_url_template
         self.validate_manifests = validate_manifests
         self.api = KubeRayClient(kubernetes_conn_id, namespace, validate_manifests=validate_manifests)
-        self.auth = JobsApiAuth(self.api, token_secret_key)
+        self.auth = JobsApiAuth(self.api, token_secret_key, verify)
 
     @property
     def kubernetes_conn_id(self) -> str:

@@ -6,8 +6,9 @@ and jobs long after the clusters are gone; nothing here writes.
 
 * **Auth**: Airflow does not authenticate a plugin's app, so every route, the vendored scripts
   included, depends on Airflow's own ``get_user`` (the UI's session cookie or a bearer token): an
-  unauthenticated request gets 401, a refused one 403. Under a platform policy with Airflow's
-  multi-team mode on, a user sees only the teams the auth manager authorizes them for.
+  unauthenticated request gets 401, a refused one 403. A user sees the jobs (their logs, their usage) of
+  the DAGs Airflow's auth manager lets them read, and, under a platform policy with Airflow's multi-team
+  mode on, only the teams it authorizes them for.
 * **Large logs**: a job's log is served a page at a time (a ranged read of the stored object), never
   whole, to the browser or into this process.
 * **No network**: the page loads only what this package serves (Vega, Vega-Lite and vega-embed are
@@ -47,17 +48,26 @@ STATIC_FILES = {
 LOG_PAGE_BYTES = 64 * 1024
 
 
-def visible_teams(user: Any) -> Collection[str] | None:
-    """The teams ``user`` may see: None (all) without a platform policy or without Airflow's multi-team
-    mode (Airflow then says nothing about teams); else the teams the auth manager authorizes."""
-    from airflow_ray_platform import settings
-    from airflow_ray_platform.tenancy.policy import configured_policy
+def scope_of(user: Any) -> Any:
+    """What ``user`` may see (a :class:`~airflow_ray_platform.records.queries.Scope`).
 
-    if configured_policy() is None or not settings.multi_team():
-        return None
+    DAGs: those the auth manager lets them read (DAG-level permissions), every DAG when it lets them read
+    all. Teams: every team without a platform policy or without Airflow's multi-team mode (Airflow then
+    says nothing about teams); else the teams the auth manager authorizes."""
     from airflow.api_fastapi.app import get_auth_manager
 
-    return set(get_auth_manager().get_authorized_teams(user=user, method="GET"))
+    from airflow_ray_platform import settings
+    from airflow_ray_platform.records.queries import Scope
+    from airflow_ray_platform.tenancy.policy import configured_policy
+
+    auth_manager = get_auth_manager()
+    teams: Collection[str] | None = None
+    if configured_policy() is not None and settings.multi_team():
+        teams = set(auth_manager.get_authorized_teams(user=user, method="GET"))
+    dag_ids: Collection[str] | None = None
+    if not auth_manager.is_authorized_dag(method="GET", user=user):  # no details: every DAG
+        dag_ids = set(auth_manager.get_authorized_dag_ids(user=user, method="GET"))
+    return Scope(teams, dag_ids)
 
 
 @cache
@@ -110,7 +120,7 @@ class JobQuery:
         from airflow_ray_platform.records.queries import JobFilter
 
         days = _day(self.since, "since"), _day(self.until, "until")
-        return JobFilter(visible_teams(user), self.team, self.owner, self.dag_id, self.state, *days)
+        return JobFilter(scope_of(user), self.team, self.owner, self.dag_id, self.state, *days)
 
 
 def _task_link(job: dict[str, Any]) -> str | None:
@@ -194,7 +204,7 @@ def create_app() -> FastAPI:
         """Cluster incarnations, live and past, newest first, with their last GC decision."""
         from airflow_ray_platform.records.queries import list_clusters
 
-        rows, total = await asyncio.to_thread(list_clusters, _store(), visible_teams(user), page, page_size)
+        rows, total = await asyncio.to_thread(list_clusters, _store(), scope_of(user), page, page_size)
         return _json({"total": total, "page": page, "page_size": page_size, "clusters": [_cluster(r) for r in rows]})
 
     @app.get("/api/usage")
@@ -239,7 +249,7 @@ def create_app() -> FastAPI:
     async def clusters_page(user: UserDep, page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
         from airflow_ray_platform.records.queries import list_clusters
 
-        rows, total = await asyncio.to_thread(list_clusters, _store(), visible_teams(user), page, 50)
+        rows, total = await asyncio.to_thread(list_clusters, _store(), scope_of(user), page, 50)
         return _render(
             "clusters.html", clusters=[_cluster(row) for row in rows], total=total, page=page, pages=-(-total // 50)
         )
@@ -255,7 +265,7 @@ def create_app() -> FastAPI:
 async def _job_or_404(submission_id: str, user: Any) -> dict[str, Any]:
     from airflow_ray_platform.records.queries import job_detail
 
-    job = await asyncio.to_thread(job_detail, _store(), submission_id, visible_teams(user))
+    job = await asyncio.to_thread(job_detail, _store(), submission_id, scope_of(user))
     if job is None:
         raise HTTPException(404, f"no recorded Ray job {submission_id!r}")
     job["task_link"], job["dashboard_link"] = _task_link(job), _dashboard_link(job)
@@ -281,7 +291,7 @@ async def _usage(user: Any, since: str | None, until: str | None) -> dict[str, A
 
     end = _day(until, "until") or datetime.now(UTC)
     start = _day(since, "since") or end - timedelta(days=30)
-    return await asyncio.to_thread(usage_by_team_day, _store(), start, end, visible_teams(user))
+    return await asyncio.to_thread(usage_by_team_day, _store(), start, end, scope_of(user))
 
 
 def _cluster(row: dict[str, Any]) -> dict[str, Any]:
