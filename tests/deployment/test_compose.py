@@ -59,7 +59,8 @@ def test_every_airflow_service_runs_the_shared_settings_and_the_tested_commands(
     assert {"postgres", "seaweedfs"} <= set(services)
     assert "./dags:/opt/airflow/dags" in services["airflow-scheduler"]["volumes"]
     dockerfile = (REPO / services["airflow-scheduler"]["build"] / "Dockerfile").read_text()
-    assert dockerfile.startswith("# ") and "FROM apache/airflow:" in dockerfile
+    assert dockerfile.startswith("# ") and "ARG AIRFLOW_IMAGE=apache/airflow:" in dockerfile
+    assert "FROM ${AIRFLOW_IMAGE}" in dockerfile  # a digest can be passed in its place
 
 
 SANDBOX_NEEDS = {"unshare", "clone", "clone3", "mount", "umount2", "mount_setattr", "setns", "prctl"}
