@@ -3,9 +3,10 @@
 create or lease the shared cluster (setup) -> one Ray job trains one ridge model per zone (one Ray task
 each) -> release the cluster, deleting it if no other run holds it (teardown: also when training fails,
 and the run then fails). Safe to backfill: concurrent runs share one cluster. Outputs:
-``<output_dir>/<run>/zones/zone-NNNNN/{model.npz, metrics.json}`` and ``summary.json``. Runs as is on
-the embedded local backend (``ray_default`` absent); point the ``ray_default`` connection at KubeRay to
-run the same DAG on Kubernetes.
+``<output_dir>/<run>/zones/zone-NNNNN/{model.npz, metrics.json}`` and ``summary.json``. Runs on the
+embedded local backend, whose jobs write only the folders its ``ray_default`` connection names in
+``writable_paths`` (``make demo`` names ``demo-output``); point ``ray_default`` at KubeRay to run the
+same DAG on Kubernetes (``output_dir`` then a path its pods share, or object storage).
 """
 
 from __future__ import annotations
