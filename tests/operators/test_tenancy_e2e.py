@@ -229,7 +229,8 @@ def test_a_hostile_job_reaches_nothing_past_its_cluster(team_b_cluster, local_ba
         "sockets": sockets,
         "worker_secret": worker_secret,
     }
-    entrypoint = shlex.join(["python", str(HOSTILE_JOB), json.dumps(args)])
+    # its text, not its path: the job sees nothing of this checkout where it lies under a fresh /tmp
+    entrypoint = shlex.join(["python", "-c", HOSTILE_JOB.read_text(), json.dumps(args)])
     try:
         run = dags.tenancy_b_probe.test(run_conf={"entrypoint": entrypoint})
         out = capfd.readouterr().out

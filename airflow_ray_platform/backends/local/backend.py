@@ -115,6 +115,13 @@ def _short_hash(text: str) -> str:
     return sha256(text.encode()).hexdigest()[:8]
 
 
+def _interpreter_paths() -> list[str]:
+    """What Ray runs from (this environment, its base Python, Ray's package): never hidden from a sandbox,
+    and bound back (read-only) where it lies under a folder the sandbox makes fresh (a venv in /tmp)."""
+    paths = (sys.prefix, sys.base_prefix, Path(sys.executable).parent, ray_package_path[0])
+    return sorted({str(Path(path).resolve()) for path in paths})
+
+
 @functools.cache
 def _sandbox_refusal() -> str | None:
     """Why this machine refuses a sandbox (None: it allows one); asked once per process."""
@@ -300,7 +307,7 @@ class LocalBackend:
         paths = [self.registry.root, private_parent, airflow_home, airflow_config]
         paths += [home / path for path in HIDDEN_HOME_PATHS]
         paths += [Path(path) for path in self.hide_paths]
-        needed = [Path(path).resolve() for path in (sys.prefix, Path(sys.executable).parent, ray_package_path[0])]
+        needed = [Path(path) for path in _interpreter_paths()]
         hidden = []
         for path in (path.resolve() for path in paths):
             if any(path == kept or path in kept.parents for kept in needed):
@@ -449,6 +456,7 @@ class LocalBackend:
             sandbox_spec = sandbox.SandboxSpec(
                 hide=self._hidden_paths(private_dir.parent),
                 writable=[str(private_dir), *self._writable_folders()],
+                readable=_interpreter_paths(),
                 forward_ports=[record.dashboard_port, record.client_port]
                 + [port for _, agent, metrics in nodes for port in (agent, metrics)],
                 nodes=launches,

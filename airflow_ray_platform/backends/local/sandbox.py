@@ -93,6 +93,8 @@ class SandboxSpec:
     hide: list[str]
     #: The only paths writable inside, bound back at their own place (must exist).
     writable: list[str]
+    #: What must stay readable where a fresh folder covers it (the Python environment Ray runs from).
+    readable: list[str]
     #: Ports listened on at 127.0.0.1 outside and relayed to the same port inside.
     forward_ports: list[int]
     nodes: list[NodeLaunch]
@@ -163,10 +165,16 @@ def _read_only(path: str, read_only: bool, *, recursive: bool) -> None:
     _check(result, f"mount_setattr {path} {'read-only' if read_only else 'writable'}")
 
 
-def _build_filesystem(hide: list[str], writable: list[str], sockets: list[str]) -> None:
+def _under_fresh_folder(path: str) -> bool:
+    return any(path == folder or path.startswith(folder + "/") for folder in FRESH_FOLDERS)
+
+
+def _build_filesystem(hide: list[str], writable: list[str], readable: list[str], sockets: list[str]) -> None:
     """Cover each ``hide`` path and socket, make the whole tree read-only, mount the fresh folders, then
-    bind each ``writable`` path back (opened before anything is covered)."""
-    kept = [(path, os.open(path, O_PATH)) for path in writable]
+    bind back what a fresh folder covered of ``readable`` (read-only) and each ``writable`` path (all
+    opened before anything is covered)."""
+    kept = [(path, os.open(path, O_PATH), False) for path in readable if _under_fresh_folder(path)]
+    kept += [(path, os.open(path, O_PATH), True) for path in writable]
     for path in sorted(hide, key=len):
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
@@ -179,7 +187,7 @@ def _build_filesystem(hide: list[str], writable: list[str], sockets: list[str]) 
     for path, mode in FRESH_FOLDERS.items():
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
-    for path, fd in kept:
+    for path, fd, write in kept:
         if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(path, exist_ok=True)
         else:
@@ -187,7 +195,8 @@ def _build_filesystem(hide: list[str], writable: list[str], sockets: list[str]) 
             Path(path).touch()
         # recursive: whatever is hidden under it stays covered (and read-only)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        _read_only(path, False, recursive=False)  # a bind copies its source's flags: read-only by now
+        if write:
+            _read_only(path, False, recursive=False)  # a bind copies its source's flags: read-only by now
         os.close(fd)
 
 
@@ -292,7 +301,7 @@ def run(spec: SandboxSpec) -> int:
         listeners.append(listener)
     sockets = machine_sockets()
     _enter_namespaces()
-    _build_filesystem(spec.hide, spec.writable, sockets)
+    _build_filesystem(spec.hide, spec.writable, spec.readable, sockets)
     child = os.fork()
     if child == 0:
         try:
