@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 from kubernetes import client, config
 
 from airflow_ray_platform.backends.base import BackendError, ClusterBusyError, ClusterState, DeleteCondition, JobState
@@ -19,7 +20,7 @@ from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 from airflow_ray_platform.spec.naming import CLUSTER_LABEL
 
 from ..conftest import SHARED_CLUSTER
-from ..kube_emulator.api_server import KubernetesApiEmulator
+from ..kube_emulator.api_server import KUBECONFIG_TOKEN, KubernetesApiEmulator
 from ..kube_emulator.kuberay_controller import UNPULLABLE_IMAGE
 from ..kube_emulator.ray_kubernetes_auth import KubernetesTokenAuthHead
 from ..waiting import wait_for
@@ -44,6 +45,16 @@ LABELS = {"app.kubernetes.io/managed-by": "airflow-ray-platform", "airflow-ray-p
 )
 def test_rayjob_status_maps_onto_ray_job_states(status, state):
     assert job_state(status) == state
+
+
+#: The dedicated service account of Jobs API calls (deploy/kuberay-rbac.yaml's).
+JOBS_API = "ray-jobs-api"
+
+
+def _jobs_api_account(kuberay) -> None:
+    """The Jobs API's service account in the emulated namespace, as deploy/kuberay-rbac.yaml makes it."""
+    if ("serviceaccounts", "default", JOBS_API) not in kuberay.emulator.store.objects:
+        kuberay.emulator.store.create("serviceaccounts", "default", {"metadata": {"name": JOBS_API}})
 
 
 def test_missing_crds_fail_at_once_saying_so(session_dir, monkeypatch):
@@ -184,10 +195,14 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
 
     import yaml
 
-    role = next(yaml.safe_load_all((Path(__file__).parents[2] / "deploy" / "kuberay-rbac.yaml").read_text()))
+    documents = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy" / "kuberay-rbac.yaml").read_text()))
+    role, jobs_api_role = (doc for doc in documents if doc["kind"] == "Role")
     granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
     before = dict(kuberay.emulator.requests)
-    backend = KubeRayBackend(kuberay.connection, dashboard_url_template="http://127.0.0.1:1/{name}")
+    _jobs_api_account(kuberay)
+    backend = KubeRayBackend(
+        kuberay.connection, dashboard_url_template="http://127.0.0.1:1/{name}", jobs_api_service_account=JOBS_API
+    )
     backend.create_or_get_cluster("rbac-check", ClusterSpec(head={"cpu": "64", "memory": "1Gi"}), LABELS)
     backend.describe_cluster("rbac-check")
     backend.list_clusters(LABELS)
@@ -212,30 +227,45 @@ def test_the_documented_role_grants_exactly_the_calls_the_backend_makes(kuberay,
         if count > before.get(key, 0):
             method, resource, *listing = key.split(" ")
             used.add((resource, "list" if listing else verbs.get(method, "get")))
-    assert used | {("rayclusters", "ray:write")} == granted
+    assert used == granted
+    # what Jobs API calls present: an account that may use the clusters through Ray, and nothing else
+    assert jobs_api_role["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["ray:write"]}]
+    assert jobs_api_role["metadata"]["name"] == JOBS_API
     assert not [rule for rule in role["rules"] if "secrets" in rule["resources"]]
 
 
-def test_logs_through_the_jobs_api_authenticated_by_the_connections_kubernetes_credentials(
-    kuberay, shared_cluster, local_backend
-):
+def test_logs_through_the_jobs_api_authenticated_by_a_narrow_short_lived_token(kuberay, shared_cluster, local_backend):
     """With ``dashboard_url_template``, logs come from the Jobs API. Found by review: reading a cluster's
-    token needed ``secrets: get`` on the whole namespace, which lets every DAG read every cluster's token.
-    A cluster created with ``ray_auth: kubernetes`` (the default) checks the connection's own Kubernetes
-    credentials instead (``ray:write`` on that RayCluster), and no Secret is read at all."""
+    token needed ``secrets: get`` on the whole namespace; then the connection's own Kubernetes token went
+    to every Ray head instead, a token that may create and delete clusters and read every pod's log, to be
+    caught by any job listening in place of a dashboard. A cluster created with ``ray_auth: kubernetes``
+    (the default) now gets a 10-minute token of a dedicated account holding ``ray:write`` alone
+    (TokenRequest); the connection's own token is never presented, and the head would refuse it."""
     shared = kuberay.emulator.store.get("rayclusters", "default", SHARED_CLUSTER)
     assert shared["spec"]["authOptions"] == {"mode": "token", "enableK8sTokenAuth": True}
     token = local_backend.registry.read_token(SHARED_CLUSTER)
     secret_reads = _secret_reads(kuberay)
-    with KubernetesTokenAuthHead(SHARED_CLUSTER, shared_cluster.dashboard_url, token) as head:
-        backend = KubeRayBackend(kuberay.connection, dashboard_url_template=head.url)
+    _jobs_api_account(kuberay)
+    narrow = f"system:serviceaccount:default:{JOBS_API}"
+    review = kuberay.emulator.review_token
+    with KubernetesTokenAuthHead(SHARED_CLUSTER, shared_cluster.dashboard_url, token, review, {narrow}) as head:
+        with pytest.raises(BackendError, match="'jobs_api_service_account' is required"):
+            KubeRayBackend(kuberay.connection, dashboard_url_template=head.url)
+        backend = KubeRayBackend(kuberay.connection, dashboard_url_template=head.url, jobs_api_service_account=JOBS_API)
         job = JobSpec(entrypoint="python -c \"print('via the dashboard')\"")
         backend.submit_job(SHARED_CLUSTER, "kuberay-backend-jobs-api", job, {})
         wait_for(lambda: backend.describe_job(SHARED_CLUSTER, "kuberay-backend-jobs-api").state == JobState.SUCCEEDED)
         # Without the submitter pod, only the Jobs API has the log.
         kuberay.emulator.store.delete("pods", "default", "kuberay-backend-jobs-api-submitter")
         logs = backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
-        assert head.access_reviews and set(head.access_reviews) == {("ray:write", "rayclusters", SHARED_CLUSTER)}
+        assert head.access_reviews and set(head.access_reviews) == {
+            (narrow, "ray:write", "rayclusters", SHARED_CLUSTER)
+        }
+        issued = [entry for entry in kuberay.emulator.issued_tokens.values() if entry[0] == narrow]
+        assert issued and all(expires - time.time() <= 600 for _, _, expires in issued)
+        # the connection's own token (what went to the head before) is refused there: no ray:write
+        refused = requests.get(f"{head.url}/api/jobs/", headers={"Authorization": f"Bearer {KUBECONFIG_TOKEN}"})
+        assert refused.status_code == 403
         assert backend.job_dashboard_url(SHARED_CLUSTER, "kuberay-backend-jobs-api") == (
             f"{head.url}/#/jobs/kuberay-backend-jobs-api"
         )

@@ -13,7 +13,10 @@ No real kube-apiserver runs on these machines, so the official ``kubernetes`` cl
 * without the CRDs installed (``crds_installed=False``), ``ray.io`` paths answer 404 with no object
   named, as a real API server does for an unknown resource type;
 * core ``v1`` pods (list, get, ``/log``, ``/log?follow=true``) and secrets (get, create), which the simulated controller
-  writes.
+  writes;
+* service accounts and their ``/token`` subresource (TokenRequest): a short-lived token of that
+  account, with its audiences and expiry, which :meth:`KubernetesApiEmulator.review_token` (what a
+  TokenReview answers) then resolves to ``system:serviceaccount:<namespace>:<name>`` until it expires.
 
 Every request is counted by verb and resource, for the API-calls-per-job benchmark.
 """
@@ -37,9 +40,12 @@ from urllib.parse import parse_qs, urlsplit
 from airflow_ray_platform.backends.kuberay.schema import CRDS, ManifestValidationError, validate_manifest
 
 RAY_PLURALS = {"rayclusters": "RayCluster", "rayjobs": "RayJob"}
-CORE_KINDS = {"pods": "Pod", "secrets": "Secret"}
+CORE_KINDS = {"pods": "Pod", "secrets": "Secret", "serviceaccounts": "ServiceAccount"}
+#: The bearer token of the one identity the emulator's kubeconfig holds (the Airflow worker's own).
+KUBECONFIG_TOKEN = "emulator-accepts-any-token"
+KUBECONFIG_IDENTITY = "kubeconfig:tester"
 _CUSTOM = re.compile(r"^/apis/ray\.io/v1/namespaces/([^/]+)/(rayclusters|rayjobs)(?:/([^/]+))?(?:/(status))?$")
-_CORE = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|secrets)(?:/([^/]+))?(?:/(log))?$")
+_CORE = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|secrets|serviceaccounts)(?:/([^/]+))?(?:/(log|token))?$")
 _REQUIREMENT = re.compile(
     r"^\s*(!?)([A-Za-z0-9_./-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9_.-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$"
 )
@@ -256,6 +262,8 @@ class KubernetesApiEmulator:
         self.crd_dir = crd_dir
         self.crds_installed = crds_installed
         self.requests: Counter[str] = Counter()
+        #: Tokens issued by TokenRequest: token -> (identity, audiences, expires at, epoch seconds).
+        self.issued_tokens: dict[str, tuple[str, tuple[str, ...], float]] = {}
         #: Time spent answering non-watch requests (handling and encoding), so a benchmark can tell the
         #: emulated server's share of a call from the client's.
         self.server_seconds = 0.0
@@ -285,7 +293,7 @@ class KubernetesApiEmulator:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "emulated", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "emulator-accepts-any-token"}}],
+            "users": [{"name": "tester", "user": {"token": KUBECONFIG_TOKEN}}],
             "contexts": [
                 {"name": "emulated", "context": {"cluster": "emulated", "user": "tester", "namespace": namespace}}
             ],
@@ -339,6 +347,9 @@ class KubernetesApiEmulator:
                 body.setdefault("kind", kind)
                 self._validate(resource, body, strict)
                 return 201, store.create(resource, namespace, body)
+        elif sub == "token" and method == "POST":
+            store.get(resource, namespace, name)  # 404 for an account that does not exist
+            return 201, self._issue_token(namespace, name, body or {})
         elif sub == "log":
             store.get(resource, namespace, name)
             reader = store.pod_logs.get((namespace, name))
@@ -363,6 +374,38 @@ class KubernetesApiEmulator:
             deleted = store.delete(resource, namespace, name, preconditions.get("resourceVersion"))
             return 200, deleted
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+
+    def _issue_token(self, namespace: str, account: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A TokenRequest's answer: a new token of the account, valid ``expirationSeconds`` (at least 600)."""
+        spec = request.get("spec") or {}
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        if seconds < 600:
+            raise ApiError(422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes")
+        token = f"sa-token-{uuid.uuid4().hex}"
+        expires = time.time() + seconds
+        identity = f"system:serviceaccount:{namespace}:{account}"
+        self.issued_tokens[token] = (identity, tuple(spec.get("audiences") or ()), expires)
+        stamp = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": account, "namespace": namespace},
+            "spec": {**spec, "expirationSeconds": seconds},
+            "status": {"token": token, "expirationTimestamp": stamp},
+        }
+
+    def review_token(self, token: str, audiences: tuple[str, ...] = ()) -> str | None:
+        """What a TokenReview answers for ``token``: the identity it authenticates, or None (unknown, expired,
+        or not for one of ``audiences``)."""
+        if token == KUBECONFIG_TOKEN:
+            return KUBECONFIG_IDENTITY
+        issued = self.issued_tokens.get(token)
+        if issued is None or issued[2] <= time.time():
+            return None
+        identity, bound, _ = issued
+        if audiences and not set(audiences) & set(bound):
+            return None
+        return identity
 
     def watch(self, path: str, query: dict[str, str], send: Callable[[dict[str, Any]], bool]) -> None:
         """Stream events after ``resourceVersion`` until ``timeoutSeconds`` or the client leaves."""

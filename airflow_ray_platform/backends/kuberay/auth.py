@@ -4,9 +4,12 @@ Only with ``dashboard_url_template`` does the backend reach a Ray head at all (l
 otherwise no credential of any kind is sent. Every cluster the provider creates has Ray token
 authentication on, and authenticates callers one of two ways (``ray_auth``):
 
-- ``kubernetes`` (KubeRay >= 1.7, Ray >= 2.55): by the caller's own Kubernetes bearer token, which the
-  head checks with the API server (TokenReview, then ``ray:write`` on that RayCluster). No static token
-  exists and no Secret is read; the token is the connection's own, refreshed by the client.
+- ``kubernetes`` (KubeRay >= 1.7, Ray >= 2.55): by a Kubernetes bearer token, which the head checks with
+  the API server (TokenReview, then ``ray:write`` on that RayCluster). No static token exists and no
+  Secret is read. The token is never the connection's own (which may create and delete clusters and
+  read logs, and would reach every head a job on it could listen in place of): it is a short-lived
+  token of a dedicated service account (``jobs_api_service_account``) that holds ``ray:write`` and
+  nothing else, requested by TokenRequest and renewed before it expires.
 - ``secret`` (older pairs): a static token KubeRay keeps in the cluster's Secret, read once.
 
 Which one a cluster uses is read from its ``authOptions`` (fixed at its creation), so a connection's
@@ -16,15 +19,21 @@ setting never sends a credential where none is checked. A token is never logged.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from airflow_ray_platform.backends.base import BackendError, ClusterNotFoundError
 from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.backends.kuberay.client import KubeRayClient
+from airflow_ray_platform.spec.timestamps import utc_now
 
 #: How a token-auth cluster authenticates the Jobs API's callers (``KubeRayBackend``'s ``ray_auth``).
 RAY_AUTH_MODES = ("kubernetes", "secret")
 #: The first Ray whose head checks Kubernetes tokens (``RAY_ENABLE_K8S_TOKEN_AUTH``).
 MIN_KUBERNETES_TOKEN_AUTH_RAY = (2, 55)
+#: How long a requested Jobs API token lives (the API server's minimum), and when it is renewed.
+JOBS_API_TOKEN_SECONDS = 600
+JOBS_API_TOKEN_RENEW_BEFORE = timedelta(minutes=2)
 
 
 class JobsApiAuth:
@@ -33,12 +42,25 @@ class JobsApiAuth:
     :param api: the backend's Kubernetes client.
     :param token_secret_key: with ``ray_auth: secret``, the token's key in the cluster's Secret.
     :param verify: how the dashboards' certificates are checked (a CA bundle's path, True or False).
+    :param service_account: the dedicated identity whose tokens authenticate to ``kubernetes`` clusters.
+    :param audiences: the audiences those tokens are bound to (empty: the API server's own, which is what a
+        Ray head's TokenReview checks unless it was told otherwise).
     """
 
-    def __init__(self, api: KubeRayClient, token_secret_key: str = "auth_token", verify: bool | str = True) -> None:
+    def __init__(
+        self,
+        api: KubeRayClient,
+        token_secret_key: str = "auth_token",
+        verify: bool | str = True,
+        service_account: str | None = None,
+        audiences: Sequence[str] = (),
+    ) -> None:
         self.api = api
         self.token_secret_key = token_secret_key
         self.verify = verify
+        self.service_account = service_account
+        self.audiences = tuple(audiences)
+        self._issued: tuple[str, datetime] | None = None
         #: Per cluster: (the token it was made with, the Jobs API client).
         self._clients: dict[str, tuple[str | None, JobsApiClient]] = {}
         self._modes: dict[str, str] = {}
@@ -61,14 +83,15 @@ class JobsApiAuth:
         return self._modes[cluster_name]
 
     def _kubernetes_token(self, cluster_name: str) -> str:
-        token = self.api.bearer_token()
-        if not token:
+        """The dedicated service account's current token, requested again when it is about to expire."""
+        if self.service_account is None:
             raise BackendError(
-                f"reading the Jobs API of {cluster_name!r}, which authenticates by Kubernetes credentials: "
-                f"Kubernetes connection {self.api.kubernetes_conn_id!r} has no bearer token (a client certificate "
-                "cannot authenticate to Ray); use a token-based identity"
+                f"reading the Jobs API of {cluster_name!r}, which authenticates by Kubernetes credentials: the "
+                "kuberay backend option jobs_api_service_account names no service account to request a token of"
             )
-        return token
+        if self._issued is None or self._issued[1] - utc_now() < JOBS_API_TOKEN_RENEW_BEFORE:
+            self._issued = self.api.service_account_token(self.service_account, self.audiences, JOBS_API_TOKEN_SECONDS)
+        return self._issued[0]
 
     def _secret_token(self, cluster_name: str) -> str | None:
         """The cluster's Ray token from the Secret KubeRay made (clusters created with ``ray_auth: secret``)."""

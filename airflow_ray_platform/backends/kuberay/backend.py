@@ -28,7 +28,7 @@ Choices:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from airflow_ray_platform.backends.base import (
@@ -98,6 +98,11 @@ class KubeRayBackend:
         path (a cluster-internal CA), or False.
     :param allow_http: accept a ``dashboard_url_template`` that is not https (the Jobs API credential then
         crosses the network in clear text).
+    :param jobs_api_service_account: with ``dashboard_url_template`` and ``ray_auth: kubernetes``, the
+        service account (in the clusters' namespace) whose short-lived tokens (TokenRequest) authenticate
+        Jobs API calls: it should hold ``ray:write`` on the RayClusters and nothing else. Never the
+        connection's own token.
+    :param jobs_api_audiences: the audiences those tokens are bound to (default: the API server's).
     """
 
     name = "kuberay"
@@ -112,10 +117,18 @@ class KubeRayBackend:
         token_secret_key: str = "auth_token",
         verify: bool | str = True,
         allow_http: bool = False,
+        jobs_api_service_account: str | None = None,
+        jobs_api_audiences: Sequence[str] = (),
     ) -> None:
         if dashboard_url_template:
             example = dashboard_url_template.format(name="cluster", namespace="namespace")
             require_https(example, allow_http, "kuberay backend option 'dashboard_url_template':")
+            if ray_auth == "kubernetes" and not jobs_api_service_account:
+                raise BackendError(
+                    "kuberay backend option 'jobs_api_service_account' is required with dashboard_url_template and "
+                    "ray_auth 'kubernetes': Jobs API calls authenticate with short-lived tokens of that account "
+                    "(ray:write only), never with the connection's own Kubernetes token"
+                )
         if ray_auth not in RAY_AUTH_MODES:
             raise BackendError(
                 f"kuberay backend option 'ray_auth' must be one of {list(RAY_AUTH_MODES)}, not {ray_auth!r}"
@@ -124,7 +137,7 @@ class KubeRayBackend:
         self.dashboard_url_template = dashboard_url_template
         self.validate_manifests = validate_manifests
         self.api = KubeRayClient(kubernetes_conn_id, namespace, validate_manifests=validate_manifests)
-        self.auth = JobsApiAuth(self.api, token_secret_key, verify)
+        self.auth = JobsApiAuth(self.api, token_secret_key, verify, jobs_api_service_account, jobs_api_audiences)
 
     @property
     def kubernetes_conn_id(self) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -90,12 +91,6 @@ class KubeRayClient:
     @cached_property
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.hook.api_client)
-
-    def bearer_token(self) -> str:
-        """The connection's own bearer token ('' for an identity without one), refreshed by the client."""
-        configuration = self.hook.api_client.configuration
-        bearer = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
-        return bearer.removeprefix("Bearer ").strip()
 
     def call(self, doing: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)``; the API server unreachable, or the CRDs missing, is a BackendError
@@ -253,6 +248,19 @@ class KubeRayClient:
             if error.status in (400, 404):
                 return None
             raise BackendError(f"{doing}: {api_error_reason(error)}") from None
+
+    def service_account_token(self, account: str, audiences: Sequence[str], seconds: int) -> tuple[str, datetime]:
+        """A new token of service account ``account`` (TokenRequest): valid ``seconds``, for ``audiences``
+        (empty: the API server's own); (the token, when it expires)."""
+        doing = f"requesting a token of service account {account!r} in namespace {self.namespace!r}"
+        body = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=list(audiences), expiration_seconds=seconds)
+        )
+        try:
+            issued = self.call(doing, self.core.create_namespaced_service_account_token, account, self.namespace, body)
+        except ApiException as error:
+            raise BackendError(f"{doing}: {api_error_reason(error)}") from None
+        return issued.status.token, issued.status.expiration_timestamp
 
     def secret_data(self, name: str, doing: str) -> dict[str, str] | None:
         """A Secret's (base64) data; None if there is no such Secret."""
