@@ -153,7 +153,7 @@ def test_an_unknown_connection_and_a_missing_job_are_clear_errors():
 
 def test_clusters_list_and_a_dry_run_sweep(local_backend):
     listed = json.loads(_cli("clusters", "list", "--json").stdout)
-    assert SHARED_CLUSTER in {row["name"] for row in listed}
+    assert {row["name"]: row["sandboxed"] for row in listed}[SHARED_CLUSTER] is True
     swept = json.loads(_cli("gc", "--dry-run", "--json").stdout)
     decisions = {row["cluster"]: row for row in swept["clusters"]}
     assert decisions[SHARED_CLUSTER]["action"] == "kept" and "not managed" in decisions[SHARED_CLUSTER]["reason"]

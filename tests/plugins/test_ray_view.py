@@ -217,7 +217,11 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path)
         page.screenshot(path=str(shots / "ray-view-job.png"))
 
         page.goto(f"{api_server}/ray/clusters")
-        page.locator("#clusters tbody tr", has_text="e2e-ephemeral").first.wait_for()
+        row = page.locator("#clusters tbody tr", has_text="e2e-ephemeral").first
+        row.wait_for()
+        columns = page.locator("#clusters thead th").all_inner_texts()
+        sandboxed = row.locator("td").nth(columns.index("sandboxed")).inner_text()
+        assert sandboxed == "yes"  # its processes ran in the local backend's sandbox, as recorded
         page.screenshot(path=str(shots / "ray-view-clusters.png"))
 
         page.goto(f"{api_server}/ray/usage?since=2026-01-01")
