@@ -201,7 +201,7 @@ def test_who_holds_a_cluster_is_on_its_record_as_leases_are_taken_and_released(s
     recorder.store.migrate()
 
     def holders() -> list[str]:
-        (row,) = [row for row in list_clusters(recorder.store, None)[0] if row["name"] == name]
+        (row,) = [row for row in list_clusters(recorder.store)[0] if row["name"] == name]
         return [lease["holder"] for lease in row["leases"]]
 
     recorder.cluster_seen(backend.create_or_get_cluster(name, spec, LABELS, _lease("run-1")), requested=True)

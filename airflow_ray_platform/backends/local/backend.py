@@ -116,9 +116,11 @@ def _short_hash(text: str) -> str:
 
 
 def _interpreter_paths() -> list[str]:
-    """What Ray runs from (this environment, its base Python, Ray's package): never hidden from a sandbox,
-    and bound back (read-only) where it lies under a folder the sandbox makes fresh (a venv in /tmp)."""
-    paths = (sys.prefix, sys.base_prefix, Path(sys.executable).parent, ray_package_path[0])
+    """What jobs run from (this environment, its base Python, Ray's package, and this provider's, which
+    ``@task.ray`` drivers and ``hand_back`` import): never hidden from a sandbox, and bound back
+    (read-only) where it lies under a folder the sandbox makes fresh (a venv or a checkout in /tmp)."""
+    provider = Path(__file__).parents[2]  # the airflow_ray_platform package (an editable checkout's too)
+    paths = (sys.prefix, sys.base_prefix, Path(sys.executable).parent, ray_package_path[0], provider)
     return sorted({str(Path(path).resolve()) for path in paths})
 
 
