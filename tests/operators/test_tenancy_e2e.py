@@ -198,7 +198,7 @@ def test_task_ray_and_notebook_sessions_are_under_the_same_policy(team_b_cluster
     assert "use_refused" in _audit("team-a") and "connect_allowed" in _audit("team-b")
 
 
-def test_a_hostile_job_reaches_nothing_past_its_cluster(team_b_cluster, local_backend, tmp_path, monkeypatch, capfd):
+def test_a_hostile_job_reaches_nothing_past_its_cluster(team_b_cluster, local_backend, monkeypatch, capfd):
     """A team's job tries, from inside its (sandboxed) cluster, what an attacker on a shared machine
     would: rewrite the record the machine acts on, plant a ``.pth`` in site-packages, edit DAGs, write
     the worker's home, /tmp and /dev/shm, connect to the database servers' sockets, read another
@@ -212,8 +212,9 @@ def test_a_hostile_job_reaches_nothing_past_its_cluster(team_b_cluster, local_ba
     marker = f"arp-hostile-{uuid.uuid4().hex[:12]}"
     worker_secret = f"worker-secret-{uuid.uuid4().hex}"
     monkeypatch.setenv("ARP_PROBE_WORKER_SECRET", worker_secret)
-    secret_file = tmp_path / "machine-secret.txt"
-    secret_file.write_text("the machine's secret: fernet_key = not-for-jobs\n")
+    # where Airflow keeps its configuration (the Fernet key): hidden from every job
+    secret_file = Path(os.environ["AIRFLOW_HOME"]) / f"{marker}.cfg"
+    secret_file.write_text("[core]\nfernet_key = not-for-jobs\n")
     other_token = local_backend.registry.write_token("hostile-other", "another-clusters-token")
     sockets = sandbox.machine_sockets()
     assert sockets, "no unix socket listens on this machine (PostgreSQL's and MariaDB's are expected)"
@@ -238,6 +239,7 @@ def test_a_hostile_job_reaches_nothing_past_its_cluster(team_b_cluster, local_ba
         seen = json.loads((private_dir / "home" / "probe.json").read_text())
     finally:
         local_backend.registry.remove("hostile-other")
+        secret_file.unlink()
 
     # (the DAGs folder is read-only, or, in a checkout under /tmp, inside the job's private /tmp: below)
     must_fail = ["write its record", "write site-packages"]
