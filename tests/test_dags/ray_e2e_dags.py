@@ -32,36 +32,27 @@ ray_job_deferrable = _job_dag("ray_job_deferrable", deferrable=True)
 ray_job_retry = _job_dag("ray_job_retry", deferrable=False, retries=1, retry_delay=timedelta(0))
 ray_job_detached = _job_dag("ray_job_detached", deferrable=False, wait_for_completion=False)
 ray_job_timeout = _job_dag("ray_job_timeout", deferrable=True, timeout=3)
-ray_job_ephemeral = _job_dag(
-    "ray_job_ephemeral",
-    deferrable=True,
-    config={
-        "name": "e2e-ephemeral",
-        **OWNER,
-        "cluster": {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}},
-        "job": {"entrypoint": "{{ params.entrypoint }}"},
-    },
-)
+
+
+def _of_its_own(name: str, job: dict | None = None) -> dict:
+    """A configuration whose job gets a small cluster of its own (an ephemeral one)."""
+    cluster = {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}}
+    return {"name": name, **OWNER, "cluster": cluster, "job": job or {"entrypoint": "{{ params.entrypoint }}"}}
+
+
+ray_job_ephemeral = _job_dag("ray_job_ephemeral", deferrable=True, config=_of_its_own("e2e-ephemeral"))
 ray_job_ephemeral_unsubmittable = _job_dag(
     "ray_job_ephemeral_unsubmittable",
     deferrable=False,
-    config={
-        "name": "e2e-unsubmittable",
-        **OWNER,
-        "cluster": {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}},
-        "job": {"entrypoint": "true", "runtime_env": {"working_dir": "/nonexistent/arp-working-dir"}},
-    },
+    config=_of_its_own(
+        "e2e-unsubmittable", {"entrypoint": "true", "runtime_env": {"working_dir": "/nonexistent/arp-working-dir"}}
+    ),
 )
 ray_job_ephemeral_s3_logs = _job_dag(
     "ray_job_ephemeral_s3_logs",
     deferrable=False,
     log_storage_uri="s3://ray-logs/e2e",
-    config={
-        "name": "e2e-s3-logs",
-        **OWNER,
-        "cluster": {"head": {"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"}},
-        "job": {"entrypoint": "{{ params.entrypoint }}"},
-    },
+    config=_of_its_own("e2e-s3-logs"),
 )
 ray_job_chaos = _job_dag(
     "ray_job_chaos",
