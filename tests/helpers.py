@@ -25,22 +25,46 @@ def jobs_of(backend, run, dag_id, task_id="job", cluster=SHARED_CLUSTER):
     return [j for j in backend.list_jobs(cluster) if j.metadata.get(TASK_KEY_METADATA) == key]
 
 
+#: Run first in a process (``python -c`` with the command after it): a user namespace of its own whose
+#: limit of user namespaces is 0, so that nothing under it can make one: a machine that refuses the
+#: local backend's sandbox, for real (the kernel refuses with ENOSPC), without changing this machine.
+WITHOUT_USER_NAMESPACES = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+uid, gid = os.getuid(), os.getgid()
+if libc.unshare(0x10000000) != 0:
+    sys.exit(f"unshare: {os.strerror(ctypes.get_errno())}")
+for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+    with open(f"/proc/self/{name}", "w") as handle:
+        handle.write(text)
+with open("/proc/sys/user/max_user_namespaces", "w") as handle:
+    handle.write("0")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
 def dag_test_in_subprocess(
-    dag_name: str, logical_date: datetime, entrypoint: str | None, log_path, module: str = "ray_e2e_dags"
+    dag_name: str,
+    logical_date: datetime,
+    entrypoint: str | None,
+    log_path,
+    module: str = "ray_e2e_dags",
+    *,
+    user_namespaces: bool = True,
 ) -> subprocess.Popen:
-    """``dag.test()`` of a test DAG in a process of its own (a worker to kill), ``entrypoint`` as its param."""
+    """``dag.test()`` of a test DAG in a process of its own (a worker to kill), ``entrypoint`` as its param;
+    ``user_namespaces=False``: on a machine that cannot make them (:data:`WITHOUT_USER_NAMESPACES`)."""
     conf = "{}" if entrypoint is None else "{'entrypoint': sys.argv[3]}"
     code = (
         f"import sys, datetime; sys.path.insert(0, sys.argv[1]); import {module} as d; "
         "when = datetime.datetime.fromisoformat(sys.argv[2]); "
         f"getattr(d, {dag_name!r}).test(logical_date=when, run_after=when, run_conf={conf})"
     )
+    command = [sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint or ""]
+    if not user_namespaces:
+        command = [sys.executable, "-c", WITHOUT_USER_NAMESPACES, *command]
     with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", code, str(TEST_DAGS), logical_date.isoformat(), entrypoint or ""],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def recorded_job(submission_id: str) -> dict:

@@ -31,7 +31,7 @@ from airflow_ray_platform.spec.timestamps import utc_now
 from airflow_ray_platform.tenancy.authorization import authorized
 from airflow_ray_platform.tenancy.policy import Actor, load_policy
 
-from ..helpers import recorded_job
+from ..helpers import dag_test_in_subprocess, recorded_job
 from ..test_dags import tenancy_dags as dags
 from ..test_dags.tenancy_dags import TEAM_B_CLUSTER
 
@@ -264,28 +264,30 @@ def test_a_hostile_job_reaches_nothing_past_its_cluster(team_b_cluster, local_ba
 
 
 def test_a_team_whose_policy_requires_the_sandbox_never_runs_outside_it(
-    team_b_cluster, local_backend, monkeypatch, capfd
+    team_b_cluster, local_backend, monkeypatch, capfd, tmp_path
 ):
     """Team c's policy says ``sandbox: required``. On team b's (sandboxed) cluster it works (above); a
-    cluster of its own, where the connection turns the sandbox off or this machine cannot make one, is
-    refused before anything starts, and the refusal is audited."""
-    from airflow_ray_platform.backends.local import backend as local
-
+    cluster of its own, where the connection turns the sandbox off or the machine cannot make one (a
+    worker process whose kernel refuses it user namespaces), is refused before anything starts, and the
+    refusal is audited."""
     off = json.dumps({"conn_type": "ray", "extra": {"backend": "local", "sandbox": "off"}})
     monkeypatch.setenv("AIRFLOW_CONN_RAY_SANDBOX_OFF", off)
     before = {cluster.name for cluster in local_backend.list_clusters()}
     turned_off = dags.tenancy_c_sandbox_off.test()
-    # a machine refusing unprivileged namespaces (a kernel setting this test cannot change)
-    monkeypatch.setattr(local, "_sandbox_refusal", lambda: "unprivileged namespaces are refused here: EPERM")
-    unable = dags.tenancy_c_own_cluster.test()
-    assert turned_off.state == unable.state == DagRunState.FAILED
+    assert turned_off.state == DagRunState.FAILED
     out = capfd.readouterr().out
+    log = tmp_path / "unable.log"
+    worker = dag_test_in_subprocess(
+        "tenancy_c_own_cluster", utc_now(), None, log, module="tenancy_dags", user_namespaces=False
+    )
+    assert worker.wait(timeout=300) == 0, log.read_text()[-3000:]
+    unable = log.read_text()
     refusal = (
         r"refused: team 'team-c' may not create Ray cluster 'tenancy-[0-9a-f]+' outside the local backend's "
         r"sandbox, which the policy requires for this team \(sandbox: required\), and none can be made here: "
     )
     assert re.search(refusal + "the ray connection's sandbox option is off", out)
-    assert re.search(refusal + "unprivileged namespaces are refused here: EPERM", out)
+    assert re.search(refusal + r"unprivileged namespaces are refused here: .*No space left on device", unable)
     assert {cluster.name for cluster in local_backend.list_clusters()} == before  # nothing was created
     assert "create_refused" in _audit("team-c")
 
