@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import socket
 import stat
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -372,6 +374,27 @@ def test_a_sandbox_that_is_required_where_none_can_be_made_refuses_before_anythi
     assert backend.registry.names() == [] and backend.list_clusters() == []
     with pytest.raises(BackendError, match="'sandbox' must be one of"):
         LocalBackend(tmp_path / "root", sandbox="sometimes")
+
+
+def test_writable_paths_that_would_undo_the_sandbox_are_refused(tmp_path):
+    """A folder jobs may write must not hold, nor lie in, what runs outside their sandbox: found by review,
+    a writable_paths entry inside the Python environment let a job plant a ``.pth`` file after all."""
+    import sysconfig
+
+    root = tmp_path / "root"
+    environment = "holds or lies in the Python environment Ray runs from"
+    refused = {
+        sysconfig.get_paths()["purelib"]: environment,
+        "/": environment,
+        str(Path(os.environ["AIRFLOW_HOME"]) / "dags"): "holds or lies in Airflow's home",
+        str(root / "clusters"): "holds or lies in the local backend's registry",
+        "outputs": "must be an absolute path",
+    }
+    for path, rule in refused.items():
+        with pytest.raises(BackendError, match=re.escape(rule)):
+            LocalBackend(root, writable_paths=[path])
+    allowed = LocalBackend(root, writable_paths=[str(tmp_path / "outputs")])
+    assert allowed.writable_paths == ((tmp_path / "outputs").resolve(),)
 
 
 def _listening_ports(sessions: set[int], address: str | None = None) -> set[int]:

@@ -281,7 +281,7 @@ class LocalBackend:
 
     def _checked_writable(self, path: str) -> Path:
         """A ``writable_paths`` entry, refused if writing under it would undo the sandbox: relative, or
-        holding the Python environment Ray runs from, Airflow's home or the registry."""
+        holding, or lying in, the Python environment Ray runs from, Airflow's home or the registry."""
         resolved = Path(path).expanduser().resolve()
         if not Path(path).expanduser().is_absolute():
             raise BackendError(f"local backend option 'writable_paths': {path!r} must be an absolute path")
@@ -293,10 +293,10 @@ class LocalBackend:
         }
         for what, protected_path in protected.items():
             protected_path = protected_path.resolve()
-            if resolved == protected_path or resolved in protected_path.parents:
+            if resolved == protected_path or protected_path in resolved.parents or resolved in protected_path.parents:
                 raise BackendError(
-                    f"local backend option 'writable_paths': {path!r} holds {what} ({protected_path}): jobs "
-                    "writing there could change what runs outside their sandbox"
+                    f"local backend option 'writable_paths': {path!r} holds or lies in {what} ({protected_path}): "
+                    "jobs writing there could change what runs outside their sandbox"
                 )
         return resolved
 
