@@ -22,9 +22,9 @@ import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState
 from airflow_ray_platform.maintenance.garbage_collection import decide
+from airflow_ray_platform.records.prices import DEFAULT_PRICES
 from airflow_ray_platform.records.state_store import StateStore, jobs
 from airflow_ray_platform.records.usage_export import (
-    DEFAULT_PRICES,
     JOB_COLUMNS,
     _read,
     _selected,

@@ -32,7 +32,7 @@ with DAG(
             None,
             type=["null", "object"],
             description="Per-hour prices (cpu_hour, gpu_hour, memory_gib_hour); null or missing keys: "
-            "airflow_ray_platform.records.usage_export.DEFAULT_PRICES",
+            "airflow_ray_platform.records.prices.DEFAULT_PRICES",
         ),
         "include_audit": Param(False, type="boolean", description="Also export the interval's audit trail."),
     },

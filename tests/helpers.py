@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -51,9 +53,11 @@ def dag_test_in_subprocess(
     module: str = "ray_e2e_dags",
     *,
     user_namespaces: bool = True,
+    environment: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
     """``dag.test()`` of a test DAG in a process of its own (a worker to kill), ``entrypoint`` as its param;
-    ``user_namespaces=False``: on a machine that cannot make them (:data:`WITHOUT_USER_NAMESPACES`)."""
+    ``user_namespaces=False``: on a machine that cannot make them (:data:`WITHOUT_USER_NAMESPACES`);
+    ``environment``: added to this process's (Airflow's configuration, as a worker's would be set)."""
     conf = "{}" if entrypoint is None else "{'entrypoint': sys.argv[3]}"
     code = (
         f"import sys, datetime; sys.path.insert(0, sys.argv[1]); import {module} as d; "
@@ -64,7 +68,9 @@ def dag_test_in_subprocess(
     if not user_namespaces:
         command = [sys.executable, "-c", WITHOUT_USER_NAMESPACES, *command]
     with open(log_path, "wb") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(environment or {})}
+        )
 
 
 def recorded_job(submission_id: str) -> dict:

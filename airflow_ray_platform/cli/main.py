@@ -284,7 +284,7 @@ def submit(
 ) -> None:
     """Run CONFIG.yaml's job as a DAG task would; the exit code is the job's outcome."""
     from airflow_ray_platform.backends.base import ClusterState
-    from airflow_ray_platform.runs.cluster import resolve_cluster, wait_for_cluster
+    from airflow_ray_platform.runs.cluster import release_leases, resolve_cluster, wait_for_cluster
     from airflow_ray_platform.runs.job_run import RayJobRun
     from airflow_ray_platform.spec.naming import TaskIdentity
     from airflow_ray_platform.tenancy.policy import configured_policy
@@ -330,9 +330,7 @@ def submit(
     finally:
         run.end_cluster(succeeded=succeeded)
         if not cluster.ephemeral:  # this command's run is over: its lease on the shared cluster goes with it
-            released = backend.release_leases(name, [identity.key])
-            if released is not None:
-                recorder.cluster_seen(released)
+            release_leases(backend, name, [identity.key], recorder)
     record = _job_view(final, name, backend.name) if final is not None else {"submission_id": job.submission_id}
     if as_json:
         _emit_json(record)
@@ -560,6 +558,7 @@ def clusters_list(platform: _Platform, as_json: bool) -> None:
 @_handle_errors
 def clusters_delete(platform: _Platform, name: str, force: bool) -> None:
     """Delete a managed cluster; refused while jobs run on it, unless --force."""
+    from airflow_ray_platform.records.lifecycle import DeleteCause
     from airflow_ray_platform.runs.job_run import RayJobRun
     from airflow_ray_platform.spec.models import validate_cluster_name
 
@@ -570,7 +569,9 @@ def clusters_delete(platform: _Platform, name: str, force: bool) -> None:
     running = [job.submission_id for job in backend.list_jobs(name) if not job.state.is_terminal]
     if running and not force:
         raise CliError(f"Ray cluster {name!r} has running jobs ({', '.join(running)}); --force deletes it anyway")
-    RayJobRun(backend, name, recorder=platform.recorder).delete_cluster(f"deleted by {_os_user() or 'the CLI'}")
+    RayJobRun(backend, name, recorder=platform.recorder).delete_cluster(
+        f"deleted by {_os_user() or 'the CLI'}", DeleteCause.BY_USER
+    )
     platform.console.print(f"Deleted Ray cluster {name}")
 
 

@@ -16,7 +16,7 @@ from airflow_ray_platform.backends.base import RayConnection
 from airflow_ray_platform.backends.retries import client_connect
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
-from airflow_ray_platform.runs.cluster import shared_cluster, wait_for_cluster
+from airflow_ray_platform.runs.cluster import release_leases, shared_cluster, wait_for_cluster
 from airflow_ray_platform.spec.models import JobConfiguration, load_job_configuration
 from airflow_ray_platform.spec.naming import SESSION_DAG_ID, TaskIdentity
 from airflow_ray_platform.spec.timestamps import utc_now
@@ -105,6 +105,4 @@ def ray_cluster(
             recorder.cluster_seen(ready)
         yield RaySession(info.name, backend.name, backend.connection(info.name), expires_at)
     finally:
-        released = backend.release_leases(info.name, [identity.key])
-        if released is not None:
-            recorder.cluster_seen(released)
+        release_leases(backend, info.name, [identity.key], recorder)

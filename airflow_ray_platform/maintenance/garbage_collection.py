@@ -13,8 +13,10 @@ backend, so a job submitted or a lease taken between the decision and the delete
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from airflow_ray_platform.backends.base import (
@@ -30,7 +32,9 @@ from airflow_ray_platform.backends.base import (
 )
 from airflow_ray_platform.maintenance.abandoned_jobs import TaskStateLookup, stop_abandoned_jobs
 from airflow_ray_platform.maintenance.leases import LeaseLiveness, every_lease_live
-from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.observability import metrics
+from airflow_ray_platform.records.lifecycle import DeleteCause, LifecycleRecorder
+from airflow_ray_platform.runs.cluster import release_leases
 from airflow_ray_platform.runs.job_run import RayJobRun
 from airflow_ray_platform.spec.naming import (
     EPHEMERAL_LABEL,
@@ -41,7 +45,7 @@ from airflow_ray_platform.spec.naming import (
     MAX_LIFETIME_LABEL,
 )
 from airflow_ray_platform.spec.timestamps import to_text, utc_now
-from airflow_ray_platform.tenancy.policy import configured_policy
+from airflow_ray_platform.tenancy.policy import Policy, configured_policy
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,12 @@ class Decision:
     #: Past the platform policy's hard lifetime: these active jobs are stopped first, and the cluster is
     #: deleted whatever holds it.
     stop_jobs: tuple[JobInfo, ...] = field(default=())
+    #: Why it is deleted, in a word (None: it is kept).
+    cause: DeleteCause | None = None
+
+    def __post_init__(self) -> None:
+        if self.delete != (self.cause is not None):
+            raise ValueError("a decision to delete names its cause, and only such a decision")
 
     @property
     def managed(self) -> bool:
@@ -96,9 +106,10 @@ def decide(
     if cluster.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE and limit is not None and age > limit:
         active = tuple(job for job in jobs or () if not job.state.is_terminal)
         why = f"past the platform policy's hard max_lifetime: age {_short(age)} > {_short(limit)}"
-        return Decision(cluster, True, why + (f"; stopping {len(active)} job(s)" if active else ""), expired, active)
+        why += f"; stopping {len(active)} job(s)" if active else ""
+        return Decision(cluster, True, why, expired, active, DeleteCause.GC_HARD_LIFETIME)
     decision = _decide(cluster, jobs, now, live)
-    return Decision(decision.cluster, decision.delete, decision.reason, expired)
+    return replace(decision, expired_leases=expired)
 
 
 def _decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime, live: Sequence[Lease]) -> Decision:
@@ -108,7 +119,7 @@ def _decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime,
     if cluster.labels.get(KEEP_LABEL) == "true":
         return Decision(cluster, False, f"labelled {KEEP_LABEL}=true")
     if cluster.unusable:
-        return Decision(cluster, True, f"unusable: {cluster.unusable}")
+        return Decision(cluster, True, f"unusable: {cluster.unusable}", cause=DeleteCause.GC_UNUSABLE)
     if jobs is None:
         return Decision(cluster, False, "its jobs could not be listed")
     active = [job.submission_id for job in jobs if not job.state.is_terminal]
@@ -120,16 +131,18 @@ def _decide(cluster: ClusterInfo, jobs: Sequence[JobInfo] | None, now: datetime,
     age = now - created
     max_lifetime = _seconds_label(cluster, MAX_LIFETIME_LABEL)
     if max_lifetime is not None and age > max_lifetime:
-        return Decision(cluster, True, f"past max_lifetime: age {_short(age)} > {_short(max_lifetime)}")
+        why = f"past max_lifetime: age {_short(age)} > {_short(max_lifetime)}"
+        return Decision(cluster, True, why, cause=DeleteCause.GC_MAX_LIFETIME)
     if cluster.labels.get(EPHEMERAL_LABEL) == "true" and jobs:
-        return Decision(cluster, True, "ephemeral cluster whose job has ended")
+        return Decision(cluster, True, "ephemeral cluster whose job has ended", cause=DeleteCause.GC_EPHEMERAL)
     # The cluster's own mark, or its latest job's end if later (a long job ends long after it was submitted).
     job_moments = [job.end_time or job.start_time for job in jobs]
     last_active = max([cluster.last_active_at or created, *(moment for moment in job_moments if moment)])
     idle = now - last_active
     idle_timeout = _seconds_label(cluster, IDLE_TIMEOUT_LABEL)
     if idle_timeout is not None and idle > idle_timeout:
-        return Decision(cluster, True, f"idle {_short(idle)} > idle_timeout {_short(idle_timeout)}")
+        why = f"idle {_short(idle)} > idle_timeout {_short(idle_timeout)}"
+        return Decision(cluster, True, why, cause=DeleteCause.GC_IDLE)
     return Decision(cluster, False, f"in use: idle {_short(idle)}")
 
 
@@ -196,7 +209,8 @@ def apply(
             outcome = _release_expired(backend, outcome)
         if recorder is not None and decision.managed:
             if outcome.action == "deleted":
-                recorder.cluster_deleted(cluster, outcome.detail, by="gc")
+                assert decision.cause is not None  # __post_init__: a deleting decision has one
+                recorder.cluster_deleted(cluster, outcome.detail, decision.cause)
             else:
                 recorder.gc_decision(cluster, outcome.action, outcome.detail, sweep_id)
         outcomes.append(outcome)
@@ -214,7 +228,7 @@ def _release_expired(backend: RayBackend, outcome: Outcome) -> Outcome:
     """Release the expired leases of a cluster that stays (so they never pile up on a long-lived one)."""
     expired = outcome.decision.expired_leases
     try:
-        backend.release_leases(outcome.decision.cluster.name, [lease.key for lease in expired])
+        release_leases(backend, outcome.decision.cluster.name, [lease.key for lease in expired], None)
     except BackendError as error:
         return Outcome(outcome.decision, outcome.action, f"{outcome.detail}; expired leases kept: {error}")
     return Outcome(outcome.decision, outcome.action, f"{outcome.detail}; released {len(expired)} expired lease(s)")
@@ -244,13 +258,45 @@ def sweep(
     ended without them, then decide for every cluster and carry the decisions out. Only how Airflow is
     asked (``task_state``, ``lease_is_live``) differs between the two: from a task, or from the CLI.
     ``hard_lifetime``: the platform policy's, by default."""
+    policy = configured_policy()
     if hard_lifetime is None:
-        policy = configured_policy()
         hard_lifetime = policy.hard_lifetime if policy is not None else no_hard_lifetime
-    stopped = stop_abandoned_jobs(backend, recorder, task_state, dry_run=dry_run, log=log)
-    decisions = plan(backend, lease_is_live=lease_is_live, hard_lifetime=hard_lifetime)
-    outcomes = apply(backend, recorder, decisions, dry_run=dry_run, sweep_id=sweep_id or to_text())
+    started = time.monotonic()
+    try:
+        stopped = stop_abandoned_jobs(backend, recorder, task_state, dry_run=dry_run, log=log)
+        decisions = plan(backend, lease_is_live=lease_is_live, hard_lifetime=hard_lifetime)
+        outcomes = apply(backend, recorder, decisions, dry_run=dry_run, sweep_id=sweep_id or to_text())
+    except Exception:
+        metrics.SWEEP_FAILED(backend=backend.name)
+        raise
+    metrics.SWEEP_DURATION(time.monotonic() - started, backend=backend.name)
+    metrics.SWEEP_COMPLETED(backend=backend.name)
+    _count(backend.name, outcomes, policy)
     return Sweep(stopped, outcomes, dry_run)
+
+
+def _count(backend: str, outcomes: Sequence[Outcome], policy: Policy | None) -> None:
+    """What a sweep saw, as metrics: its decisions, the clusters by state and how long the oldest has
+    been starting (what the stuck-starting alert reads), and the teams' budgets (the budget alert's)."""
+    for action, count in Counter(outcome.action for outcome in outcomes).items():
+        metrics.SWEEP_DECISIONS(count, backend=backend, decision=action.replace(" ", "_"))
+    clusters = [outcome.decision.cluster for outcome in outcomes]
+    for state in ClusterState:  # every state, so that a state nobody is in any more reads 0
+        metrics.CLUSTERS(sum(1 for cluster in clusters if cluster.state == state), backend=backend, state=state)
+    now = utc_now()
+    starting = [now - cluster.created_at for cluster in clusters if _starting(cluster)]
+    longest = max(starting, default=timedelta(0)).total_seconds()
+    metrics.CLUSTERS_STARTING_LONGEST(longest, backend=backend)
+    if policy is None:
+        return
+    for team in policy.teams:
+        budget = policy.allowances(team).daily_cost_budget
+        if budget is not None:
+            metrics.TEAM_DAILY_BUDGET(budget, team=team)
+
+
+def _starting(cluster: ClusterInfo) -> bool:
+    return cluster.state == ClusterState.PROVISIONING and cluster.created_at is not None
 
 
 def report(done: Sweep) -> str:

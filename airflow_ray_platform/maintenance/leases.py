@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ray_platform.backends.base import ClusterBusyError, ClusterInfo, DeleteCondition, Lease, RayBackend
-from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.records.lifecycle import DeleteCause, LifecycleRecorder
+from airflow_ray_platform.runs.cluster import release_leases
 from airflow_ray_platform.spec.timestamps import utc_now
 from airflow_ray_platform.tenancy.authorization import AuthorizationError
 
@@ -114,7 +115,7 @@ def release_and_delete(
         backend.delete_cluster(name)
         held = f"; leases of {'; '.join(map(str, others))} ignored" if others else ""
         reason = f"deleted unconditionally (force=True){held}"
-        _record(recorder, info, f"{deleted_by}: {reason}")
+        _record(recorder, info, f"{deleted_by}: {reason}", DeleteCause.FORCED)
         return Teardown(True, reason)
     mine = [lease.key for lease in info.leases if lease.held_by_run(dag_id, run_id)]
     if not mine:
@@ -123,11 +124,9 @@ def release_and_delete(
             f"kept: run {run_id} of {dag_id} holds no lease on it (it did not create or use it through "
             "this provider); force=True deletes it anyway",
         )
-    released = backend.release_leases(name, mine)
+    released = release_leases(backend, name, mine, recorder)
     if released is None:
         return Teardown(False, "did not exist")
-    if recorder is not None:  # who still holds it, on its record (the Ray view shows it)
-        recorder.cluster_seen(released)
     live = [lease for lease in released.leases if lease_is_live(lease)]
     if live:
         return Teardown(
@@ -149,10 +148,10 @@ def release_and_delete(
     if not deleted:
         return Teardown(False, "did not exist")
     reason = "deleted: this run released its lease and no other run holds one"
-    _record(recorder, released, f"{deleted_by}: {reason}")
+    _record(recorder, released, f"{deleted_by}: {reason}", DeleteCause.RUN_RELEASED)
     return Teardown(True, reason)
 
 
-def _record(recorder: LifecycleRecorder | None, info: ClusterInfo, reason: str) -> None:
+def _record(recorder: LifecycleRecorder | None, info: ClusterInfo, reason: str, cause: DeleteCause) -> None:
     if recorder is not None:
-        recorder.cluster_deleted(info, reason)
+        recorder.cluster_deleted(info, reason, cause)

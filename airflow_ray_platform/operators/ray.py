@@ -507,4 +507,4 @@ class RayJobOperator(_RayOperator):
             self.log.info("Stopping Ray job %r", run.submission_id)
             run.stop_and_record()
         if run.ephemeral_cluster:
-            run.delete_cluster("ephemeral cluster: its task was killed")
+            run.delete_killed_tasks_cluster()

@@ -8,16 +8,19 @@ bookkeeping.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import ClusterInfo, JobInfo
+from airflow_ray_platform.observability import metrics
 from airflow_ray_platform.records.object_storage import ObjectStorage, log_key
+from airflow_ray_platform.records.prices import estimated_cost
 from airflow_ray_platform.records.state_store import Event, StateStore, cluster_uid, jobs
 from airflow_ray_platform.records.utilisation import Utilisation
 from airflow_ray_platform.settings import default_object_storage_uri
@@ -52,6 +55,25 @@ def _label_or_none(value: str | None) -> str | None:
         return value
     log.warning("Not recording a cluster label that is no label value (%d characters)", len(value))
     return None
+
+
+class DeleteCause(enum.StrEnum):
+    """Why a cluster was deleted, in a word an operator can count by (the record keeps the whole reason)."""
+
+    JOB_ENDED = "job_ended"  # an ephemeral cluster whose job ended
+    TASK_KILLED = "task_killed"  # an ephemeral cluster whose task was killed
+    RUN_RELEASED = "run_released"  # the last DAG run holding a shared cluster released it
+    FORCED = "forced"  # a teardown with force=True
+    BY_USER = "by_user"  # airflow-ray clusters delete
+    GC_IDLE = "gc_idle"
+    GC_MAX_LIFETIME = "gc_max_lifetime"
+    GC_HARD_LIFETIME = "gc_hard_lifetime"
+    GC_EPHEMERAL = "gc_ephemeral"
+    GC_UNUSABLE = "gc_unusable"
+
+    @property
+    def by_gc(self) -> bool:
+        return self.value.startswith("gc_")
 
 
 def _uid(info: ClusterInfo) -> str:
@@ -98,9 +120,23 @@ class LifecycleRecorder:
         kind = "requested" if requested else str(info.state).lower()
         if str(info.state) == "READY":
             values["ready_at"] = now
-        self.store.upsert_cluster(
+        if self.store.upsert_cluster(
             Event(values["cluster_uid"], kind, now, reason=info.message, discriminator=kind), **values
-        )
+        ):
+            self._cluster_transition(info, kind, now)
+
+    def _cluster_transition(self, info: ClusterInfo, kind: str, now: datetime) -> None:
+        """A cluster transition recorded for the first time, counted (once, whichever process saw it)."""
+        tags = {"backend": info.backend, "team": _label_or_none(info.team)}
+        if kind == "requested":
+            metrics.CLUSTER_CREATED(**tags)
+        elif kind == "failed":
+            metrics.CLUSTER_FAILED(**tags)
+        elif kind == "ready" and info.created_at is not None:
+            # Only a cluster this provider saw requested: one found already running has no start to time.
+            requested = Event(_uid(info), "requested", now, discriminator="requested")
+            if self.store.recorded(requested):
+                metrics.CLUSTER_READY(now - info.created_at, **tags)
 
     @_never_fails
     def persist_log(
@@ -152,11 +188,11 @@ class LifecycleRecorder:
         )
 
     @_never_fails
-    def cluster_deleted(self, info: ClusterInfo, reason: str, *, by: str = "airflow") -> None:
+    def cluster_deleted(self, info: ClusterInfo, reason: str, cause: DeleteCause) -> None:
         now = utc_now()
         uid = _uid(info)
-        kind = "deleted_by_gc" if by == "gc" else "deleted"
-        self.store.upsert_cluster(
+        kind = "deleted_by_gc" if cause.by_gc else "deleted"
+        new = self.store.upsert_cluster(
             Event(uid, kind, now, reason=reason),
             cluster_uid=uid,
             backend=info.backend,
@@ -167,6 +203,8 @@ class LifecycleRecorder:
             deleted_reason=reason,
             leases=[],
         )
+        if new:
+            metrics.CLUSTER_DELETED(backend=info.backend, team=_label_or_none(info.team), cause=cause)
 
     @_never_fails
     def gc_decision(self, info: ClusterInfo, action: str, reason: str, sweep_id: str) -> None:
@@ -179,6 +217,8 @@ class LifecycleRecorder:
     def audit(self, entry: AuditEntry) -> None:
         """One authorization decision, or an action on a cluster or job, with who did it."""
         actor, verdict = entry.actor, entry.verdict
+        if not verdict.allowed:
+            metrics.AUTHORIZATION_REFUSED(team="cleanup" if actor.cleanup else actor.team, action=str(entry.action))
         cluster = entry.cluster
         uid = _uid(cluster) if cluster is not None else cluster_uid(entry.backend, entry.cluster_name, "-")
         outcome = "allowed" if verdict.allowed else "refused"
@@ -266,7 +306,7 @@ class LifecycleRecorder:
         if utilisation is not None and utilisation.gpu_percent is not None:
             values["measured_gpu_utilisation"] = utilisation.gpu_percent
         kind = f"job_{str(job.state).lower()}"
-        self.store.upsert_job(
+        new = self.store.upsert_job(
             Event(
                 values["cluster_uid"],
                 kind,
@@ -277,6 +317,27 @@ class LifecycleRecorder:
             ),
             **values,
         )
+        if new and job.state.is_terminal:
+            self._job_ended(cluster, job)
+
+    def _job_ended(self, cluster: ClusterInfo, job: JobInfo) -> None:
+        """A job's end recorded for the first time: counted, timed and priced from its record (the team
+        and resources its submission recorded, never what the job says of itself)."""
+        row = self.store.job(_uid(cluster), job.submission_id) or {}
+        tags = {"backend": cluster.backend, "team": row.get("team")}
+        outcome = str(job.state).lower()
+        metrics.JOB_FINISHED(**tags, outcome=outcome)
+        if job.start_time is None or job.end_time is None:
+            return
+        ran = max(job.end_time - job.start_time, timedelta(0))
+        metrics.JOB_DURATION(ran, **tags, outcome=outcome)
+        hours = ran.total_seconds() / 3600
+        cpu_hours = float(row.get("requested_cpu") or 0.0) * hours
+        gpu_hours = float(row.get("requested_gpu") or 0.0) * hours
+        gib_hours = float(row.get("requested_memory_bytes") or 0) / 1024**3 * hours
+        metrics.CPU_HOURS(cpu_hours, **tags)
+        metrics.GPU_HOURS(gpu_hours, **tags)
+        metrics.COST(estimated_cost(cpu_hours, gpu_hours, gib_hours), **tags)
 
 
 def read_job_log(

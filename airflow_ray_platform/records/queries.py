@@ -5,7 +5,7 @@ Every list is one indexed query for one page (migration 0004), with its total; e
 ``GROUP BY`` in the database, never rows pulled into Python to be added up, so both answer in
 milliseconds over 100,000 jobs. Per-job CPU-hours and cost are ``usage_export.job_table``'s own
 columns, computed on the page's rows; the summary adds the same terms up in SQL (requested CPUs times
-hours, priced by ``usage_export.DEFAULT_PRICES``).
+hours, priced by ``prices.DEFAULT_PRICES``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from airflow_ray_platform.records.prices import DEFAULT_PRICES, estimated_cost
 from airflow_ray_platform.records.state_store import StateStore, clusters, events, jobs
-from airflow_ray_platform.records.usage_export import DEFAULT_PRICES, JOB_COLUMNS, job_table
+from airflow_ray_platform.records.usage_export import JOB_COLUMNS, job_table
 
 #: The largest page a list serves.
 MAX_PAGE_SIZE = 500
@@ -225,17 +226,12 @@ def usage_by_team_day(store: StateStore, start: datetime, end: datetime, scope: 
     with store.engine.connect() as connection:
         days = [dict(row) for row in connection.execute(query).mappings()]
         wait_rows = connection.execute(waits).all()
-    prices = DEFAULT_PRICES
     for row in days:
         row["day"] = str(row["day"])
         for key in ("cpu_hours", "gpu_hours", "memory_gib_hours"):
             row[key] = float(row[key] or 0.0)
         row["succeeded"] = int(row["succeeded"] or 0)
-        row["cost_estimate"] = (
-            row["cpu_hours"] * prices["cpu_hour"]
-            + row["gpu_hours"] * prices["gpu_hour"]
-            + row["memory_gib_hours"] * prices["memory_gib_hour"]
-        )
+        row["cost_estimate"] = estimated_cost(row["cpu_hours"], row["gpu_hours"], row["memory_gib_hours"])
     by_team: dict[str | None, list[float]] = {}
     for team, wait_hours in wait_rows:
         if wait_hours is not None:

@@ -296,20 +296,27 @@ class StateStore:
         with self._begin() as connection:
             return self._insert_event(connection, event)
 
-    def upsert_cluster(self, event: Event | None = None, **values: Any) -> None:
-        """Insert or update a cluster row (and append its event in the same transaction)."""
-        self._upsert_with_event(clusters, event, values)
+    def upsert_cluster(self, event: Event | None = None, **values: Any) -> bool:
+        """Insert or update a cluster row (and append its event in the same transaction); True when the
+        event is a transition not recorded before."""
+        return self._upsert_with_event(clusters, event, values)
 
-    def upsert_job(self, event: Event | None = None, **values: Any) -> None:
-        """Insert or update a job row (and append its event in the same transaction)."""
-        self._upsert_with_event(jobs, event, values)
+    def upsert_job(self, event: Event | None = None, **values: Any) -> bool:
+        """Insert or update a job row (and append its event in the same transaction); True when the event
+        is a transition not recorded before."""
+        return self._upsert_with_event(jobs, event, values)
 
-    def _upsert_with_event(self, table: sa.Table, event: Event | None, values: dict[str, Any]) -> None:
+    def _upsert_with_event(self, table: sa.Table, event: Event | None, values: dict[str, Any]) -> bool:
         values["updated_at"] = utc_now()
         with self._begin() as connection:
             self._upsert(connection, table, values)
-            if event is not None:
-                self._insert_event(connection, event)
+            return event is not None and self._insert_event(connection, event)
+
+    def recorded(self, event: Event) -> bool:
+        """Whether that transition (its key: cluster, job, kind, discriminator) is on the record."""
+        query = sa.select(events.c.id).where(events.c.event_key == event.key)
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
 
     # -------------------------------------------------------------------- reads
     def cluster(self, uid: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,11 +34,10 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from airflow_ray_platform.backends.base import LOG_CHUNK_BYTES
+from airflow_ray_platform.observability import metrics
 from airflow_ray_platform.records.object_storage import ObjectStorage
+from airflow_ray_platform.records.prices import DEFAULT_PRICES
 from airflow_ray_platform.records.state_store import StateStore, clusters, events, jobs
-
-#: Prices per hour; override with the export's ``prices``.
-DEFAULT_PRICES = {"cpu_hour": 0.04, "gpu_hour": 2.50, "memory_gib_hour": 0.005}
 
 JOB_COLUMNS = [
     "cluster_uid",
@@ -261,19 +261,20 @@ def export_interval(
     """Export the interval [start, end) from the state store to Parquet under ``output``: a directory,
     ``file://…``, or ``s3://bucket/prefix`` (boto3; endpoint and credentials from the environment or
     ``s3_options``, as for persisted logs); with ``include_audit``, the interval's audit trail too."""
+    started = time.monotonic()
     output = str(output)
     s3_options = dict(s3_options or {})
     job_rows, cluster_rows = interval_tables(store, start, end, prices)
-    files = [
-        _write(job_rows, output, "jobs", start, end, s3_options),
-        _write(cluster_rows, output, "clusters", start, end, s3_options),
-        _write(team_rollup(job_rows, cluster_rows), output, "team_rollup", start, end, s3_options),
-    ]
+    tables = {"jobs": job_rows, "clusters": cluster_rows, "team_rollup": team_rollup(job_rows, cluster_rows)}
     if include_audit:
         in_interval = sa.and_(events.c.actor.is_not(None), events.c.occurred_at >= start, events.c.occurred_at < end)
         query = sa.select(*_selected(store, events, AUDIT_COLUMNS)).where(in_interval).order_by(events.c.occurred_at)
         audit = _read(store, query, AUDIT_COLUMNS)
         if audit.num_rows:
             audit = audit.set_column(0, "occurred_at", _as_utc(audit.column("occurred_at")))
-        files.append(_write(audit, output, "audit", start, end, s3_options))
+        tables["audit"] = audit
+    files = [_write(table, output, name, start, end, s3_options) for name, table in tables.items()]
+    for name, table in tables.items():
+        metrics.USAGE_EXPORT_ROWS(table.num_rows, table=name)
+    metrics.USAGE_EXPORT_DURATION(time.monotonic() - started)
     return ExportResult(job_rows.num_rows, cluster_rows.num_rows, files)

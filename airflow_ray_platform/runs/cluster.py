@@ -18,6 +18,7 @@ from airflow_ray_platform.backends.base import (
     Lease,
     RayBackend,
 )
+from airflow_ray_platform.observability import metrics
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.spec.models import JobConfiguration, validate_cluster_name
 from airflow_ray_platform.spec.naming import TaskIdentity, cluster_labels
@@ -72,7 +73,9 @@ def shared_cluster(
         field = "job_configuration.cluster.name"
         return lease_existing(backend, config.cluster_name, identity, field, recorder, expires_at=expires_at)
     lease = Lease(identity, utc_now(), expires_at)
-    return create_or_get_cluster(backend, config, config.cluster_name, identity, lease=lease, recorder=recorder)
+    info = create_or_get_cluster(backend, config, config.cluster_name, identity, lease=lease, recorder=recorder)
+    metrics.LEASE_TAKEN(backend=backend.name, team=info.team)
+    return info
 
 
 def lease_existing(
@@ -93,9 +96,23 @@ def lease_existing(
         raise ClusterNotFoundError(
             f"{field}: Ray cluster {name!r} does not exist on backend {backend.name!r}{why}"
         ) from None
+    metrics.LEASE_TAKEN(backend=backend.name, team=info.team)
     if recorder is not None:
         recorder.cluster_seen(info)  # who holds it now, on its record
     return info
+
+
+def release_leases(
+    backend: RayBackend, name: str, keys: list[str], recorder: LifecycleRecorder | None
+) -> ClusterInfo | None:
+    """Release the leases ``keys`` on cluster ``name`` (a run's teardown, a session's or a command's end,
+    expired ones by the cleanup sweep), with who still holds it on its record; None if it is gone."""
+    released = backend.release_leases(name, keys)
+    if released is not None:
+        metrics.LEASE_RELEASED(len(keys), backend=backend.name, team=released.team)
+        if recorder is not None:
+            recorder.cluster_seen(released)
+    return released
 
 
 def cluster_outcome(name: str, info: ClusterInfo | None, *, timed_out: bool, timeout: float) -> ClusterInfo | None:

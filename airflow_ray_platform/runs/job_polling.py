@@ -14,10 +14,13 @@ it gets back.
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import weakref
 from dataclasses import dataclass
 
 from airflow_ray_platform.backends.base import BackendError, JobInfo, JobState, RayBackend
+from airflow_ray_platform.observability import metrics
 from airflow_ray_platform.records.utilisation import scrape
 
 #: What identifies a shared poller within one event loop: connection, cluster, actor, interval.
@@ -86,7 +89,11 @@ class ClusterPoller:
         try:
             while True:
                 await self._poll_once()
+                slept_at = time.monotonic()
                 await asyncio.sleep(self.interval)
+                # How late the loop woke this round: a triggerer falling behind shows here first.
+                lag = time.monotonic() - slept_at - self.interval
+                metrics.POLLING_LOOP_LAG(lag, backend=self.backend.name)
                 if not self._waiting:  # nobody asked again within an interval: done
                     return
         finally:
@@ -95,6 +102,9 @@ class ClusterPoller:
                 del pollers[self.key]
 
     async def _poll_once(self) -> None:
+        metrics.POLLING_CALLS(backend=self.backend.name)
+        everyone = self._shared.get(asyncio.get_running_loop(), {}).values()
+        metrics.POLLING_WAITING(sum(sum(p._waiting.values()) for p in everyone), host=socket.gethostname())
         try:
             jobs = await asyncio.to_thread(self.backend.list_jobs, self.cluster_name)
             self._jobs = {job.submission_id: job for job in jobs}

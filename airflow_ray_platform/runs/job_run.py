@@ -28,7 +28,8 @@ from airflow_ray_platform.backends.base import (
     RayBackend,
 )
 from airflow_ray_platform.backends.retries import transient_faults
-from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.observability import metrics
+from airflow_ray_platform.records.lifecycle import DeleteCause, LifecycleRecorder
 from airflow_ray_platform.records.utilisation import Utilisation, scrape
 from airflow_ray_platform.runs.events import JobEvent, WaitStatus
 from airflow_ray_platform.spec.models import JobConfiguration
@@ -125,6 +126,8 @@ class RayJobRun:
     :param recorder: where transitions are recorded (None: nowhere, e.g. a sensor's watch).
     :param config: the task's ``job_configuration`` (owner, team, requested resources of the record).
     :param log: the task's (or trigger's) logger.
+    :param team: the team its metrics are counted for (None: the configuration's).
+    :param waiter: who waits, for the metrics: ``task`` (blocking) or ``trigger``.
 
     Once :meth:`finish` ran, ``result`` is what the job handed back (:mod:`~airflow_ray_platform.spec.results`).
     """
@@ -142,6 +145,8 @@ class RayJobRun:
         recorder: LifecycleRecorder | None = None,
         config: JobConfiguration | None = None,
         log: logging.Logger | None = None,
+        team: str | None = None,
+        waiter: str = "task",
     ) -> None:
         self.backend = backend
         self.cluster_name = cluster_name
@@ -154,6 +159,9 @@ class RayJobRun:
         self.config = config
         self.log = log or _module_log
         self.result = JobResult()
+        self.team = team if team is not None or config is None else config.team
+        self.waiter = waiter
+        self._seen_pending = False
 
     @property
     def _id(self) -> str:
@@ -177,6 +185,7 @@ class RayJobRun:
                 decision.reattach.state,
             )
             info = decision.reattach
+            metrics.JOB_REATTACHED(backend=self.backend.name, team=config.team)
         else:
             if decision.previous is not None:
                 self.log.info(
@@ -189,6 +198,7 @@ class RayJobRun:
             metadata = identity.job_metadata(try_number, config.owner, config.team)
             info = self.backend.submit_job(self.cluster_name, decision.submission_id, job, metadata)
             self.log.info("Submitted Ray job %r to cluster %r", info.submission_id, self.cluster_name)
+            metrics.JOB_SUBMITTED(backend=self.backend.name, team=config.team)
         self._record(info, identity=identity, try_number=try_number)
         return info
 
@@ -271,7 +281,22 @@ class RayJobRun:
                 sample = scrape(urls) if urls else (None, None)
             if sample is not None:
                 self.utilisation.add(sample)
-        return self.outcome(info), text
+        event = self.outcome(info)
+        self._time_the_wait(info, ended=event is not None)
+        return event, text
+
+    def _time_the_wait(self, info: JobInfo | None, *, ended: bool) -> None:
+        """The waits an operator alerts on, as this waiter saw them: queue wait (submission to first seen
+        running, for a job it saw pending) and detection lag (Ray's end to the waiter seeing it)."""
+        if info is None:
+            return
+        if info.state == JobState.PENDING:
+            self._seen_pending = True
+        elif self._seen_pending and info.start_time is not None:
+            self._seen_pending = False
+            metrics.JOB_QUEUE_WAIT(utc_now() - info.start_time, backend=self.backend.name, team=self.team)
+        if ended and info.state.is_terminal and info.end_time is not None:
+            metrics.JOB_DETECTION_LAG(utc_now() - info.end_time, backend=self.backend.name, waiter=self.waiter)
 
     def poll(self, observed: Any = DESCRIBE, *, stream_logs: bool) -> tuple[JobEvent | None, str]:
         """One look at the job (``observed``, else described now) and :meth:`observe`; a failed call ends
@@ -383,17 +408,21 @@ class RayJobRun:
                 self.config.lifecycle.cleanup,
             )
             return False
-        deleted = self.delete_cluster("ephemeral cluster: its job ended")
+        deleted = self.delete_cluster("ephemeral cluster: its job ended", DeleteCause.JOB_ENDED)
         self.log.info("Deleted ephemeral Ray cluster %r", self.cluster_name)
         return deleted
 
-    def delete_cluster(self, reason: str) -> bool:
+    def delete_cluster(self, reason: str, cause: DeleteCause) -> bool:
         """Delete the run's cluster (an ephemeral one: its job ended, or its task was killed) and record it."""
         info = self.backend.describe_cluster(self.cluster_name)
         deleted = self.backend.delete_cluster(self.cluster_name)
         if deleted and info is not None and self.recorder is not None:
-            self.recorder.cluster_deleted(info, reason)
+            self.recorder.cluster_deleted(info, reason, cause)
         return deleted
+
+    def delete_killed_tasks_cluster(self) -> bool:
+        """Delete the ephemeral cluster of a task a user killed (operator and trigger alike)."""
+        return self.delete_cluster("ephemeral cluster: its task was killed", DeleteCause.TASK_KILLED)
 
     def _record(self, job: JobInfo, *, identity: TaskIdentity | None = None, try_number: int | None = None) -> None:
         if self.recorder is None:

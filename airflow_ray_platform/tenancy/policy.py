@@ -107,6 +107,13 @@ class Allowances(_Strict):
         "anything starts, and so is using a cluster that runs outside one.",
     )
 
+    daily_cost_budget: float | None = Field(
+        None,
+        ge=0,
+        description="Estimated cost a day (the Ray view's prices) over which the shipped "
+        "`RayPlatformTeamOverBudget` alert fires. Nothing is refused: the budget is for the people on call.",
+    )
+
     @property
     def requires_sandbox(self) -> bool:
         return self.sandbox == "required"

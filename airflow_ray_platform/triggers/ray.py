@@ -172,7 +172,7 @@ class RayClusterTrigger(_RayTrigger):
             run = RayJobRun(
                 backend, self.cluster_name, recorder=LifecycleRecorder(self.state_store_conn_id), log=self.log
             )
-            await asyncio.to_thread(run.delete_cluster, "ephemeral cluster: its task was killed")
+            await asyncio.to_thread(run.delete_killed_tasks_cluster)
 
 
 class JobWaitRole(enum.StrEnum):
@@ -266,6 +266,8 @@ class RayJobTrigger(_RayTrigger):
             ephemeral_cluster=self.ephemeral_cluster,
             recorder=recorder,
             log=self.log,
+            team=(self.actor or {}).get("team"),
+            waiter="trigger",
         )
 
     def _poller(self, backend: RayBackend) -> ClusterPoller:
@@ -334,4 +336,4 @@ class RayJobTrigger(_RayTrigger):
         if self.role == JobWaitRole.SUBMITTER:
             await asyncio.to_thread(run.stop_and_record)
         if self.ephemeral_cluster:
-            await asyncio.to_thread(run.delete_cluster, "ephemeral cluster: its task was killed")
+            await asyncio.to_thread(run.delete_killed_tasks_cluster)

@@ -13,7 +13,7 @@ from airflow.utils.state import DagRunState
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, JobInfo, JobState, Lease
 from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.maintenance.garbage_collection import Decision, Outcome, Sweep, apply, decide, plan, report
-from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+from airflow_ray_platform.records.lifecycle import DeleteCause, LifecycleRecorder
 from airflow_ray_platform.records.state_store import StateStore, cluster_uid
 from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
@@ -141,9 +141,9 @@ def test_report_sums_what_was_freed():
     big = ClusterInfo("big", "local", ClusterState.READY, None, resources={"CPU": 8, "memory": 16 * 1024**3, "GPU": 1})
     small = ClusterInfo("small", "local", ClusterState.READY, None, resources={"CPU": 2, "memory": 4 * 1024**3})
     outcomes = [
-        Outcome(Decision(big, True, "idle"), "deleted", "idle"),
-        Outcome(Decision(small, True, "idle"), "refused", "busy at delete time"),
-        Outcome(Decision(small, True, "idle"), "deleted", "idle"),
+        Outcome(Decision(big, True, "idle", cause=DeleteCause.GC_IDLE), "deleted", "idle"),
+        Outcome(Decision(small, True, "idle", cause=DeleteCause.GC_IDLE), "refused", "busy at delete time"),
+        Outcome(Decision(small, True, "idle", cause=DeleteCause.GC_IDLE), "deleted", "idle"),
     ]
     table = report(Sweep([], outcomes, dry_run=False))
     assert table.splitlines()[0].split() == [

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from airflow_ray_platform.records.prices import DEFAULT_PRICES
 from airflow_ray_platform.records.queries import (
     JobFilter,
     Scope,
@@ -16,7 +17,6 @@ from airflow_ray_platform.records.queries import (
     usage_by_team_day,
 )
 from airflow_ray_platform.records.state_store import Event
-from airflow_ray_platform.records.usage_export import DEFAULT_PRICES
 
 from .test_state_store import store  # noqa: F401 - the per-database fixture
 

@@ -252,7 +252,7 @@ def test_requested_resources_agree_wherever_they_are_read(shared_cluster, tmp_pa
     from airflow_ray_platform.backends.kuberay.manifests import render_ray_cluster
     from airflow_ray_platform.backends.kuberay.status import cluster_info
     from airflow_ray_platform.maintenance.garbage_collection import Decision, Outcome, Sweep, report
-    from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+    from airflow_ray_platform.records.lifecycle import DeleteCause, LifecycleRecorder
     from airflow_ray_platform.records.state_store import StateStore, cluster_uid
 
     from ..conftest import SHARED_SPEC
@@ -272,7 +272,7 @@ def test_requested_resources_agree_wherever_they_are_read(shared_cluster, tmp_pa
     row = StateStore(url).job(cluster_uid("kuberay", "c", datetime.fromtimestamp(0, UTC)), "s")
     assert (row["requested_cpu"], row["requested_gpu"], row["requested_memory_bytes"]) == (3.0, 0.0, 8 * 1024**3)
 
-    deleted = Outcome(Decision(info, True, "idle"), "deleted", "idle")
+    deleted = Outcome(Decision(info, True, "idle", cause=DeleteCause.GC_IDLE), "deleted", "idle")
     assert info.state == ClusterState.PROVISIONING
     assert "freed 3 CPU, 8.0 GiB memory, 0 GPU" in report(Sweep([], [deleted], dry_run=False))
 
