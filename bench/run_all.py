@@ -9,6 +9,7 @@ BENCHMARKS = [
     "bench.import_cost",
     "bench.cold_start",
     "bench.control_plane",
+    "bench.metrics_cost",
     "bench.task_ray",
     "bench.fan_out",
     "bench.lifecycle_ops",

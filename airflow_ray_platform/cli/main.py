@@ -616,6 +616,35 @@ def gc(platform: _Platform, dry_run: bool, as_json: bool) -> None:
     click.echo(report(done))
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The checks as JSON on stdout.")
+@pass_platform
+@_handle_errors
+def doctor(platform: _Platform, as_json: bool) -> None:
+    """Check the platform piece by piece: the connection and its backend, authentication, the state store,
+    object storage, the sandbox and the policy; each with a verdict and its fix. Exits 1 if one fails.
+
+    Nothing is changed but one probe object, written to log storage, read back and deleted."""
+    from airflow_ray_platform.cli.doctor import Verdict, run_checks
+
+    checks = run_checks(platform.conn_id, platform.state_store_conn_id, platform.log_storage_uri, platform.team)
+    if as_json:
+        _emit_json([check.to_dict() for check in checks])
+    else:
+        from rich.markup import escape
+        from rich.table import Table
+
+        colour = {Verdict.OK: "green", Verdict.WARN: "yellow", Verdict.FAIL: "red", Verdict.SKIP: "dim"}
+        table = Table("check", "verdict", "what was found", "fix", show_lines=True)
+        for check in checks:
+            verdict = f"[{colour[check.verdict]}]{check.verdict}[/]"
+            table.add_row(check.name, verdict, escape(check.detail), escape(check.fix))
+        platform.console.print(table)
+    failed = [check.name for check in checks if check.verdict == Verdict.FAIL]
+    if failed:
+        raise CliError(f"failed: {', '.join(failed)}")
+
+
 def _day(value: str, option: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)

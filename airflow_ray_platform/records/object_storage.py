@@ -139,6 +139,18 @@ class ObjectStorage:
         except Exception as error:
             raise ObjectStorageError(f"reading {uri!r}: {error}") from None
 
+    def delete(self, uri: str) -> None:
+        """Remove the object at ``uri`` (gone already: nothing to do)."""
+        key = self._key(uri)
+        try:
+            if self.scheme == "file":
+                (Path(urlsplit(self.base_uri).path) / key).unlink(missing_ok=True)
+            else:
+                object_key = f"{self._prefix}/{key}" if self._prefix else key
+                self._s3().delete_object(Bucket=self._bucket, Key=object_key)
+        except Exception as error:
+            raise ObjectStorageError(f"deleting {uri!r}: {error}") from None
+
     def size(self, uri: str) -> int:
         """The object's size in bytes."""
         key = self._key(uri)

@@ -30,6 +30,7 @@ from cryptography.fernet import Fernet
 from airflow_ray_platform.backends.local.backend import LocalBackend
 from airflow_ray_platform.backends.local.processes import free_ports
 
+from ..statsd_receiver import StatsdReceiver
 from ..waiting import wait_for
 
 REPO = Path(__file__).parents[2]
@@ -133,6 +134,8 @@ class Deployment:
     env: dict[str, str]
     api: AirflowApi
     database_url: str
+    #: Where every process sends its metrics (Airflow's and the provider's), as StatsD would get them.
+    statsd: StatsdReceiver
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -177,7 +180,9 @@ class Deployment:
         return sa.create_engine(self.database_url)
 
 
-def _environment(root: Path, database_url: str, api_port: int, log_ports: list[int]) -> dict[str, str]:
+def _environment(
+    root: Path, database_url: str, api_port: int, log_ports: list[int], statsd: StatsdReceiver
+) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "RAY_"))}
     env.update(shared_settings())
     async_url = sa.make_url(database_url)  # psycopg (v3) serves both the sync and the async engine
@@ -206,6 +211,9 @@ def _environment(root: Path, database_url: str, api_port: int, log_ports: list[i
         AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(log_ports[0]),
         AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(log_ports[1]),
         AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT=str(log_ports[2]),
+        # as docker-compose.yaml's statsd-exporter service, here a receiver of the tests' own
+        AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
+        AIRFLOW__METRICS__STATSD_PORT=str(statsd.port),
         AIRFLOW_CONN_RAY_STATE_STORE=json.dumps({"conn_type": "postgres", "extra": {"sqlalchemy_url": database_url}}),
         AIRFLOW_RAY_PLATFORM_HOME=str(root / "ray-platform"),
         ZONE_TRAINING_OUTPUT=str(root / "output"),
@@ -225,8 +233,9 @@ def start_deployment(root: Path, admin_url: str) -> Iterator[Deployment]:
     for directory in ("home", "airflow", "logs", "output"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     api_port, *log_ports = free_ports(4)
-    env = _environment(root, database_url, api_port, log_ports)
-    deployment = Deployment(root, env, AirflowApi(f"http://127.0.0.1:{api_port}"), database_url)
+    statsd = StatsdReceiver()
+    env = _environment(root, database_url, api_port, log_ports, statsd)
+    deployment = Deployment(root, env, AirflowApi(f"http://127.0.0.1:{api_port}"), database_url, statsd)
     try:
         subprocess.run(
             [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
@@ -251,6 +260,7 @@ def start_deployment(root: Path, admin_url: str) -> Iterator[Deployment]:
         for cluster in backend.registry.names():
             backend.delete_cluster(cluster)
         _database(admin_url, name, create=False)
+        statsd.close()
 
 
 def _healthy(api: AirflowApi) -> bool:

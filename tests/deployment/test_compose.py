@@ -82,3 +82,20 @@ def test_the_scheduler_where_tasks_start_local_clusters_may_make_their_sandbox(c
     connection = json.loads(services["airflow-scheduler"]["environment"]["AIRFLOW_CONN_RAY_DEFAULT"])
     assert connection["extra"]["writable_paths"] == ["/opt/airflow/demo-output"]
     assert services["airflow-scheduler"]["environment"]["ZONE_TRAINING_OUTPUT"].startswith("/opt/airflow/demo-output/")
+
+
+def test_every_airflow_service_sends_metrics_to_the_exporter_with_the_shipped_mapping(compose):
+    services = compose["services"]
+    settings = shared_settings()
+    assert settings["AIRFLOW__METRICS__STATSD_ON"] == "True"
+    assert settings["AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED"] == "True"  # the tags
+    exporter = services["statsd-exporter"]
+    assert (
+        "./deploy/monitoring/statsd-exporter-mapping.yaml:/etc/statsd-exporter/mapping.yaml:ro" in exporter["volumes"]
+    )
+    assert "--statsd.mapping-config=/etc/statsd-exporter/mapping.yaml" in exporter["command"]
+    listen = next(arg for arg in exporter["command"] if arg.startswith("--statsd.listen-udp="))
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        assert environment["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter", name
+        assert listen.endswith(":" + environment["AIRFLOW__METRICS__STATSD_PORT"]), name

@@ -127,3 +127,19 @@ def test_a_task_process_killed_mid_job_reattaches_on_retry(deployment: Deploymen
     assert api.wait("the run to end", lambda: _run_state(deployment, "ray_job_blocking", run), 300) == "success"
     assert _ti(deployment, "ray_job_blocking", run)["try_number"] == 2
     assert [j.submission_id for j in _jobs_of(deployment, run)] == [job.submission_id]  # reattached
+
+
+def test_the_worker_the_triggerer_and_the_scheduler_send_their_metrics(deployment: Deployment, cluster: str):
+    """StatsD as ``deploy/airflow.env`` configures it: the worker that submits, the triggerer that waits
+    (its shared poll and the job's end) and the scheduler each reach the receiver, tagged."""
+    api, statsd = deployment.api, deployment.statsd
+    run = api.trigger("ray_job_deferred", {"entrypoint": SLEEP.format(seconds=15)})  # past the deferral's settling
+    assert api.wait("the run to end", lambda: _run_state(deployment, "ray_job_deferred", run), 300) == "success"
+    team = {"backend": "local", "team": "platform"}
+    assert team in [s.tags for s in statsd.provider_samples("job.submitted")]  # the worker
+    assert statsd.wait_for(lambda: statsd.provider_samples("polling.calls"))  # the triggerer's shared poll
+    assert {"backend": "local"} in [s.tags for s in statsd.provider_samples("polling.calls")]
+    assert "trigger" in {s.tags["waiter"] for s in statsd.provider_samples("job.detection_lag")}
+    assert {**team, "outcome": "succeeded"} in [s.tags for s in statsd.provider_samples("job.finished")]
+    airflows_own = {sample.name for sample in list(statsd.samples)}
+    assert "airflow.scheduler_heartbeat" in airflows_own and "airflow.triggerer_heartbeat" in airflows_own
