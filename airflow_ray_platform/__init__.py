@@ -20,7 +20,7 @@ def get_provider_info() -> dict:
         "sensors": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.sensors.ray"]}],
         "triggers": [{"integration-name": "Ray", "python-modules": ["airflow_ray_platform.triggers.ray"]}],
         "task-decorators": [{"name": "ray", "class-name": "airflow_ray_platform.decorators.ray.ray_task"}],
-        "extra-links": ["airflow_ray_platform.links.RayDashboardLink"],
+        "extra-links": ["airflow_ray_platform.links.RayDashboardLink", "airflow_ray_platform.links.RayJobRecordLink"],
         # The Ray view (clusters, jobs, logs, usage) in the UI: loaded by Airflow's plugins manager.
         "plugins": [
             {"name": "airflow_ray_platform", "plugin-class": "airflow_ray_platform.plugins.plugin.RayPlatformPlugin"}

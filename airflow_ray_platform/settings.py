@@ -126,6 +126,11 @@ def multi_team() -> bool:
     return _conf().getboolean("core", "multi_team", fallback=False)
 
 
+def api_base_url() -> str:
+    """Airflow's own ``[api] base_url``: where its UI (and the Ray view under it) is served."""
+    return _conf().get("api", "base_url", fallback="/") or "/"
+
+
 def default_root() -> Path:
     return Path(os.environ.get(DEFAULT_ROOT_ENV) or Path.home() / ".airflow_ray_platform")
 

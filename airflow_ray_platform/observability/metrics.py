@@ -119,7 +119,7 @@ JOB_FINISHED = _metric(
 )
 JOB_DURATION = _metric("job.duration", T, "backend team outcome", "A Ray job's run time, from Ray's start to end.")
 JOB_QUEUE_WAIT = _metric(
-    "job.queue_wait", T, "backend team", "From a job's submission to when it was first seen running (or ended)."
+    "job.queue_wait", T, "backend team", "From a job's submission to when it was first seen running (its running_at)."
 )
 JOB_DETECTION_LAG = _metric(
     "job.detection_lag", T, "backend waiter", "From a job's end (Ray's) to when its waiter (task, trigger) saw it."

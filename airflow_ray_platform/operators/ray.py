@@ -29,7 +29,7 @@ from airflow_ray_platform import settings
 from airflow_ray_platform.backends import validate_configuration_offline
 from airflow_ray_platform.backends.base import ClusterInfo, ClusterState, RayBackend
 from airflow_ray_platform.hooks.ray import RayHook
-from airflow_ray_platform.links import RayDashboardLink
+from airflow_ray_platform.links import RayDashboardLink, RayJobRecordLink
 from airflow_ray_platform.maintenance.leases import DagRunLiveness, release_and_delete
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.runs.cluster import resolve_cluster, shared_cluster, wait_for_cluster
@@ -343,6 +343,7 @@ class RayJobOperator(_RayOperator):
     """
 
     template_fields: Sequence[str] = ("job_configuration", "ray_conn_id", "cluster_name")
+    operator_extra_links = (RayDashboardLink(), RayJobRecordLink())
 
     def __init__(
         self,

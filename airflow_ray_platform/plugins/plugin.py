@@ -9,13 +9,12 @@ from airflow.plugins_manager import AirflowPlugin
 
 from airflow_ray_platform.plugins import listeners
 from airflow_ray_platform.plugins.ui.app import create_app
-
-URL_PREFIX = "/ray"
+from airflow_ray_platform.spec.naming import RAY_VIEW_PATH
 
 
 class RayPlatformPlugin(AirflowPlugin):
     name = "airflow_ray_platform"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Ray"}]
+    fastapi_apps = [{"app": create_app(), "url_prefix": RAY_VIEW_PATH, "name": "Ray"}]
     listeners = [listeners]
     external_views = [
         {

@@ -181,6 +181,22 @@ class LifecycleRecorder:
         return None if row is None else row["team"]
 
     @_never_fails
+    def job_running(self, backend: str, job: JobInfo) -> None:
+        """The job was seen running: the first look to see it records when (its queue wait ends there)
+        and counts the wait; later looks, by this waiter or another, change nothing."""
+        now = utc_now()
+        row = self.store.mark_job_running(job.submission_id, now)
+        if row is None:
+            return
+        self.store.record_event(
+            Event(row["cluster_uid"], "job_running", now, submission_id=job.submission_id, discriminator="RUNNING")
+        )
+        submitted = row.get("submitted_at")
+        if submitted is not None:
+            submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=UTC)
+            metrics.JOB_QUEUE_WAIT(now - submitted, backend=backend, team=row.get("team"))
+
+    @_never_fails
     def result_seen(self, cluster: ClusterInfo, job: JobInfo, result: JobResult) -> None:
         """What the job handed back (or why it was refused), kept with its record."""
         self.store.upsert_job(

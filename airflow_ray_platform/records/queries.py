@@ -149,6 +149,21 @@ def list_jobs(store: StateStore, where: JobFilter, page: int = 1, page_size: int
     return _with_usage(rows), total
 
 
+#: A job's record says it has not ended yet.
+ACTIVE_STATES = ("PENDING", "RUNNING")
+
+
+def running_jobs(store: StateStore, scope: Scope = EVERYTHING, limit: int = 200) -> list[dict]:
+    """The jobs whose records say they are pending or running, oldest submitted first (the ``state,
+    submitted_at`` index), with their usage so far."""
+    joined = jobs.join(clusters, clusters.c.cluster_uid == jobs.c.cluster_uid, isouter=True)
+    query = scope.jobs(sa.select(*_JOB_VIEW).select_from(joined).where(jobs.c.state.in_(ACTIVE_STATES)))
+    query = query.order_by(jobs.c.submitted_at, jobs.c.submission_id).limit(limit)
+    with store.engine.connect() as connection:
+        rows = [dict(row) for row in connection.execute(query).mappings()]
+    return _with_usage(rows)
+
+
 def job_detail(store: StateStore, submission_id: str, scope: Scope = EVERYTHING) -> dict | None:
     """The newest record of one job with its usage, what it handed back (``result``: up to a megabyte, so
     never in a list) and its events (None: none, or not in the reader's ``scope``)."""
@@ -199,9 +214,38 @@ def list_clusters(
             )
         ).mappings()
         decisions = {row["cluster_uid"]: dict(row) for row in decided}
+        usage = _usage_by_cluster(connection, uids, scope)
     for row in rows:
         row["last_gc_decision"] = decisions.get(row["cluster_uid"])
+        row["usage"] = usage.get(row["cluster_uid"])
     return rows, total
+
+
+def _usage_by_cluster(connection: sa.Connection, uids: list[str], scope: Scope) -> dict[str, dict[str, Any]]:
+    """Per cluster incarnation: its jobs (those the reader may see), how many failed, and their
+    CPU-/GPU-hours and cost, added up in SQL."""
+    hours = hours_between(jobs.c.started_at, jobs.c.ended_at)
+    query = scope.jobs(
+        sa.select(
+            jobs.c.cluster_uid,
+            sa.func.count().label("jobs"),
+            sa.func.sum(sa.case((jobs.c.state == "FAILED", 1), else_=0)).label("failed"),
+            sa.func.sum(jobs.c.requested_cpu * hours).label("cpu_hours"),
+            sa.func.sum(jobs.c.requested_gpu * hours).label("gpu_hours"),
+            sa.func.sum(jobs.c.requested_memory_bytes / 1024.0**3 * hours).label("memory_gib_hours"),
+        ).where(jobs.c.cluster_uid.in_(uids))
+    ).group_by(jobs.c.cluster_uid)
+    found = {}
+    for row in connection.execute(query).mappings():
+        cpu, gpu, gib = (float(row[key] or 0.0) for key in ("cpu_hours", "gpu_hours", "memory_gib_hours"))
+        found[row["cluster_uid"]] = {
+            "jobs": int(row["jobs"]),
+            "failed": int(row["failed"] or 0),
+            "cpu_hours": cpu,
+            "gpu_hours": gpu,
+            "cost_estimate": estimated_cost(cpu, gpu, gib),
+        }
+    return found
 
 
 def usage_by_team_day(store: StateStore, start: datetime, end: datetime, scope: Scope = EVERYTHING) -> dict[str, Any]:

@@ -84,6 +84,8 @@ jobs = sa.Table(
     sa.Column("submitted_at", sa.DateTime(timezone=True)),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("ended_at", sa.DateTime(timezone=True)),
+    #: When it was first seen running (migration 0008): its queue wait ends there.
+    sa.Column("running_at", sa.DateTime(timezone=True)),
     sa.Column("log_uri", sa.String(1024)),
     sa.Column("measured_cpu_utilisation", sa.Float),
     sa.Column("measured_gpu_utilisation", sa.Float),
@@ -120,7 +122,7 @@ events = sa.Table(
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "arp_alembic_version"
 #: The newest migration's revision (a test checks it against Alembic's head).
-SCHEMA_REVISION = "0007"
+SCHEMA_REVISION = "0008"
 MIGRATION_LOCK_KEY = 0x41525053  # "ARPS": the advisory lock PostgreSQL migrations take
 
 
@@ -311,6 +313,22 @@ class StateStore:
         with self._begin() as connection:
             self._upsert(connection, table, values)
             return event is not None and self._insert_event(connection, event)
+
+    def mark_job_running(self, submission_id: str, at: datetime) -> dict[str, Any] | None:
+        """Record that the job was first seen running at ``at`` (and is RUNNING, unless its record already
+        says it ended); its row then, or None when an earlier look already recorded it (or no such job)."""
+        first = sa.and_(jobs.c.submission_id == submission_id, jobs.c.running_at.is_(None))
+        with self._begin() as connection:
+            marked = connection.execute(sa.update(jobs).where(first).values(running_at=at, updated_at=utc_now()))
+            if not marked.rowcount:
+                return None
+            connection.execute(
+                sa.update(jobs)
+                .where(jobs.c.submission_id == submission_id, jobs.c.state == "PENDING")
+                .values(state="RUNNING")
+            )
+            row = connection.execute(sa.select(jobs).where(jobs.c.submission_id == submission_id)).mappings().first()
+        return dict(row) if row else None
 
     def recorded(self, event: Event) -> bool:
         """Whether that transition (its key: cluster, job, kind, discriminator) is on the record."""

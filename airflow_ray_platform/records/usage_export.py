@@ -6,7 +6,8 @@ interval replaces its files, never duplicates them. ``<output>`` is a directory 
 (through the same object storage as persisted logs).
 
 * ``jobs``: one row per job that ended in the interval. Owner, team, dag/task/run, cluster,
-  submitted/started/ended, queue wait, final state, and requested cpu/gpu/memory times duration
+  submitted/started/running/ended, queue wait (submission to first seen running; null for a job never
+  seen running), final state, and requested cpu/gpu/memory times duration
   (CPU-hours, GPU-hours, GiB-hours) with a cost estimate from the price table, and the CPU / GPU
   utilisation measured from the cluster's Prometheus metrics while the job ran: null where no
   endpoint was reachable (a number is never invented).
@@ -55,6 +56,7 @@ JOB_COLUMNS = [
     "requested_memory_bytes",
     "submitted_at",
     "started_at",
+    "running_at",
     "ended_at",
     "measured_cpu_utilisation",
     "measured_gpu_utilisation",
@@ -124,7 +126,9 @@ def job_table(raw: pa.Table, prices: Mapping[str, float]) -> pa.Table:
     """Derived per-job usage columns, computed column-wise."""
     if raw.num_rows == 0:
         return raw
-    submitted, started, ended = (_as_utc(raw[c]) for c in ("submitted_at", "started_at", "ended_at"))
+    submitted, started, running, ended = (
+        _as_utc(raw[c]) for c in ("submitted_at", "started_at", "running_at", "ended_at")
+    )
     hours = pc.divide(_seconds(ended, started), 3600.0)
     cpu_hours = pc.multiply(pc.cast(raw["requested_cpu"], pa.float64()), hours)
     gpu_hours = pc.multiply(pc.cast(raw["requested_gpu"], pa.float64()), hours)
@@ -141,8 +145,9 @@ def job_table(raw: pa.Table, prices: Mapping[str, float]) -> pa.Table:
     return (
         raw.set_column(raw.schema.get_field_index("submitted_at"), "submitted_at", submitted)
         .set_column(raw.schema.get_field_index("started_at"), "started_at", started)
+        .set_column(raw.schema.get_field_index("running_at"), "running_at", running)
         .set_column(raw.schema.get_field_index("ended_at"), "ended_at", ended)
-        .append_column("queue_wait_s", _seconds(started, submitted))
+        .append_column("queue_wait_s", _seconds(running, submitted))
         .append_column("duration_s", _seconds(ended, started))
         .append_column("cpu_hours", cpu_hours)
         .append_column("gpu_hours", gpu_hours)

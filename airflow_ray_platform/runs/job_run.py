@@ -126,7 +126,6 @@ class RayJobRun:
     :param recorder: where transitions are recorded (None: nowhere, e.g. a sensor's watch).
     :param config: the task's ``job_configuration`` (owner, team, requested resources of the record).
     :param log: the task's (or trigger's) logger.
-    :param team: the team its metrics are counted for (None: the configuration's).
     :param waiter: who waits, for the metrics: ``task`` (blocking) or ``trigger``.
 
     Once :meth:`finish` ran, ``result`` is what the job handed back (:mod:`~airflow_ray_platform.spec.results`).
@@ -145,7 +144,6 @@ class RayJobRun:
         recorder: LifecycleRecorder | None = None,
         config: JobConfiguration | None = None,
         log: logging.Logger | None = None,
-        team: str | None = None,
         waiter: str = "task",
     ) -> None:
         self.backend = backend
@@ -159,9 +157,8 @@ class RayJobRun:
         self.config = config
         self.log = log or _module_log
         self.result = JobResult()
-        self.team = team if team is not None or config is None else config.team
         self.waiter = waiter
-        self._seen_pending = False
+        self._running_recorded = False
 
     @property
     def _id(self) -> str:
@@ -286,15 +283,13 @@ class RayJobRun:
         return event, text
 
     def _time_the_wait(self, info: JobInfo | None, *, ended: bool) -> None:
-        """The waits an operator alerts on, as this waiter saw them: queue wait (submission to first seen
-        running, for a job it saw pending) and detection lag (Ray's end to the waiter seeing it)."""
+        """The waits an operator alerts on: the queue wait ends when the job is first seen running (on its
+        record, once, whoever saw it), and the detection lag is from Ray's end to this waiter seeing it."""
         if info is None:
             return
-        if info.state == JobState.PENDING:
-            self._seen_pending = True
-        elif self._seen_pending and info.start_time is not None:
-            self._seen_pending = False
-            metrics.JOB_QUEUE_WAIT(utc_now() - info.start_time, backend=self.backend.name, team=self.team)
+        if info.state == JobState.RUNNING and not self._running_recorded and self.recorder is not None:
+            self._running_recorded = True
+            self.recorder.job_running(self.backend.name, info)
         if ended and info.state.is_terminal and info.end_time is not None:
             metrics.JOB_DETECTION_LAG(utc_now() - info.end_time, backend=self.backend.name, waiter=self.waiter)
 

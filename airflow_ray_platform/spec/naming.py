@@ -59,6 +59,9 @@ METADATA_LABELS = {
     RUN_ID_METADATA: RUN_ID_LABEL,
 }
 
+#: Where Airflow's API server serves the provider's Ray view (``plugins.plugin``), under its base URL.
+RAY_VIEW_PATH = "/ray"
+
 #: XCom keys the operators push (downstream tasks, the extra link and the tests read them by name).
 XCOM_CLUSTER_NAME = "cluster_name"
 XCOM_DASHBOARD_URL = "dashboard_url"

@@ -266,7 +266,6 @@ class RayJobTrigger(_RayTrigger):
             ephemeral_cluster=self.ephemeral_cluster,
             recorder=recorder,
             log=self.log,
-            team=(self.actor or {}).get("team"),
             waiter="trigger",
         )
 
@@ -280,7 +279,7 @@ class RayJobTrigger(_RayTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         backend = await self._backend()
         watching = backend if isinstance(backend, WatchingBackend) else None
-        run = self._run(backend)
+        run = self._run(backend, LifecycleRecorder(self.state_store_conn_id, self.log_storage_uri))
         faults = async_transient_faults(self.poll_interval, self.log)
         while True:
             try:

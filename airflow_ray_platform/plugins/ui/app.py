@@ -40,12 +40,15 @@ STATIC = HERE / "static"
 STATIC_FILES = {
     "ray.css": "text/css",
     "charts.js": "text/javascript",
+    "running.js": "text/javascript",
     "vendor/vega.min.js": "text/javascript",
     "vendor/vega-lite.min.js": "text/javascript",
     "vendor/vega-embed.min.js": "text/javascript",
 }
 #: Bytes of log one page shows.
 LOG_PAGE_BYTES = 64 * 1024
+#: How often the running-now list refreshes itself, in milliseconds.
+RUNNING_REFRESH_MS = 5000
 
 
 def scope_of(user: Any) -> Any:
@@ -138,6 +141,35 @@ def _dashboard_link(job: dict[str, Any]) -> str | None:
     return dashboard_job_url(job["dashboard_url"], job["submission_id"])
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def running_now(jobs: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """The running-now list's rows, formatted once for the page and for its refresh alike: how long each
+    job has been at it, and its queue wait (still growing while it has not been seen running)."""
+    from airflow_ray_platform.plugins.ui import humane
+
+    rows = []
+    for job in jobs:
+        submitted, running = _aware(job.get("submitted_at")), _aware(job.get("running_at"))
+        waited = (running or now) - submitted if submitted else None
+        rows.append(
+            {
+                "submission_id": job["submission_id"],
+                "href": f"jobs/{quote(job['submission_id'], safe='')}",
+                "state": job["state"],
+                "team": job.get("team") or "-",
+                "task": f"{job.get('dag_id') or '-'} / {job.get('task_id') or '-'}",
+                "cluster": job.get("cluster_name") or "-",
+                "elapsed": humane.duration((now - submitted).total_seconds() if submitted else None),
+                "queue_wait": humane.duration(waited.total_seconds() if waited else None)
+                + ("" if running else " (not yet seen running)"),
+            }
+        )
+    return rows
+
+
 def create_app() -> FastAPI:
     """The app Airflow mounts under ``/ray``."""
     # No OpenAPI schema or docs pages: FastAPI serves them without authentication, and Swagger UI loads
@@ -207,6 +239,15 @@ def create_app() -> FastAPI:
         rows, total = await asyncio.to_thread(list_clusters, _store(), scope_of(user), page, page_size)
         return _json({"total": total, "page": page, "page_size": page_size, "clusters": [_cluster(r) for r in rows]})
 
+    @app.get("/api/running")
+    async def api_running(user: UserDep) -> JSONResponse:
+        """The jobs whose records say they are pending or running, oldest first, formatted for people."""
+        from airflow_ray_platform.records.queries import running_jobs
+
+        rows = await asyncio.to_thread(running_jobs, _store(), scope_of(user))
+        now = datetime.now(UTC)
+        return _json({"now": now, "jobs": running_now(rows, now)})
+
     @app.get("/api/usage")
     async def api_usage(user: UserDep, since: str | None = None, until: str | None = None) -> JSONResponse:
         """Per team and day: jobs, success, CPU-/GPU-hours, cost; per team the cluster wait p50/p95."""
@@ -217,12 +258,16 @@ def create_app() -> FastAPI:
     async def jobs_page(
         user: UserDep, chosen: Annotated[JobQuery, Depends()], page: Annotated[int, Query(ge=1)] = 1
     ) -> HTMLResponse:
-        from airflow_ray_platform.records.queries import list_jobs
+        from airflow_ray_platform.records.queries import list_jobs, running_jobs
 
         rows, total = await asyncio.to_thread(list_jobs, _store(), chosen.where(user), page, 50)
+        running = await asyncio.to_thread(running_jobs, _store(), scope_of(user))
         filters = dataclasses.asdict(chosen)
         return _render(
             "jobs.html",
+            running=running_now(running, datetime.now(UTC)),
+            refresh_ms=RUNNING_REFRESH_MS,
+            filtered=any(filters.values()),
             jobs=[{**row, "task_link": _task_link(row), "dashboard_link": _dashboard_link(row)} for row in rows],
             total=total,
             page=page,
@@ -297,11 +342,7 @@ async def _usage(user: Any, since: str | None, until: str | None) -> dict[str, A
 def _cluster(row: dict[str, Any]) -> dict[str, Any]:
     """A cluster record with its lifetime and (while it lives) its idle time, in seconds."""
     now = datetime.now(UTC)
-
-    def aware(value: datetime | None) -> datetime | None:
-        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
-
-    requested, deleted, active = (aware(row.get(k)) for k in ("requested_at", "deleted_at", "last_active_at"))
+    requested, deleted, active = (_aware(row.get(k)) for k in ("requested_at", "deleted_at", "last_active_at"))
     return {
         **row,
         "lifetime_s": ((deleted or now) - requested).total_seconds() if requested else None,
@@ -325,8 +366,13 @@ def _templates() -> Any:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=jinja2.select_autoescape(["html"])
     )
+    from airflow_ray_platform.plugins.ui import humane
+
     environment.filters["when"] = lambda value: "-" if value is None else str(value)[:19].replace("T", " ")
-    environment.filters["seconds"] = lambda value: "-" if value is None else str(timedelta(seconds=round(value)))
+    environment.filters["duration"] = humane.duration
+    environment.filters["size"] = humane.size
+    environment.filters["resources"] = humane.resources
+    environment.filters["money"] = humane.money
     environment.filters["number"] = lambda value, digits=2: "-" if value is None else f"{value:.{digits}f}"
     return environment
 
