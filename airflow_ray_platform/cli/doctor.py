@@ -52,6 +52,13 @@ def _refused_credentials(error: BaseException) -> bool:
     return isinstance(error, BackendAuthenticationError) or bool(_AUTH_STATUS.search(str(error)))
 
 
+def _refusal(text: str) -> str:
+    """A refusal named by its HTTP status, whichever way the backend worded it."""
+    found = _AUTH_STATUS.search(text)
+    unauthorized = found is not None and found.group(0) in ("401", "Unauthorized")
+    return f"refused ({'401 Unauthorized' if unauthorized else '403 Forbidden'}): {text}"
+
+
 def _auth_fix(backend_name: str) -> str:
     return {
         "dashboard": "set the connection's password to the cluster's Ray token (RAY_AUTH_TOKEN on its head)",
@@ -91,7 +98,7 @@ def check_backend(backend: Any) -> tuple[Check, list[Any]]:
         clusters = backend.list_clusters()
     except Exception as error:
         if _refused_credentials(error):
-            return Check("backend", Verdict.FAIL, _one_line(error), _auth_fix(backend.name)), []
+            return Check("backend", Verdict.FAIL, _refusal(_one_line(error)), _auth_fix(backend.name)), []
         fix = "check that the backend's address is right and reachable from here"
         return Check("backend", Verdict.FAIL, f"unreachable: {_one_line(error)}", fix), []
     if backend.name == "dashboard":  # its one cluster is what it reaches; not READY: not reached
@@ -110,9 +117,8 @@ def check_authentication(backend: Any, clusters: list[Any]) -> Check:
 
     refused = [c for c in clusters if c.state == ClusterState.FAILED and c.message and _AUTH_STATUS.search(c.message)]
     if refused:
-        return Check(
-            "authentication", Verdict.FAIL, f"{refused[0].name}: {refused[0].message}", _auth_fix(backend.name)
-        )
+        detail = f"{refused[0].name}: {_refusal(refused[0].message or '')}"
+        return Check("authentication", Verdict.FAIL, detail, _auth_fix(backend.name))
     ready = [cluster for cluster in clusters if cluster.state == ClusterState.READY]
     team = getattr(getattr(backend, "actor", None), "team", None)
     ready.sort(key=lambda cluster: cluster.team != team)  # the acting team's own first
@@ -123,8 +129,10 @@ def check_authentication(backend: Any, clusters: list[Any]) -> Check:
     except AuthorizationError:
         return Check("authentication", Verdict.SKIP, "no ready cluster of your team to authenticate against")
     except Exception as error:
-        verdict_fix = _auth_fix(backend.name) if _refused_credentials(error) else "see the backend's reason"
-        return Check("authentication", Verdict.FAIL, f"{ready[0].name}: {_one_line(error)}", verdict_fix)
+        if _refused_credentials(error):
+            detail = f"{ready[0].name}: {_refusal(_one_line(error))}"
+            return Check("authentication", Verdict.FAIL, detail, _auth_fix(backend.name))
+        return Check("authentication", Verdict.FAIL, f"{ready[0].name}: {_one_line(error)}", "see the backend's reason")
     return Check("authentication", Verdict.OK, f"{ready[0].name}: the Jobs API answered ({len(jobs)} job(s))")
 
 

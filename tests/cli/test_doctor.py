@@ -81,7 +81,8 @@ def test_a_wrong_token_is_named_as_the_clusters_refusal(local_backend):
     connection = {"conn_type": "ray", "host": host, "port": int(port), "schema": "http", "password": "not-the-token"}
     code, checks = _doctor("--conn-id", "ray_wrong", environment={"AIRFLOW_CONN_RAY_WRONG": json.dumps(connection)})
     assert code == 1 and checks["authentication"]["verdict"] == "fail"
-    assert "refused the token (401)" in checks["authentication"]["detail"]
+    assert checks["authentication"]["detail"].startswith("default: refused (403 Forbidden):")
+    assert "Invalid authentication token" in checks["authentication"]["detail"]  # Ray's own words
     assert "password" in checks["authentication"]["fix"]
     assert "not-the-token" not in json.dumps(checks)  # the credential is never printed
 

@@ -3,7 +3,10 @@ from a real ``dag.test()`` run on the local backend."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +16,9 @@ from airflow_ray_platform.observability import metrics
 from airflow_ray_platform.records.prices import DEFAULT_PRICES
 from airflow_ray_platform.spec.naming import TaskIdentity
 
+from ..conftest import TEST_DAGS
 from ..helpers import dag_test_in_subprocess, recorded_job
+from ..otlp_receiver import OtlpReceiver
 from ..statsd_receiver import StatsdReceiver, parse_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +112,34 @@ def test_a_dag_test_run_sends_the_lifecycle_to_a_real_statsd_receiver(
     (cost,) = by_name["usage.cost"]
     assert cost.tags == team and cost.value == pytest.approx(expected, rel=1e-3)
     assert "job.reattached" not in by_name and "cluster.failed" not in by_name
+
+
+def test_a_dag_test_run_exports_them_over_otlp_when_airflow_uses_opentelemetry(airflow_db, shared_cluster):
+    """``[metrics] otel_on``: the same metrics reach an OTLP receiver, tags as attributes. (Airflow's
+    exporter sends every interval and not at exit, so the run's process waits three intervals.)"""
+    receiver = OtlpReceiver()
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); import ray_e2e_dags as d; "
+        "d.ray_job_blocking.test(run_conf={'entrypoint': 'python -c \"print(1)\"'}); time.sleep(1.5)"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(TEST_DAGS)],
+            env={**os.environ, **receiver.airflow_environment},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    finally:
+        receiver.close()
+    team = {"backend": "local", "team": "platform"}
+    assert team in [point.attributes for point in receiver.provider_points("job.submitted")]
+    finished = receiver.provider_points("job.finished")
+    assert {**team, "outcome": "succeeded"} in [point.attributes for point in finished]
+    assert {point.kind for point in finished} == {"sum"}
+    assert {point.kind for point in receiver.provider_points("job.duration")} <= {"histogram", "exponential_histogram"}
+    assert receiver.provider_points("job.duration")
 
 
 # ------------------------------------------------------------------ what ships in deploy/monitoring

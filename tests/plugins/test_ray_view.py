@@ -1,5 +1,7 @@
 """The Ray view on a real ``airflow api-server`` (SimpleAuthManager with a test user), over records that
-real DAG runs on the local backend left, driven in headless Chromium (Debian's, through Playwright)."""
+real DAG runs on the local backend left: the demo's 200 zones, a 10-date backfill with one failure, a
+chatty job, one still running, and what the session's other tests ran. Driven in headless Chromium
+(Debian's, through Playwright), which also takes the screenshots in ``docs/``."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,7 +21,9 @@ import pytest
 from airflow_ray_platform.backends.local.processes import free_ports
 from airflow_ray_platform.spec.naming import TaskIdentity
 
+from ..helpers import dag_test_in_subprocess
 from ..test_dags import ray_e2e_dags as dags
+from ..test_dags.shipped_dags import example_zone_training
 from ..waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("shared_cluster", "airflow_db")
@@ -48,8 +53,32 @@ PLUGIN_ENDPOINTS = [
 ]
 
 
+#: The backfill's dates, and the one whose job fails (as a zone without data would).
+BACKFILL = [datetime(2026, 11, day, tzinfo=UTC) for day in range(20, 30)]
+FAILING_DATE = BACKFILL[6]
+NO_DATA = "python -c 'import sys; sys.exit(\"zone 17: no demand data for 2026-11-26\")'"
+
+
 @pytest.fixture(scope="module")
-def finished_job(local_backend) -> dict:
+def realistic_records(local_backend, tmp_path_factory) -> dict:
+    """What a platform's records look like after a week: the demo's 200-zone training, then a 10-date
+    backfill of a Ray step, one date of which fails."""
+    demo = example_zone_training.test(
+        run_conf={"zones": 200, "cpus_per_zone": 0.5, "output_dir": str(tmp_path_factory.mktemp("zones"))}
+    )
+    assert demo.state == "success"
+    runs = {}
+    for when in BACKFILL:
+        entrypoint = NO_DATA if when == FAILING_DATE else "python -c 'print(\"zone scores written\")'"
+        run = dags.ray_job_blocking.test(logical_date=when, run_after=when, run_conf={"entrypoint": entrypoint})
+        runs[when] = run.state
+    assert [when for when, state in runs.items() if state != "success"] == [FAILING_DATE]
+    failed = TaskIdentity("ray_job_blocking", "job", f"manual__{FAILING_DATE.isoformat()}").submission_id()
+    return {"failed_submission_id": failed}
+
+
+@pytest.fixture(scope="module")
+def finished_job(local_backend, realistic_records) -> dict:
     """A job of a finished DAG run whose ephemeral cluster was deleted after it."""
     run = dags.ray_job_ephemeral.test(run_conf={"entrypoint": CHATTY})
     assert run.get_task_instance("job").state == "success"
@@ -172,11 +201,39 @@ def test_a_user_sees_the_jobs_logs_and_usage_of_the_dags_airflow_lets_them_read(
     assert sum(team["jobs"] for team in seen["teams"]) < sum(team["jobs"] for team in everything["teams"])
 
 
+def test_a_ray_task_links_to_its_jobs_page_in_the_view(api_server, realistic_records):
+    """The extra link that outlives the cluster: from the task instance (Airflow's REST API, as its UI
+    asks) to the job's page in the view, which answers."""
+    token = _token(api_server)
+    run_id = quote(f"manual__{FAILING_DATE.isoformat()}", safe="")
+    links = httpx.get(
+        f"{api_server}/api/v2/dags/ray_job_blocking/dagRuns/{run_id}/taskInstances/job/links",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()["extra_links"]
+    submission_id = realistic_records["failed_submission_id"]
+    assert links["Ray job (records)"] == f"/ray/jobs/{quote(submission_id, safe='')}"
+    page = httpx.get(f"{api_server}{links['Ray job (records)']}", headers={"Authorization": f"Bearer {token}"})
+    assert page.status_code == 200 and "zone 17: no demand data for 2026-11-26" in page.text
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"), reason="no chromium here")
-def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path):
+def test_the_four_pages_in_headless_chromium(api_server, finished_job, realistic_records, tmp_path):
     from playwright.sync_api import sync_playwright
 
     shots = DOCS if os.environ.get("ARP_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    running_id = TaskIdentity("ray_job_blocking", "job", f"manual__{when.isoformat()}").submission_id()
+    worker_log = tmp_path / "running.log"
+    worker = dag_test_in_subprocess("ray_job_blocking", when, "python -c 'import time; time.sleep(45)'", worker_log)
+    headers = {"Authorization": f"Bearer {_token(api_server)}"}
+
+    def listed_running() -> bool:
+        assert worker.poll() is None, worker_log.read_text()[-3000:]
+        running = httpx.get(f"{api_server}/ray/api/running", headers=headers, timeout=30).json()["jobs"]
+        return any(job["submission_id"] == running_id and job["state"] == "RUNNING" for job in running)
+
+    wait_for(listed_running, timeout=120, interval=1)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=shutil.which("chromium"),
@@ -190,7 +247,7 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path)
                 "--disable-quic",
             ],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page = browser.new_page(viewport={"width": 1680, "height": 1000})
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         page.goto(f"{api_server}/auth/login")
@@ -202,11 +259,20 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path)
         page.goto(f"{api_server}/")
         page.get_by_role("link", name="Ray").first.wait_for(timeout=60_000)
 
+        page.goto(f"{api_server}/ray/jobs")
+        live = page.locator("#running tbody tr", has_text=running_id)
+        live.wait_for()
+        assert "RUNNING" in live.inner_text() and " s" in live.inner_text()  # its elapsed time, in words
+        failed = page.locator("#jobs tbody tr", has_text=realistic_records["failed_submission_id"])
+        assert "zone 17: no demand data for 2026-11-26" in failed.locator("td.reason").inner_text()
+        page.screenshot(path=str(shots / "ray-view-jobs.png"))
+        # The list refreshes itself from api/running, the page not reloaded.
+        page.wait_for_selector("#running tbody[data-refreshed-at]", timeout=30_000)
+
         page.goto(f"{api_server}/ray/jobs?dag_id=ray_job_ephemeral")
         row = page.locator("#jobs tbody tr", has_text=finished_job["submission_id"])
         row.wait_for()
         assert "deleted" in row.inner_text() and "SUCCEEDED" in row.inner_text()
-        page.screenshot(path=str(shots / "ray-view-jobs.png"))
         row.get_by_role("link", name=finished_job["submission_id"]).click()
         page.wait_for_selector("pre#log")
         assert (
@@ -222,6 +288,9 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path)
         columns = page.locator("#clusters thead th").all_inner_texts()
         sandboxed = row.locator("td").nth(columns.index("sandboxed")).inner_text()
         assert sandboxed == "yes"  # its processes ran in the local backend's sandbox, as recorded
+        assert row.locator("td").nth(columns.index("resources")).inner_text().startswith("1 core · 1.0 GiB memory")
+        shared = page.locator("#clusters tbody tr", has_text="shared").first
+        assert "(1 failed)" in shared.locator("td").nth(columns.index("jobs")).inner_text()
         page.screenshot(path=str(shots / "ray-view-clusters.png"))
 
         page.goto(f"{api_server}/ray/usage?since=2026-01-01")
@@ -230,6 +299,7 @@ def test_the_four_pages_in_headless_chromium(api_server, finished_job, tmp_path)
         assert page.locator("#chart-cpu_hours svg .mark-rect path").count() >= 1  # bars drawn, not only a 200
         page.screenshot(path=str(shots / "ray-view-usage.png"), full_page=True)
         browser.close()
+    assert worker.wait(timeout=120) == 0, worker_log.read_text()[-3000:]
     outside = [url for url in requested if not url.startswith((api_server, "data:", f"blob:{api_server}"))]
     assert outside == [], outside  # no CDN: everything the pages load is served by the API server
 

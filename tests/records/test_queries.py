@@ -14,6 +14,7 @@ from airflow_ray_platform.records.queries import (
     job_detail,
     list_clusters,
     list_jobs,
+    running_jobs,
     usage_by_team_day,
 )
 from airflow_ray_platform.records.state_store import Event
@@ -52,6 +53,7 @@ def _records(store) -> None:  # noqa: F811
             requested_memory_bytes=4 * 1024**3,
             submitted_at=started - timedelta(seconds=10),
             started_at=started,
+            running_at=started,
             ended_at=started + timedelta(hours=1),
         )
 
@@ -92,3 +94,23 @@ def test_usage_is_summed_per_team_and_day_in_the_database(store):  # noqa: F811
     assert a["cluster_wait_p50_s"] == pytest.approx(30, abs=0.01)
     only_b = usage_by_team_day(store, DAY, DAY + timedelta(days=3), Scope(teams={"b"}))
     assert [row["team"] for row in only_b["teams"]] == ["b"]
+
+
+def test_running_now_and_each_clusters_usage(store):  # noqa: F811
+    _records(store)
+    store.upsert_job(
+        cluster_uid="local/c-a/x", submission_id="live", team="a", dag_id="d", state="PENDING", submitted_at=DAY
+    )
+    assert [row["submission_id"] for row in running_jobs(store)] == ["live"]
+    assert running_jobs(store, Scope(teams={"b"})) == []  # another team's is not listed
+    store.mark_job_running("live", DAY + timedelta(seconds=30))
+    (live,) = running_jobs(store)
+    assert live["state"] == "RUNNING" and live["queue_wait_s"] == pytest.approx(30)
+    clusters, _ = list_clusters(store)
+    usage = {row["name"]: row["usage"] for row in clusters}
+    assert usage["c-a"]["jobs"] == 4 and usage["c-a"]["failed"] == 1  # the three that ended, and the live one
+    assert usage["c-a"]["cpu_hours"] == pytest.approx(6.0) and usage["c-b"]["cpu_hours"] == pytest.approx(2.0)
+    per_job = 2 * DEFAULT_PRICES["cpu_hour"] + 4 * DEFAULT_PRICES["memory_gib_hour"]
+    assert usage["c-a"]["cost_estimate"] == pytest.approx(3 * per_job)
+    only_d, _ = list_clusters(store, Scope(dag_ids={"nothing-here"}))
+    assert all(row["usage"] is None for row in only_d)  # usage of jobs the reader may not see is not summed

@@ -139,6 +139,20 @@ def test_job_upsert_and_idempotent_events(store):
     assert store.record_event(Event(uid, "deleted", NOW, reason="idle")) is False
 
 
+def test_a_job_is_marked_running_once_and_an_ended_one_keeps_its_end(store):
+    uid = "local/c/1"
+    for sid, state in (("pending", "PENDING"), ("ended", "SUCCEEDED")):
+        store.upsert_job(cluster_uid=uid, submission_id=sid, state=state, team="fc", submitted_at=NOW)
+    first = store.mark_job_running("pending", NOW + timedelta(seconds=7))
+    assert first is not None and first["state"] == "RUNNING" and first["team"] == "fc"
+    assert store.mark_job_running("pending", NOW + timedelta(seconds=9)) is None  # a second look changes nothing
+    row = store.job(uid, "pending")
+    running_at = row["running_at"] if row["running_at"].tzinfo else row["running_at"].replace(tzinfo=UTC)
+    assert running_at == NOW + timedelta(seconds=7)
+    assert store.mark_job_running("ended", NOW)["state"] == "SUCCEEDED"  # seen running late: its end stands
+    assert store.mark_job_running("nobody-submitted-this", NOW) is None
+
+
 def _write_events(url: str, worker: int, count: int, shared: int) -> None:
     store = StateStore(url)
     for index in range(count):

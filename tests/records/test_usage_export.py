@@ -69,6 +69,8 @@ def _populate(store: StateStore) -> None:
             requested_memory_bytes=memory,
             submitted_at=submitted,
             started_at=submitted + timedelta(seconds=wait_s),
+            # j3 ended between two looks: never seen running, so no queue wait is known
+            running_at=None if sid == "j3" else submitted + timedelta(seconds=wait_s),
             ended_at=submitted + timedelta(seconds=wait_s + run_s),
             # j2's cluster answered Prometheus while it ran (GPU included); the others' did not
             measured_cpu_utilisation=37.5 if sid == "j2" else None,
@@ -105,6 +107,7 @@ def test_values_match_the_recorded_jobs_exactly(store, tmp_path):
     assert set(jobs) == {"j1", "j2", "j3"}
     j1 = jobs["j1"]
     assert j1["queue_wait_s"] == 60 and j1["duration_s"] == 1800
+    assert jobs["j3"]["queue_wait_s"] is None and jobs["j3"]["duration_s"] == 3600
     assert j1["cpu_hours"] == 1.0 and j1["gpu_hours"] == 0.0 and j1["memory_gib_hours"] == 2.0
     assert j1["cost_estimate"] == pytest.approx(1.0 * 0.04 + 2.0 * 0.005)
     assert jobs["j2"]["gpu_hours"] == 0.25 and jobs["j2"]["cost_estimate"] == pytest.approx(

@@ -373,6 +373,7 @@ def _templates() -> Any:
     environment.filters["size"] = humane.size
     environment.filters["resources"] = humane.resources
     environment.filters["money"] = humane.money
+    environment.filters["reason"] = humane.reason
     environment.filters["number"] = lambda value, digits=2: "-" if value is None else f"{value:.{digits}f}"
     return environment
 

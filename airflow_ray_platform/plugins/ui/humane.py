@@ -6,11 +6,15 @@ so that the page and its refresh show the same text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 NOTHING = "-"
 _BYTE_UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+_EXIT_CODE = re.compile(r"exit code (-?\d+)")
+#: How much of a failure's reason a list shows (the whole of it is a hover, and on the job's page).
+REASON_CHARACTERS = 120
 
 
 def duration(seconds: float | None) -> str:
@@ -58,6 +62,19 @@ def resources(requested: Mapping[str, Any] | None) -> str:
         parts.append(count(gpus, "GPU", "GPUs"))
     parts += [f"{name} {value:g}" for name, value in sorted(values.items()) if value]
     return " · ".join(parts)
+
+
+def reason(message: str | None) -> str:
+    """A failed job's reason in one line: Ray's message ends with the driver's last output (the
+    traceback's last line, the ``sys.exit`` text), which says why; its first line says how (an exit
+    code). ``exit code 1: zone 17: no demand data``."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return NOTHING
+    code = _EXIT_CODE.search(lines[0])
+    said = lines[-1] if len(lines) > 1 else lines[0]
+    text = f"exit code {code.group(1)}: {said}" if code and len(lines) > 1 else said
+    return text if len(text) <= REASON_CHARACTERS else text[: REASON_CHARACTERS - 2] + " …"
 
 
 def money(value: float | None) -> str:
