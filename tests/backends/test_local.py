@@ -31,6 +31,7 @@ from airflow_ray_platform.runs.cluster import wait_for_cluster
 from airflow_ray_platform.spec.models import ClusterSpec, JobSpec
 
 from ..conftest import SHARED_CLUSTER, SHARED_SPEC
+from ..helpers import WITHOUT_USER_NAMESPACES
 
 
 def _status(url: str, token: str | None) -> int:
@@ -363,15 +364,29 @@ def test_a_sandboxed_cluster_listens_on_this_machines_loopback_only_where_it_is_
         socket.create_connection(("127.0.0.1", record.gcs_port), timeout=5)
 
 
-def test_a_sandbox_that_is_required_where_none_can_be_made_refuses_before_anything_starts(tmp_path, monkeypatch):
-    """``sandbox: required`` on a machine that refuses namespaces: a clear error, and no cluster."""
-    from airflow_ray_platform.backends.local import backend as local
-
-    monkeypatch.setattr(local, "_sandbox_refusal", lambda: "unprivileged namespaces are refused here: EPERM")
-    backend = LocalBackend(tmp_path / "root", sandbox="required")
-    with pytest.raises(BackendError, match=r"sandbox: required.*EPERM"):
-        backend.create_or_get_cluster("refused", ClusterSpec(head={"cpu": "1", "memory": "1Gi"}), {})
-    assert backend.registry.names() == [] and backend.list_clusters() == []
+def test_a_sandbox_that_is_required_where_none_can_be_made_refuses_before_anything_starts(tmp_path):
+    """``sandbox: required`` on a machine whose kernel really refuses namespaces (a user namespace of its
+    own with ``max_user_namespaces`` 0): a clear error naming the refusal, and no cluster."""
+    root = tmp_path / "root"
+    code = (
+        "import sys; from airflow_ray_platform.backends.base import BackendError; "
+        "from airflow_ray_platform.backends.local.backend import LocalBackend; "
+        "from airflow_ray_platform.spec.models import ClusterSpec\n"
+        "backend = LocalBackend(sys.argv[1], sandbox='required')\n"
+        "try: backend.create_or_get_cluster('refused', ClusterSpec(head={'cpu': '1', 'memory': '1Gi'}), {})\n"
+        "except BackendError as error: print(error)\n"
+        "print('clusters:', backend.registry.names(), backend.list_clusters())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_USER_NAMESPACES, sys.executable, "-c", code, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused = "cannot start a sandboxed local Ray cluster (sandbox: required): unprivileged namespaces are refused"
+    assert refused in done.stdout and "unshare" in done.stdout  # the kernel's own refusal, named
+    assert "clusters: [] []" in done.stdout
     with pytest.raises(BackendError, match="'sandbox' must be one of"):
         LocalBackend(tmp_path / "root", sandbox="sometimes")
 

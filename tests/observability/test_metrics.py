@@ -142,6 +142,49 @@ def test_a_dag_test_run_exports_them_over_otlp_when_airflow_uses_opentelemetry(a
     assert receiver.provider_points("job.duration")
 
 
+def test_a_sweep_sends_what_the_stuck_starting_and_budget_alerts_read(local_backend, shared_cluster, tmp_path):
+    """A (dry-run) sweep of the session's real local backend under a policy with a budget: its decisions,
+    the clusters by state, the oldest still starting, and the team's budget reach a StatsD receiver."""
+    from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+    from airflow.sdk.observability import stats
+    from airflow.sdk.observability.metrics.stats_utils import get_stats_factory
+
+    from airflow_ray_platform.maintenance.garbage_collection import sweep
+    from airflow_ray_platform.maintenance.leases import every_lease_live
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "teams:\n  platform:\n    match: {dag_ids: ['*']}\n    daily_cost_budget: 12.5\n"
+        "  forecasting:\n    match: {tags: [forecasting]}\n"
+    )
+    receiver = StatsdReceiver()
+    saved = {key: os.environ.get(key) for key in [*receiver.airflow_environment, "AIRFLOW__RAY_PLATFORM__POLICY"]}
+    os.environ.update({**receiver.airflow_environment, "AIRFLOW__RAY_PLATFORM__POLICY": str(policy)})
+    try:
+        stats.initialize(factory=get_stats_factory(), export_legacy_names=False)
+        done = sweep(
+            local_backend, None, task_state=lambda identity: None, lease_is_live=every_lease_live, dry_run=True
+        )
+        receiver.wait_for(lambda: receiver.provider_samples("team.daily_budget"), timeout=10)
+    finally:
+        stats.initialize(factory=NoStatsLogger, export_legacy_names=False)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        receiver.close()
+    local = {"backend": "local"}
+    assert [s.tags for s in receiver.provider_samples("sweep.completed")] == [local]
+    decisions = {s.tags["decision"]: s.value for s in receiver.provider_samples("sweep.decisions")}
+    assert sum(decisions.values()) == len(done.outcomes) and "deleted" not in decisions  # a dry run
+    by_state = {s.tags["state"]: s.value for s in receiver.provider_samples("clusters")}
+    assert set(by_state) == {"PROVISIONING", "READY", "FAILED"} and by_state["READY"] >= 1
+    (longest,) = receiver.provider_samples("clusters.starting_longest_seconds")
+    assert longest.kind == "g" and longest.value >= 0
+    assert [(s.tags, s.value) for s in receiver.provider_samples("team.daily_budget")] == [({"team": "platform"}, 12.5)]
+
+
 # ------------------------------------------------------------------ what ships in deploy/monitoring
 MONITORING = ROOT / "deploy" / "monitoring"
 #: What statsd_exporter serves a metric of each kind as (the mapping's naming rule).

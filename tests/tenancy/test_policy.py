@@ -235,3 +235,17 @@ def test_airflow_ray_gc_acts_as_the_cleanup_dag_only_for_the_users_the_policy_na
         Actor.cleanup_outside_airflow(policy)
     mine = Policy.model_validate({**POLICY, "cleanup": {"os_users": [os_user().removeprefix("os:")]}})
     assert Actor.cleanup_outside_airflow(mine).cleanup and Actor.cleanup_outside_airflow(None).cleanup
+
+
+def test_the_policy_the_security_guide_shows_is_a_valid_policy(tmp_path):
+    """docs/security.md's example, as a platform team would copy it."""
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    (example,) = re.findall(r"```yaml\n(defaults:.*?)```", guide, re.S)
+    path = tmp_path / "policy.yaml"
+    path.write_text(example)
+    policy = load_policy(path)
+    assert set(policy.teams) == {"forecasting", "pricing"}
+    assert policy.allowances("pricing").daily_cost_budget == 50 and policy.allowances("forecasting").max_gpus == 4

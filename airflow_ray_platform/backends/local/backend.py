@@ -125,6 +125,11 @@ def _interpreter_paths() -> list[str]:
 
 
 @functools.cache
+def _airflow_home() -> Path:
+    """Airflow's home as Airflow itself finds it (``AIRFLOW_HOME``, else ``~/airflow``), without importing it."""
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+
+
 def _sandbox_refusal() -> str | None:
     """Why this machine refuses a sandbox (None: it allows one); asked once per process."""
     try:
@@ -285,10 +290,9 @@ class LocalBackend:
         resolved = Path(path).expanduser().resolve()
         if not Path(path).expanduser().is_absolute():
             raise BackendError(f"local backend option 'writable_paths': {path!r} must be an absolute path")
-        airflow_home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
         protected = {
             "the Python environment Ray runs from": Path(sys.prefix),
-            "Airflow's home": airflow_home,
+            "Airflow's home": _airflow_home(),
             "the local backend's registry": self.registry.root,
         }
         for what, protected_path in protected.items():
@@ -302,8 +306,7 @@ class LocalBackend:
 
     def _hidden_paths(self, private_parent: Path) -> list[str]:
         """What a sandboxed cluster must not see; never a folder holding this interpreter (Ray runs from it)."""
-        home = Path.home()
-        airflow_home = Path(os.environ.get("AIRFLOW_HOME") or home / "airflow")
+        home, airflow_home = Path.home(), _airflow_home()
         # the configuration on its own too: hidden even where Airflow's home cannot be (it holds the venv)
         airflow_config = Path(os.environ.get("AIRFLOW_CONFIG") or airflow_home / "airflow.cfg")
         paths = [self.registry.root, private_parent, airflow_home, airflow_config]
