@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from airflow_ray_platform.spec.models import ClusterSpec, JobConfiguration, JobSpec
@@ -308,9 +308,11 @@ class RayBackend(Protocol):
     def metrics_urls(self, cluster_name: str) -> list[str]:
         """Prometheus endpoints of the cluster's nodes reachable from here (empty when none is)."""
 
-    def connection(self, cluster_name: str) -> RayConnection:
+    def connection(self, cluster_name: str, *, valid_for: timedelta | None = None) -> RayConnection:
         """How a Ray client reaches the cluster from here, with the token this process authenticates with
-        (an interactive session's; and what a job's result must never carry); ClusterNotFoundError if none."""
+        (an interactive session's; and what a job's result must never carry); ClusterNotFoundError if none.
+        ``valid_for``: how long the token must stay valid (a session's hold); a backend whose tokens
+        expire issues one that long, the others' do not expire."""
 
 
 @runtime_checkable

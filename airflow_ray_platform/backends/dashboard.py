@@ -12,7 +12,7 @@ cluster still starting.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from airflow_ray_platform.backends.base import (
@@ -131,8 +131,8 @@ class DashboardBackend:
         """None known: a cluster managed elsewhere publishes its metrics where its owner chose."""
         return []
 
-    def connection(self, cluster_name: str) -> RayConnection:
-        """Ray Client's port on the dashboard's host, with the connection's token."""
+    def connection(self, cluster_name: str, *, valid_for: timedelta | None = None) -> RayConnection:
+        """Ray Client's port on the dashboard's host, with the connection's token (it does not expire)."""
         self._jobs(cluster_name)  # only the one cluster
         return RayConnection(f"ray://{urlsplit(self.address).hostname}:{RAY_CLIENT_PORT}", self.address, self._token)
 

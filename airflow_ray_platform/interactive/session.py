@@ -103,6 +103,6 @@ def ray_cluster(
         ready = wait_for_cluster(backend, info.name, config.lifecycle.startup_timeout.total_seconds(), 1.0)
         if ready is not None and ready.state != info.state:  # it started here: its READY on the record
             recorder.cluster_seen(ready)
-        yield RaySession(info.name, backend.name, backend.connection(info.name), expires_at)
+        yield RaySession(info.name, backend.name, backend.connection(info.name, valid_for=hold_for), expires_at)
     finally:
         release_leases(backend, info.name, [identity.key], recorder)

@@ -23,6 +23,7 @@ import enum
 import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from airflow_ray_platform.backends.base import (
@@ -369,9 +370,9 @@ class AuthorizedBackend:
         self._check(Action.USE, cluster_name)
         return self.inner.metrics_urls(cluster_name)
 
-    def connection(self, cluster_name: str) -> RayConnection:
+    def connection(self, cluster_name: str, *, valid_for: timedelta | None = None) -> RayConnection:
         self._check(Action.CONNECT, cluster_name)
-        return self.inner.connection(cluster_name)
+        return self.inner.connection(cluster_name, valid_for=valid_for)
 
 
 class _Watching:

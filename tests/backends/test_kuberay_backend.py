@@ -263,6 +263,12 @@ def test_logs_through_the_jobs_api_authenticated_by_a_narrow_short_lived_token(k
         }
         issued = [entry for entry in kuberay.emulator.issued_tokens.values() if entry[0] == narrow]
         assert issued and all(expires - time.time() <= 600 for _, _, expires in issued)
+        # A notebook's session holds its cluster for hours and cannot renew the token Ray's client holds:
+        # it gets one of its own, of the same account, valid as long as its hold.
+        session = backend.connection(SHARED_CLUSTER, valid_for=timedelta(hours=8)).token
+        _, _, expires = kuberay.emulator.issued_tokens[session]
+        assert review(session) == narrow and 8 * 3600 - 60 <= expires - time.time() <= 8 * 3600
+        assert backend.connection(SHARED_CLUSTER).token != session  # a task's is the short, renewed one
         # the connection's own token (what went to the head before) is refused there: no ray:write
         refused = requests.get(f"{head.url}/api/jobs/", headers={"Authorization": f"Bearer {KUBECONFIG_TOKEN}"})
         assert refused.status_code == 403

@@ -82,15 +82,20 @@ class JobsApiAuth:
             )
         return self._modes[cluster_name]
 
-    def _kubernetes_token(self, cluster_name: str) -> str:
-        """The dedicated service account's current token, requested again when it is about to expire."""
+    def _service_account(self, cluster_name: str) -> str:
+        """The dedicated service account whose tokens authenticate to a ``kubernetes`` cluster."""
         if self.service_account is None:
             raise BackendError(
                 f"reading the Jobs API of {cluster_name!r}, which authenticates by Kubernetes credentials: the "
                 "kuberay backend option jobs_api_service_account names no service account to request a token of"
             )
+        return self.service_account
+
+    def _kubernetes_token(self, cluster_name: str) -> str:
+        """The dedicated service account's current token, requested again when it is about to expire."""
+        account = self._service_account(cluster_name)
         if self._issued is None or self._issued[1] - utc_now() < JOBS_API_TOKEN_RENEW_BEFORE:
-            self._issued = self.api.service_account_token(self.service_account, self.audiences, JOBS_API_TOKEN_SECONDS)
+            self._issued = self.api.service_account_token(account, self.audiences, JOBS_API_TOKEN_SECONDS)
         return self._issued[0]
 
     def _secret_token(self, cluster_name: str) -> str | None:
@@ -99,10 +104,15 @@ class JobsApiAuth:
         encoded = (data or {}).get(self.token_secret_key)
         return base64.b64decode(encoded).decode() if encoded else None
 
-    def token(self, cluster_name: str) -> str | None:
-        """What authenticates to the cluster: the connection's Kubernetes token (refreshed by its client),
-        a Secret's token (read once), or None for a cluster without auth."""
+    def token(self, cluster_name: str, valid_for: timedelta | None = None) -> str | None:
+        """What authenticates to the cluster: the dedicated account's Kubernetes token (renewed before it
+        expires; with ``valid_for`` longer than that, one of its own that lasts as long: an interactive
+        session cannot renew the token Ray's client holds), a Secret's token (read once), or None for a
+        cluster without auth."""
         mode = self.mode(cluster_name)
+        if mode == "kubernetes" and valid_for is not None and valid_for.total_seconds() > JOBS_API_TOKEN_SECONDS:
+            seconds = int(valid_for.total_seconds())
+            return self.api.service_account_token(self._service_account(cluster_name), self.audiences, seconds)[0]
         if mode == "kubernetes":
             return self._kubernetes_token(cluster_name)
         cached = self._clients.get(cluster_name)

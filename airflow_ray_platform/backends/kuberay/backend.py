@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow_ray_platform.backends.base import (
@@ -369,13 +370,15 @@ class KubeRayBackend:
         url = self._dashboard_url(cluster_name)
         return None if url is None else dashboard_job_url(url, submission_id)
 
-    def connection(self, cluster_name: str) -> RayConnection:
+    def connection(self, cluster_name: str, *, valid_for: timedelta | None = None) -> RayConnection:
         """Ray Client on the head service KubeRay made (reachable inside the Kubernetes cluster, e.g. from
-        a notebook server there), with what this connection authenticates to the cluster with."""
+        a notebook server there), with what this connection authenticates to the cluster with: with
+        ``ray_auth: kubernetes``, a token of its own valid ``valid_for`` (a session's hold), else the
+        connection's current one."""
         if self.describe_cluster(cluster_name) is None:
             raise ClusterNotFoundError(f"no RayCluster {cluster_name!r} in namespace {self.namespace!r}")
         address = f"ray://{cluster_name}-head-svc.{self.namespace}.svc:{RAY_CLIENT_PORT}"
-        return RayConnection(address, self._dashboard_url(cluster_name), self.auth.token(cluster_name))
+        return RayConnection(address, self._dashboard_url(cluster_name), self.auth.token(cluster_name, valid_for))
 
     # ------------------------------------------------------- watching (async)
     async def await_job(self, cluster_name: str, submission_id: str, timeout: float) -> JobInfo | None:

@@ -28,7 +28,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Collection, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 from typing import BinaryIO
@@ -736,9 +736,9 @@ class LocalBackend:
         record = self.registry.load(cluster_name)
         return None if record is None else dashboard_job_url(record.dashboard_url, submission_id)
 
-    def connection(self, cluster_name: str) -> RayConnection:
+    def connection(self, cluster_name: str, *, valid_for: timedelta | None = None) -> RayConnection:
         """Ray Client on the head (the one Ray port a sandbox relays out, besides the dashboard's), with the
-        cluster's own token."""
+        cluster's own token (it does not expire)."""
         record = self.registry.load(cluster_name)
         if record is None:
             raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
