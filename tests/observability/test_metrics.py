@@ -52,6 +52,45 @@ def test_every_declared_metric_is_sent_somewhere_and_nothing_undeclared_is():
     assert len({m.full_name for m in metrics.CATALOGUE}) == len(metrics.CATALOGUE)
 
 
+def test_every_call_in_the_package_passes_exactly_the_declared_tags():
+    """A metric called with other tags raises (a bug, not a passing fault): read every call site, tested
+    or not, so that no path a test does not reach can fail a task over a metric."""
+    import ast
+
+    declared = {name: value for name, value in vars(metrics).items() if isinstance(value, metrics.Metric)}
+    calls = 0
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            function = node.func if isinstance(node, ast.Call) else None
+            if not (isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name)):
+                continue
+            if function.value.id != "metrics" or function.attr not in declared:
+                continue
+            calls += 1
+            passed = set()
+            for keyword in node.keywords:
+                if keyword.arg is None:  # **tags: the mapping's keys, where it is written out here
+                    assert isinstance(keyword.value, ast.Name), (path, node.lineno)
+                    passed |= _mapping_keys(path, keyword.value.id)
+                else:
+                    passed.add(keyword.arg)
+            assert passed == set(declared[function.attr].tags), (path.name, node.lineno, function.attr)
+    assert calls >= len(declared)
+
+
+def _mapping_keys(path: Path, name: str) -> set[str]:
+    """The keys of the dict literal assigned to ``name`` in ``path`` (``tags = {"backend": ..., ...}``)."""
+    import ast
+
+    keys: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            assert isinstance(node.value, ast.Dict), (path, node.lineno)
+            keys |= {key.value for key in node.value.keys if isinstance(key, ast.Constant)}
+    assert keys, (path, name)
+    return keys
+
+
 def test_tags_are_exactly_the_declared_ones_and_values_are_safe_for_every_receiver():
     with pytest.raises(ValueError, match=r"takes the tags \['backend', 'team'\], not \['backend'\]"):
         metrics.JOB_SUBMITTED(backend="local")
