@@ -20,7 +20,7 @@ import enum
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -41,6 +41,14 @@ from airflow_ray_platform.tenancy.policy import Actor
 LOG_STREAM_WINDOW = 10.0
 MAX_WATCH_WINDOW = 300.0
 CLUSTER_WATCH_WINDOW = 30.0
+
+
+@cache
+def shared_recorder(state_store_conn_id: str | None, log_storage_uri: str | None) -> LifecycleRecorder:
+    """One recorder per store for every trigger of this triggerer process: one engine and its small pool,
+    not a pool per deferred task (a thousand waiting tasks would otherwise hold a thousand database
+    connections)."""
+    return LifecycleRecorder(state_store_conn_id, log_storage_uri)
 
 
 class _RayTrigger(BaseTrigger):
@@ -72,7 +80,7 @@ class _RayTrigger(BaseTrigger):
         """Built without I/O; its backend (which reads the connection) is first touched in a thread. It acts
         as the deferred task (``actor``), recording decisions where the task records."""
         actor = None if self.actor is None else Actor.from_dict(self.actor)
-        return RayHook(self.ray_conn_id, actor=actor, recorder=LifecycleRecorder(self.state_store_conn_id))
+        return RayHook(self.ray_conn_id, actor=actor, recorder=shared_recorder(self.state_store_conn_id, None))
 
     async def _backend(self) -> RayBackend:
         return await asyncio.to_thread(lambda: self.hook.backend)  # reads the connection: not on the loop
@@ -170,7 +178,7 @@ class RayClusterTrigger(_RayTrigger):
         if self.ephemeral_cluster:
             backend = await self._backend()
             run = RayJobRun(
-                backend, self.cluster_name, recorder=LifecycleRecorder(self.state_store_conn_id), log=self.log
+                backend, self.cluster_name, recorder=shared_recorder(self.state_store_conn_id, None), log=self.log
             )
             await asyncio.to_thread(run.delete_killed_tasks_cluster)
 
@@ -279,7 +287,7 @@ class RayJobTrigger(_RayTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         backend = await self._backend()
         watching = backend if isinstance(backend, WatchingBackend) else None
-        run = self._run(backend, LifecycleRecorder(self.state_store_conn_id, self.log_storage_uri))
+        run = self._run(backend, shared_recorder(self.state_store_conn_id, self.log_storage_uri))
         faults = async_transient_faults(self.poll_interval, self.log)
         while True:
             try:
@@ -320,7 +328,7 @@ class RayJobTrigger(_RayTrigger):
     def _finish(self, backend: RayBackend, event: JobEvent) -> JobEvent:
         """Record the job's end and persist its log in this (warm) process, so that the task resumed in a
         fresh one has nothing left to ask Ray; if the backend fails here, the task does it instead."""
-        run = self._run(backend, LifecycleRecorder(self.state_store_conn_id, self.log_storage_uri))
+        run = self._run(backend, shared_recorder(self.state_store_conn_id, self.log_storage_uri))
         try:
             run.conclude(event, stream_logs=self.stream_logs)
         except BackendError as error:
@@ -331,7 +339,7 @@ class RayJobTrigger(_RayTrigger):
     async def on_kill(self) -> None:
         """A user killed the deferred task: stop the job (recording it STOPPED), and remove the task's
         ephemeral cluster."""
-        run = self._run(await self._backend(), LifecycleRecorder(self.state_store_conn_id, None))
+        run = self._run(await self._backend(), shared_recorder(self.state_store_conn_id, None))
         if self.role == JobWaitRole.SUBMITTER:
             await asyncio.to_thread(run.stop_and_record)
         if self.ephemeral_cluster:
