@@ -2,8 +2,13 @@
 
 :data:`OPTIONS` declares each option (type, default, description) exactly as ``get_provider_info()["config"]``
 publishes it, so ``airflow config list`` shows all of them, and the readers below take their defaults from
-the same declaration. Nothing else in the package calls ``conf.get``. Airflow's configuration is imported
-only when an option is read, so importing this module costs nothing.
+the same declaration. Nothing else in the package calls ``conf.get``. Importing this module costs nothing.
+
+In a process that already runs Airflow, options are read through Airflow's configuration. Outside one
+(the ``airflow-ray`` CLI, a notebook), where importing Airflow would cost seconds, they are read from the
+same places Airflow reads them, in its order: the environment (``AIRFLOW__SECTION__KEY``), then the
+configuration file (``$AIRFLOW_CONFIG``, else ``$AIRFLOW_HOME/airflow.cfg``), then the declared default.
+An option given any other way (``_cmd``, ``_secret``) is read through Airflow's configuration after all.
 
 The local backend's registry, the SQLite state store and the ``file://`` object storage default to folders
 under one root, ``$AIRFLOW_RAY_PLATFORM_HOME`` (else ``~/.airflow_ray_platform``).
@@ -11,7 +16,10 @@ under one root, ``$AIRFLOW_RAY_PLATFORM_HOME`` (else ``~/.airflow_ray_platform``
 
 from __future__ import annotations
 
+import configparser
 import os
+import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -60,21 +68,87 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "default": "ray_default",
     },
     "deferral_settle_seconds": {
-        "description": "How long a deferrable operator waits in its task before deferring, and "
-        "the soonest its trigger fires after the deferral: works around Airflow 3.3.2 failing a "
-        "task resumed right after its deferral (apache/airflow#67287). 0 where that is fixed.",
+        "description": "The soonest a deferred operator's trigger fires after the deferral (the task "
+        "itself defers at once): Airflow up to at least 3.3.2 fails a task resumed before its scheduler "
+        "has processed the deferring process's exit (apache/airflow#67287, #71580). The race window "
+        "measured under load, plus a margin; 0 on an Airflow whose scheduler has the fix.",
         "version_added": "0.1.0",
         "type": "float",
         "example": "0",
-        "default": "10",
+        "default": "8",
     },
 }
 
 
-def _conf() -> Any:
+def _airflow_conf() -> Any:
     from airflow.configuration import conf
 
     return conf
+
+
+def _conf() -> Any:
+    """Airflow's configuration where Airflow is loaded already, else what :class:`_FileAndEnvironment` reads."""
+    return _airflow_conf() if "airflow" in sys.modules else _file_and_environment()
+
+
+def _expand(value: str) -> str:
+    """A configuration file's value as Airflow expands it (``~`` and ``$VARIABLES``, until stable)."""
+    while (expanded := os.path.expandvars(os.path.expanduser(value))) != value:
+        value = expanded
+    return value
+
+
+def airflow_home() -> Path:
+    """Airflow's home as Airflow finds it (``$AIRFLOW_HOME``, else ``~/airflow``)."""
+    return Path(_expand(os.environ.get("AIRFLOW_HOME") or "~/airflow"))
+
+
+def airflow_config_path() -> Path:
+    """Airflow's configuration file as Airflow finds it (``$AIRFLOW_CONFIG``, else in its home)."""
+    return Path(_expand(os.environ.get("AIRFLOW_CONFIG") or str(airflow_home() / "airflow.cfg")))
+
+
+class _FileAndEnvironment:
+    """Airflow's options read as Airflow reads them, without importing Airflow (see the module's doc)."""
+
+    _TRUE, _FALSE = ("t", "true", "1"), ("f", "false", "0")
+
+    def __init__(self) -> None:
+        self._file = configparser.ConfigParser(interpolation=None, strict=False)
+        self._file.read(airflow_config_path())
+
+    def get(self, section: str, key: str, fallback: Any = None) -> Any:
+        variable = f"AIRFLOW__{section.upper()}__{key.upper()}"
+        if variable in os.environ:
+            return os.environ[variable]
+        if any(f"{variable}_{form}" in os.environ for form in ("CMD", "SECRET")) or any(
+            self._file.has_option(section, f"{key}_{form}") for form in ("cmd", "secret")
+        ):
+            return _airflow_conf().get(section, key, fallback=fallback)
+        if self._file.has_option(section, key):
+            return _expand(self._file.get(section, key))
+        return fallback
+
+    def getboolean(self, section: str, key: str, fallback: bool = False) -> bool:
+        value = self.get(section, key)
+        if value is None:
+            return fallback
+        text = str(value).split("#")[0].strip().lower()
+        if text not in self._TRUE + self._FALSE:
+            raise ValueError(f"[{section}] {key}: {value!r} is not a boolean (true or false)")
+        return text in self._TRUE
+
+    def getfloat(self, section: str, key: str, fallback: float = 0.0) -> float:
+        value = self.get(section, key)
+        try:
+            return fallback if value is None else float(value)
+        except ValueError:
+            raise ValueError(f"[{section}] {key}: {value!r} is not a number") from None
+
+
+@cache
+def _file_and_environment() -> _FileAndEnvironment:
+    return _FileAndEnvironment()
 
 
 def _text(key: str) -> str | None:
@@ -129,6 +203,11 @@ def multi_team() -> bool:
 def api_base_url() -> str:
     """Airflow's own ``[api] base_url``: where its UI (and the Ray view under it) is served."""
     return _conf().get("api", "base_url", fallback="/") or "/"
+
+
+def custom_secrets_backend() -> str | None:
+    """Airflow's own ``[secrets] backend``: searched for connections before anything else."""
+    return _conf().get("secrets", "backend", fallback=None) or None
 
 
 def default_root() -> Path:

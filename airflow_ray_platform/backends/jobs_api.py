@@ -8,6 +8,7 @@ raised from here never repeat request headers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import queue
 import re
@@ -15,13 +16,10 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
-from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
-from ray.exceptions import AuthenticationError, RayError
-from ray.job_submission import JobDetails, JobSubmissionClient
 
 from airflow_ray_platform.backends.base import (
     LOG_CHUNK_BYTES,
@@ -32,6 +30,9 @@ from airflow_ray_platform.backends.base import (
 )
 from airflow_ray_platform.spec.models import JobSpec
 
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
 _NOT_FOUND = re.compile(r"status code 404")
 _ALREADY_EXISTS = re.compile(r"already exists")
 T = TypeVar("T")
@@ -39,9 +40,6 @@ T = TypeVar("T")
 
 def _millis(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value / 1000, tz=UTC) if value else None
-
-
-_CLIENT_ERRORS = (RuntimeError, ConnectionError, RayError, requests.RequestException)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -62,6 +60,13 @@ def require_https(address: str, allow_http: bool, what: str) -> None:
         )
 
 
+def driver_log_name(submission_id: str) -> str:
+    """The file a job's driver log has on its node, as Ray names it."""
+    from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
+
+    return JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
+
+
 class JobsApiClient:
     """One cluster's Jobs API: idempotent submit, describe, list, logs, stop.
 
@@ -72,47 +77,81 @@ class JobsApiClient:
     def __init__(self, cluster_name: str, address: str, token: str | None, verify: bool | str = True) -> None:
         self.cluster_name = cluster_name
         self.address = address
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        self._headers = dict(headers or {})
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._verify = verify
-        self._client = self._call(
-            f"reaching the Ray Jobs API of cluster {cluster_name!r}",
+
+    @functools.cached_property
+    def _client(self) -> JobSubmissionClient:
+        """Ray's client, for what changes a job or streams its log; made (and imported: about a second)
+        on first use, so that a look at jobs through the REST API below costs neither."""
+        from ray.job_submission import JobSubmissionClient
+
+        return self._call(
+            f"reaching the Ray Jobs API of cluster {self.cluster_name!r}",
             JobSubmissionClient,
-            address,
-            headers=headers,
-            verify=verify,
+            self.address,
+            headers=self._headers or None,
+            verify=self._verify,
         )
 
     @staticmethod
     def _call(doing: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        from ray.exceptions import AuthenticationError, RayError
+
         try:
             return function(*args, **kwargs)
         except AuthenticationError as error:
             raise BackendAuthenticationError(f"{doing}: {error}") from None
-        except _CLIENT_ERRORS as error:
+        except (RuntimeError, ConnectionError, RayError, requests.RequestException) as error:
             raise BackendError(f"{doing}: {error}") from None
 
-    def _info(self, details: JobDetails) -> JobInfo:
+    def _get(self, path: str, doing: str, *, stream: bool = False, read_timeout: float = 30) -> requests.Response:
+        """GET ``path`` of the dashboard's documented REST API (Jobs, State, logs) with this client's token;
+        refused credentials raise BackendAuthenticationError, an unreachable dashboard BackendError."""
+        try:
+            response = requests.get(
+                f"{self.address}{path}",
+                headers=self._headers,
+                verify=self._verify,
+                stream=stream,
+                timeout=(10, read_timeout),
+            )
+        except requests.RequestException as error:
+            raise BackendError(f"{doing}: {error}") from None
+        if response.status_code in (401, 403):
+            reason = " ".join(response.text.split())[:300]  # Ray's reason; it never repeats the token sent
+            response.close()
+            raise BackendAuthenticationError(
+                f"{doing}: the cluster refused the token ({response.status_code}: {reason or 'no reason given'})"
+            )
+        return response
+
+    def _details(self, submission_id: str) -> dict[str, Any] | None:
+        """The job as the Jobs REST API describes it (``GET /api/jobs/<id>``); None if the cluster has none."""
+        doing = f"describing job {submission_id!r}"
+        response = self._get(f"/api/jobs/{urllib.parse.quote(submission_id, safe='')}", doing)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise BackendError(f"{doing}: status code {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def _info(self, details: Mapping[str, Any]) -> JobInfo:
         return JobInfo(
-            submission_id=details.submission_id or details.job_id or "",
+            submission_id=details.get("submission_id") or details.get("job_id") or "",
             cluster_name=self.cluster_name,
-            state=JobState(str(getattr(details.status, "value", details.status))),
-            entrypoint=details.entrypoint,
-            message=details.message,
-            error_type=details.error_type,
-            metadata=dict(details.metadata or {}),
-            start_time=_millis(details.start_time),
-            end_time=_millis(details.end_time),
+            state=JobState(str(details["status"])),
+            entrypoint=details.get("entrypoint") or "",
+            message=details.get("message"),
+            error_type=details.get("error_type"),
+            metadata=dict(details.get("metadata") or {}),
+            start_time=_millis(details.get("start_time")),
+            end_time=_millis(details.get("end_time")),
         )
 
     def describe(self, submission_id: str) -> JobInfo | None:
-        try:
-            details = self._call(f"describing job {submission_id!r}", self._client.get_job_info, submission_id)
-        except BackendError as error:
-            if _NOT_FOUND.search(str(error)):
-                return None
-            raise
-        return self._info(details)
+        details = self._details(submission_id)
+        return None if details is None else self._info(details)
 
     def submit(self, submission_id: str, job: JobSpec, metadata: Mapping[str, str]) -> JobInfo:
         """Submit under ``submission_id``; if a job of that id exists, return it instead."""
@@ -136,8 +175,11 @@ class JobsApiClient:
         return info
 
     def list(self) -> list[JobInfo]:
-        jobs = self._call(f"listing jobs of cluster {self.cluster_name!r}", self._client.list_jobs)
-        return [self._info(details) for details in jobs]
+        doing = f"listing jobs of cluster {self.cluster_name!r}"
+        response = self._get("/api/jobs/", doing)
+        if response.status_code != 200:
+            raise BackendError(f"{doing}: status code {response.status_code}: {response.text[:500]}")
+        return [self._info(details) for details in response.json()]
 
     def head_started_at(self) -> datetime | None:
         """When the cluster's head node started (Ray's State API), None where it does not say: the
@@ -145,15 +187,7 @@ class JobsApiClient:
         query = urllib.parse.urlencode(
             {"detail": "true", "filter_keys": "is_head_node", "filter_predicates": "=", "filter_values": "True"}
         )
-        doing = f"reading the head node of cluster {self.cluster_name!r}"
-        try:
-            response = requests.get(
-                f"{self.address}/api/v0/nodes?{query}", headers=self._headers, verify=self._verify, timeout=(10, 30)
-            )
-        except requests.RequestException as error:
-            raise BackendError(f"{doing}: {error}") from None
-        if response.status_code in (401, 403):
-            raise BackendAuthenticationError(f"{doing}: the cluster refused the token ({response.status_code})")
+        response = self._get(f"/api/v0/nodes?{query}", f"reading the head node of cluster {self.cluster_name!r}")
         if response.status_code != 200:
             return None
         nodes = ((response.json().get("data") or {}).get("result") or {}).get("result") or []
@@ -170,30 +204,19 @@ class JobsApiClient:
         file's end); Ray's websocket log tail, the fallback where that endpoint does not serve the job,
         only closes about 5 s after a finished job's end, and that was every deferred task's wait.
         """
-        details = self._call(f"describing job {submission_id!r}", self._client.get_job_info, submission_id)
-        node_id = getattr(details, "driver_node_id", None)
+        node_id = (self._details(submission_id) or {}).get("driver_node_id")
         if not node_id:  # never started a driver: nothing on any node to read
             yield from self._tail_chunks(submission_id)
             return
-        filename = JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id)
-        query = urllib.parse.urlencode({"node_id": node_id, "filename": filename, "lines": -1})
-        try:
-            with requests.get(
-                f"{self.address}/api/v0/logs/file?{query}",
-                headers=self._headers,
-                verify=self._verify,
-                stream=True,
-                timeout=(10, 300),
-            ) as response:
-                if response.status_code in (401, 403):
-                    raise BackendAuthenticationError(
-                        f"reading logs of job {submission_id!r}: the cluster refused the token ({response.status_code})"
-                    )
-                if response.status_code == 200:
+        query = urllib.parse.urlencode({"node_id": node_id, "filename": driver_log_name(submission_id), "lines": -1})
+        doing = f"reading logs of job {submission_id!r}"
+        with self._get(f"/api/v0/logs/file?{query}", doing, stream=True, read_timeout=300) as response:
+            if response.status_code == 200:
+                try:
                     yield from response.iter_content(chunk_size=LOG_CHUNK_BYTES)
-                    return
-        except requests.RequestException as error:
-            raise BackendError(f"reading logs of job {submission_id!r}: {error}") from None
+                except requests.RequestException as error:
+                    raise BackendError(f"{doing}: {error}") from None
+                return
         yield from self._tail_chunks(submission_id)
 
     def _tail_chunks(self, submission_id: str) -> Iterator[bytes]:

@@ -2,7 +2,7 @@
 
 When a task fails because the connection, the token, the state store, object storage or the sandbox is
 wrong, the operator finds out from task logs, one failure at a time. The doctor asks each piece the way a
-task would (through the same hook, store and storage code), says what it found and what to change,
+task would (through the same connection, store and storage code), says what it found and what to change,
 and changes nothing but one probe object it writes to storage and deletes again. A check that depends
 on one that failed is skipped, saying which.
 """
@@ -70,16 +70,18 @@ def _auth_fix(backend_name: str) -> str:
 # ------------------------------------------------------------------------------------------- the checks
 def check_connection(conn_id: str, team: str | None) -> tuple[Check, Any]:
     """The ``ray`` connection resolves to a backend (and, under a policy, the team acting is named)."""
-    from airflow.exceptions import AirflowNotFoundException
-
-    from airflow_ray_platform.hooks.ray import RayHook
-    from airflow_ray_platform.tenancy.policy import Actor
+    from airflow_ray_platform import settings
+    from airflow_ray_platform.connections import ConnectionNotFoundError
+    from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+    from airflow_ray_platform.tenancy.connected import backend_spec, connected_backend, find_ray_connection
+    from airflow_ray_platform.tenancy.policy import Actor, configured_policy
 
     try:
-        hook = RayHook(conn_id, actor=Actor.outside_airflow(team, team_field="--team"))
-        name, options = hook.backend_spec()
-        backend = hook.backend
-    except AirflowNotFoundException:
+        actor, policy = Actor.outside_airflow(team, team_field="--team"), configured_policy()
+        name, options = backend_spec(find_ray_connection(conn_id), policy, actor)
+        recorder = LifecycleRecorder(settings.state_store_conn_id())  # audited as the hook audits
+        backend = connected_backend(conn_id, actor, policy, recorder.audit, recorder.job_team)
+    except ConnectionNotFoundError:
         fix = f"create the connection {conn_id!r} (conn_type ray), or pass --conn-id"
         return Check("connection", Verdict.FAIL, f"no Airflow connection {conn_id!r}", fix), None
     except Exception as error:

@@ -76,6 +76,7 @@ class _Platform:
         from airflow_ray_platform.records.state_store import StateStore
 
         store = StateStore.from_airflow_connection(self.state_store_conn_id)
+        _quiet_logging()  # finding the connection may have imported Airflow, which sets up its logging
         store.migrate()
         return store
 
@@ -86,9 +87,19 @@ class _Platform:
         return Actor.outside_airflow(self.team, identity, claimed_team, team_field="--team")
 
     def backend(self, actor: Any) -> Any:
-        from airflow_ray_platform.hooks.ray import RayHook
+        """The connection's backend for ``actor``, authorized and audited as the hook's is (without Airflow)."""
+        from airflow_ray_platform.tenancy.connected import connected_backend
+        from airflow_ray_platform.tenancy.policy import configured_policy
 
-        return RayHook(self.conn_id, actor=actor, recorder=self.recorder).backend
+        backend = connected_backend(  # the recorder (and its database driver) made only when first used
+            self.conn_id,
+            actor,
+            configured_policy(),
+            lambda entry: self.recorder.audit(entry),
+            lambda submission_id: self.recorder.job_team(submission_id),
+        )
+        _quiet_logging()  # finding the connection may have imported Airflow, which sets up its logging
+        return backend
 
 
 def _os_user() -> str | None:
@@ -103,9 +114,8 @@ def _handle_errors(function: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from airflow.exceptions import AirflowNotFoundException
-
         from airflow_ray_platform.backends.base import BackendError
+        from airflow_ray_platform.connections import ConnectionNotFoundError
         from airflow_ray_platform.spec.models import JobConfigurationError
         from airflow_ray_platform.tenancy.policy import PolicyError, PolicyViolation
 
@@ -115,7 +125,7 @@ def _handle_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except (JobConfigurationError, PolicyViolation, PolicyError) as error:
             raise CliError(_one_line(error), EXIT_BAD_INPUT) from None
-        except AirflowNotFoundException as error:
+        except ConnectionNotFoundError as error:
             raise CliError(f"connection: {_one_line(error)}", EXIT_BAD_INPUT) from None
         except LookupError as error:
             raise CliError(_one_line(error.args[0] if error.args else error)) from None
@@ -152,7 +162,7 @@ def main(ctx: click.Context, conn_id: str, state_store_conn_id: str | None, log_
     """Run and inspect Ray jobs and clusters of airflow-ray-platform, with a DAG's job_configuration."""
     from airflow_ray_platform import settings
 
-    store = state_store_conn_id or settings.state_store_conn_id()  # imports Airflow, which sets up its logging
+    store = state_store_conn_id or settings.state_store_conn_id()
     logs = log_storage_uri or settings.log_storage_uri()
     _quiet_logging()
     ctx.obj = _Platform(conn_id, store, logs)
@@ -163,8 +173,10 @@ pass_platform = click.make_pass_decorator(_Platform)
 
 
 def _quiet_logging() -> None:
-    """Airflow logs to stdout at INFO (migrations, settings): here stdout is the data (a log, JSON), so
-    only warnings are logged, and to stderr."""
+    """Airflow, once imported, logs to stdout at INFO (migrations, settings): here stdout is the data (a
+    log, JSON), so only warnings are logged, and to stderr."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     for handler in root.handlers:

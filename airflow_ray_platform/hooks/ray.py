@@ -1,12 +1,6 @@
 """``RayHook``: the ``ray`` connection, resolved to a backend.
 
-Connection forms:
-
-* no connection, or extras ``{"backend": "local", "root_dir": …}``: the embedded local backend;
-* host / port (and schema ``https``) of a Ray dashboard, token in the password, extras
-  ``{"cluster_name": …, "verify": true | false | "/path/ca.pem", "allow_http": false}``: an existing
-  cluster (jobs only); plain http only to this machine unless ``allow_http`` says so;
-* extras ``{"backend": "kuberay", …}``: the KubeRay backend (its own options).
+The connection forms are :mod:`~airflow_ray_platform.tenancy.connected`'s.
 
 The hook turns a connection into a :class:`RayBackend` (``get_conn()`` / ``backend``) behind the
 platform's authorization check (``authorization.AuthorizedBackend``, acting as the running task or the
@@ -20,11 +14,9 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
-from airflow.exceptions import AirflowNotFoundException
 from airflow.sdk.bases.hook import BaseHook
 
 from airflow_ray_platform import settings
-from airflow_ray_platform.backends import get_backend
 from airflow_ray_platform.backends.base import RayBackend
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder, read_job_log
 from airflow_ray_platform.tenancy.authorization import (
@@ -32,8 +24,8 @@ from airflow_ray_platform.tenancy.authorization import (
     AuditEntry,
     AuthorizationError,
     authorize,
-    authorized,
 )
+from airflow_ray_platform.tenancy.connected import DEFAULT_RAY_CONN_ID, connected_backend
 from airflow_ray_platform.tenancy.policy import Actor, Policy, configured_policy
 
 
@@ -57,7 +49,7 @@ class RayHook(BaseHook):
     """
 
     conn_name_attr = "ray_conn_id"
-    default_conn_name = "ray_default"
+    default_conn_name = DEFAULT_RAY_CONN_ID
     conn_type = "ray"
     hook_name = "Ray"
 
@@ -110,37 +102,8 @@ class RayHook(BaseHook):
     @cached_property
     def backend(self) -> RayBackend:
         """The connection's backend; every action on a cluster through it is authorized and audited."""
-        name, options = self.backend_spec()
-        backend = get_backend(name, **options)
         recorder = self.recorder
-        return authorized(backend, self.actor, self.policy, recorder.audit, recorder.job_team)  # type: ignore[return-value]
-
-    def backend_spec(self) -> tuple[str, dict[str, Any]]:
-        """(backend name, options) from the connection (on KubeRay, the policy's namespace for the team)."""
-        try:
-            conn = self.get_connection(self.ray_conn_id)
-        except AirflowNotFoundException:
-            if self.ray_conn_id != self.default_conn_name:
-                raise
-            return "local", {}
-        extra = dict(conn.extra_dejson)
-        if conn.host:
-            scheme = conn.schema or "http"
-            address = f"{scheme}://{conn.host}" + (f":{conn.port}" if conn.port else "")
-            options = {"address": address, "token": conn.password or None}
-            options.update({key: extra[key] for key in ("cluster_name", "verify", "allow_http") if key in extra})
-            return "dashboard", options
-        name = extra.pop("backend", "local")
-        team = self.policy.teams.get(self.actor.team or "") if self.policy is not None else None
-        if name == "kuberay" and team is not None:
-            extra.update(
-                {
-                    key: value
-                    for key, value in (("namespace", team.namespace), ("kubernetes_conn_id", team.kubernetes_conn_id))
-                    if value
-                }
-            )
-        return name, extra
+        return connected_backend(self.ray_conn_id, self.actor, self.policy, recorder.audit, recorder.job_team)
 
     def read_persisted_job_log(
         self, submission_id: str, state_store_conn_id: str | None = None, log_storage_uri: str | None = None

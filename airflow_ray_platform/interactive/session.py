@@ -14,12 +14,12 @@ from typing import Any
 from airflow_ray_platform import settings
 from airflow_ray_platform.backends.base import RayConnection
 from airflow_ray_platform.backends.retries import client_connect
-from airflow_ray_platform.hooks.ray import RayHook
 from airflow_ray_platform.records.lifecycle import LifecycleRecorder
 from airflow_ray_platform.runs.cluster import release_leases, shared_cluster, wait_for_cluster
 from airflow_ray_platform.spec.models import JobConfiguration, load_job_configuration
 from airflow_ray_platform.spec.naming import SESSION_DAG_ID, TaskIdentity
 from airflow_ray_platform.spec.timestamps import utc_now
+from airflow_ray_platform.tenancy.connected import DEFAULT_RAY_CONN_ID, connected_backend
 from airflow_ray_platform.tenancy.policy import Actor, configured_policy, os_user
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _session_identity(config: JobConfiguration, user: str | None) -> TaskIdentit
 def ray_cluster(
     job_configuration: JobConfiguration | Mapping[str, Any] | str | Path,
     *,
-    ray_conn_id: str = RayHook.default_conn_name,
+    ray_conn_id: str = DEFAULT_RAY_CONN_ID,
     team: str | None = None,
     hold_for: timedelta = DEFAULT_HOLD,
     state_store_conn_id: str | None = None,
@@ -96,7 +96,7 @@ def ray_cluster(
         assert actor.team is not None
         policy.check_configuration(actor.team, config)
     recorder = LifecycleRecorder(state_store_conn_id or settings.state_store_conn_id())
-    backend = RayHook(ray_conn_id, actor=actor, recorder=recorder).backend
+    backend = connected_backend(ray_conn_id, actor, policy, recorder.audit, recorder.job_team)
     expires_at = utc_now() + hold_for
     info = shared_cluster(backend, config, identity, recorder, expires_at=expires_at)
     try:

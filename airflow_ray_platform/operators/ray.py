@@ -91,12 +91,12 @@ def _configuration_errors_fail_the_task() -> Iterator[None]:
         raise AirflowFailException(str(error)) from None
 
 
-def _settling(operator: _RayOperator) -> float | None:
-    """How long a deferrable operator waits in its task before deferring (None: a blocking one waits
-    all along). A wait that ends this soon never defers: deferring would cost a triggerer round trip,
-    and on Airflow 3.3.2 a trigger that fires this soon after the deferral can fail the resumed task
-    (see ``settings.deferral_settle_seconds``)."""
-    return settings.deferral_settle_seconds() if operator.deferrable else None
+def _in_task_wait(operator: _RayOperator) -> float | None:
+    """How long an operator waits in its task: a blocking one all along (None); a deferrable one looks
+    once (0) and defers at once unless the wait already ended, so it holds a worker slot for no fixed
+    time. What Airflow 3.3.2 needs after a deferral is held by the trigger instead (``not_before``,
+    ``settings.deferral_settle_seconds``)."""
+    return 0.0 if operator.deferrable else None
 
 
 class _RecordingOperator(BaseOperator):
@@ -198,10 +198,10 @@ class _RayOperator(_RecordingOperator):
         return self.config.lifecycle.startup_timeout.total_seconds()
 
     def _await_cluster(self, name: str, interval: float, method_name: str, *, ephemeral: bool = False) -> ClusterInfo:
-        """The cluster once ready: waited for in the task (all along, or for the deferral's settling time),
-        then in the triggerer, resuming in ``method_name``. The one place a cluster wait defers."""
+        """The cluster once ready: waited for in the task (all along, or one look when deferrable), then in
+        the triggerer, resuming in ``method_name``. The one place a cluster wait defers."""
         deadline = time.time() + self._startup_timeout()
-        ready = wait_for_cluster(self.backend, name, self._startup_timeout(), interval, within=_settling(self))
+        ready = wait_for_cluster(self.backend, name, self._startup_timeout(), interval, within=_in_task_wait(self))
         if ready is None:
             self.defer(
                 trigger=RayClusterTrigger(
@@ -424,7 +424,9 @@ class RayJobOperator(_RayOperator):
             if not self.wait_for_completion:
                 return info.submission_id
             run.start_clock(_seconds(self.timeout))
-            event = run.wait(info, poll_interval=self.poll_interval, stream_logs=self.get_logs, within=_settling(self))
+            event = run.wait(
+                info, poll_interval=self.poll_interval, stream_logs=self.get_logs, within=_in_task_wait(self)
+            )
         except Exception:  # a submit or a wait that raised: this task's own cluster goes with it, as on failure
             self._cleanup_cluster(failed=True)
             raise

@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_ray_platform.connections import get_connection
 from airflow_ray_platform.settings import default_state_store_url
 from airflow_ray_platform.spec.timestamps import to_text, utc_now
 
@@ -187,12 +188,12 @@ class StateStore:
         file when ``conn_id`` is None."""
         if conn_id is None:
             return cls(default_state_store_url())
-        from airflow.sdk.bases.hook import BaseHook
-
-        conn = BaseHook.get_connection(conn_id)
+        conn = get_connection(conn_id)
         # Airflow's URI spells the driver its own way; extra "sqlalchemy_url" names it exactly.
-        extra = conn.extra_dejson
-        return cls(extra.get("sqlalchemy_url") or conn.get_uri(), timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)))
+        extra = conn.extra
+        return cls(
+            extra.get("sqlalchemy_url") or conn.airflow_uri(), timeout=float(extra.get("timeout", DEFAULT_TIMEOUT))
+        )
 
     def schema_revision(self) -> str | None:
         """The revision the database is at, or None before the first migration."""

@@ -136,7 +136,7 @@ def wait_for_cluster(
     backend: RayBackend, name: str, timeout: float, poll_interval: float = 1.0, within: float | None = None
 ) -> ClusterInfo | None:
     """Block until the cluster is READY; raise with the backend's reason if it fails or times out; None
-    if it is still starting after ``within`` seconds (a deferrable operator's first seconds)."""
+    if it is still starting after ``within`` seconds (0: after one look, as a deferrable operator looks)."""
     started = time.monotonic()
     while True:
         info = backend.describe_cluster(name)

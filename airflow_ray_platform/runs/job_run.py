@@ -306,7 +306,7 @@ class RayJobRun:
         self, info: JobInfo | None, *, poll_interval: float, stream_logs: bool, within: float | None = None
     ) -> JobEvent | None:
         """Block until the wait ends, logging the job's output (the operator's non-deferrable path, a
-        deferrable one's first seconds, the CLI); None if it has not ended ``within`` seconds. Failed
+        deferrable one's single look: 0, the CLI); None if it has not ended ``within`` seconds. Failed
         status calls are tolerated as the trigger tolerates them (``backends.retries.transient_faults``);
         past that, the wait ends with an error event."""
         give_up = None if within is None else time.monotonic() + within

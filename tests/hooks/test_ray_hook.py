@@ -43,9 +43,9 @@ def test_extras_name_a_backend_and_its_options(monkeypatch, tmp_path):
 
 
 def test_a_missing_named_connection_is_an_error():
-    from airflow.exceptions import AirflowNotFoundException
+    from airflow_ray_platform.connections import ConnectionNotFoundError
 
-    with pytest.raises(AirflowNotFoundException):
+    with pytest.raises(ConnectionNotFoundError, match="no_such_connection"):
         _ = RayHook("no_such_connection").backend
 
 
@@ -115,29 +115,6 @@ def test_a_dashboard_beyond_this_machine_needs_https_unless_told_otherwise(monke
     assert isinstance(_resolved(RayHook("ray_remote_tls")), DashboardBackend)
     _connection(monkeypatch, "ray_remote_http", host="ray.example.internal", port=1, extra={"allow_http": True})
     assert isinstance(_resolved(RayHook("ray_remote_http")), DashboardBackend)
-
-
-def test_on_kuberay_a_team_works_in_the_namespace_and_with_the_credentials_its_policy_names(monkeypatch, tmp_path):
-    from airflow_ray_platform.tenancy.policy import Actor
-
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "teams:\n"
-        "  forecasting: {match: {dag_ids: ['forecast_*']}, namespace: ray-forecasting, kubernetes_conn_id: k8s_fc}\n"
-        "  pricing: {match: {dag_ids: ['pricing_*']}}\n"
-    )
-    monkeypatch.setenv("AIRFLOW__RAY_PLATFORM__POLICY", str(policy))
-    _connection(
-        monkeypatch, "ray_k8s", extra={"backend": "kuberay", "namespace": "shared", "kubernetes_conn_id": "k8s"}
-    )
-    assert RayHook("ray_k8s", actor=Actor("forecasting")).backend_spec() == (
-        "kuberay",
-        {"namespace": "ray-forecasting", "kubernetes_conn_id": "k8s_fc"},
-    )
-    assert RayHook("ray_k8s", actor=Actor("pricing")).backend_spec() == (
-        "kuberay",
-        {"namespace": "shared", "kubernetes_conn_id": "k8s"},
-    )
 
 
 def test_a_finished_jobs_log_is_read_from_rays_log_file_endpoint_whole_and_streamed(

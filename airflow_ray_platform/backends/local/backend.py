@@ -15,7 +15,7 @@ every one of them is found and stopped.
 from __future__ import annotations
 
 import contextlib
-import functools
+import importlib.util
 import json
 import logging
 import os
@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import psutil
-from ray import __path__ as ray_package_path
-from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
 
 from airflow_ray_platform.backends.base import (
     LOG_CHUNK_BYTES,
@@ -52,7 +50,7 @@ from airflow_ray_platform.backends.base import (
     leases_to_mapping,
     with_lease,
 )
-from airflow_ray_platform.backends.jobs_api import JobsApiClient
+from airflow_ray_platform.backends.jobs_api import JobsApiClient, driver_log_name
 from airflow_ray_platform.backends.local import sandbox
 from airflow_ray_platform.backends.local.processes import (
     INHERITED_ENVIRONMENT,
@@ -75,7 +73,7 @@ from airflow_ray_platform.backends.local.registry import (
     open_cluster_file,
     write_private,
 )
-from airflow_ray_platform.settings import default_root
+from airflow_ray_platform.settings import airflow_config_path, airflow_home, default_root
 from airflow_ray_platform.spec.models import (
     ClusterSpec,
     JobConfiguration,
@@ -120,14 +118,15 @@ def _interpreter_paths() -> list[str]:
     ``@task.ray`` drivers and ``hand_back`` import): never hidden from a sandbox, and bound back
     (read-only) where it lies under a folder the sandbox makes fresh (a venv or a checkout in /tmp)."""
     provider = Path(__file__).parents[2]  # the airflow_ray_platform package (an editable checkout's too)
-    paths = (sys.prefix, sys.base_prefix, Path(sys.executable).parent, ray_package_path[0], provider)
+    paths = (sys.prefix, sys.base_prefix, Path(sys.executable).parent, _ray_package_folder(), provider)
     return sorted({str(Path(path).resolve()) for path in paths})
 
 
-@functools.cache
-def _airflow_home() -> Path:
-    """Airflow's home as Airflow itself finds it (``AIRFLOW_HOME``, else ``~/airflow``), without importing it."""
-    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+def _ray_package_folder() -> str:
+    """Where Ray is installed, found without importing it (an import costs about a second)."""
+    spec = importlib.util.find_spec("ray")
+    assert spec is not None and spec.submodule_search_locations, "Ray is a dependency of this package"
+    return next(iter(spec.submodule_search_locations))
 
 
 def _sandbox_refusal() -> str | None:
@@ -292,7 +291,7 @@ class LocalBackend:
             raise BackendError(f"local backend option 'writable_paths': {path!r} must be an absolute path")
         protected = {
             "the Python environment Ray runs from": Path(sys.prefix),
-            "Airflow's home": _airflow_home(),
+            "Airflow's home": airflow_home(),
             "the local backend's registry": self.registry.root,
         }
         for what, protected_path in protected.items():
@@ -306,11 +305,9 @@ class LocalBackend:
 
     def _hidden_paths(self, private_parent: Path) -> list[str]:
         """What a sandboxed cluster must not see; never a folder holding this interpreter (Ray runs from it)."""
-        home, airflow_home = Path.home(), _airflow_home()
         # the configuration on its own too: hidden even where Airflow's home cannot be (it holds the venv)
-        airflow_config = Path(os.environ.get("AIRFLOW_CONFIG") or airflow_home / "airflow.cfg")
-        paths = [self.registry.root, private_parent, airflow_home, airflow_config]
-        paths += [home / path for path in HIDDEN_HOME_PATHS]
+        paths = [self.registry.root, private_parent, airflow_home(), airflow_config_path()]
+        paths += [Path.home() / path for path in HIDDEN_HOME_PATHS]
         paths += [Path(path) for path in self.hide_paths]
         needed = [Path(path) for path in _interpreter_paths()]
         hidden = []
@@ -696,7 +693,7 @@ class LocalBackend:
         if record is None:
             raise ClusterNotFoundError(f"no local Ray cluster named {cluster_name!r}")
         logs = Path(record.temp_dir) / "session_latest" / "logs"
-        return open_cluster_file(logs / JOB_LOGS_PATH_TEMPLATE.format(submission_id=submission_id), record.private_dir)
+        return open_cluster_file(logs / driver_log_name(submission_id), record.private_dir)
 
     def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
         """The driver log file itself, chunk by chunk (Ray's websocket log tail would also stream it, but

@@ -1,8 +1,10 @@
-"""Ray jobs on an existing cluster, for the deployment tests' failure scenarios (entrypoint from conf)."""
+"""Ray jobs on an existing cluster, for the deployment tests' failure scenarios (entrypoint from conf), and
+a daily deferrable one to backfill (``bench/deferral_race.py``: no retry, so a resumed task that Airflow
+fails shows as a failed run)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
@@ -28,3 +30,8 @@ for dag_id, deferrable in (("ray_job_deferred", True), ("ray_job_blocking", Fals
             retries=1,
             retry_delay=timedelta(seconds=1),
         )
+
+with DAG(
+    dag_id="ray_job_deferred_daily", schedule="@daily", start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS
+):
+    RayJobOperator(task_id="job", job_configuration=CONFIGURATION, deferrable=True, poll_interval=1.0, retries=0)
