@@ -75,7 +75,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "version_added": "0.1.0",
         "type": "float",
         "example": "0",
-        "default": "8",
+        "default": "9",
     },
 }
 

@@ -113,8 +113,15 @@ def backfill(deployment: Deployment, hold: float, first_day: date) -> dict:
             after = [moment for moment in exits.get(run_id, []) if moment >= deferred[run_id]]
             if after:
                 windows.append(round((after[0] - deferred[run_id]).total_seconds(), 3))
+    failures = {}
+    for run in runs:
+        if run["state"] == "failed" and len(failures) < 3:
+            log = api.client.get(f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/job/logs/1")
+            lines = [line for line in log.text.splitlines() if "rror" in line or "xception" in line]
+            failures[run["dag_run_id"]] = lines[-3:]
     return {
         "hold_s": hold,
+        "failure_examples": failures,
         "runs": RUNS,
         "failed_runs": sum(run["state"] == "failed" for run in runs),
         "state_mismatch_failures": len(mismatches),

@@ -5,15 +5,19 @@ interval), beside the per-trigger baseline in the same run, on two backends:
 
 * the local backend (one local cluster): the baseline is what each trigger did before it shared a poll
   (its own ``describe_job``, the whole driver log, and a Prometheus scrape of every node, per interval);
+* the dashboard backend (the same local cluster reached only through its Ray dashboard, as an existing
+  long-lived cluster is): the baseline is what each trigger did before this backend followed logs (its
+  own ``describe_job`` and the whole driver log, per interval);
 * KubeRay, through the emulated Kubernetes API server and simulated KubeRay controller (real Ray behind
   them), both in a process of their own so that the triggers' process is measured alone: the baseline
   is what each trigger did before it shared a namespace watch (its own list and watch of its RayJob,
   and the whole submitter log read again after each wait).
 
 Measured for each: calls to the cluster per second (local: Jobs API requests and metrics scrapes;
-KubeRay: every Kubernetes API request, watches and followed log reads included), bytes of log fetched
-over the logs' size (local: each trigger's reads over its job's log; KubeRay: bytes received from the
-API over the jobs' logs, each job counted once, since the logs are fetched once for all its waits),
+dashboard: every HTTP request to it, log tails opened and whole-log reads included; KubeRay: every
+Kubernetes API request, watches and followed log reads included), bytes of log fetched over the logs'
+size (local: each trigger's reads over its job's log; dashboard and KubeRay: bytes received over the
+jobs' logs, each job counted once, since the logs are fetched once for all its waits),
 event-loop lag (p99, max, from a 10 ms ticker), detection lag (Ray's job end -> the wait's end;
 median, max) and the process's peak RSS.
 """
@@ -34,6 +38,9 @@ from collections.abc import Awaitable, Callable
 import psutil
 
 from airflow_ray_platform.backends.base import BackendError, JobState
+from airflow_ray_platform.backends.dashboard import DashboardBackend
+from airflow_ray_platform.backends.followed_logs import FollowedLogs
+from airflow_ray_platform.backends.jobs_api import JobsApiClient
 from airflow_ray_platform.backends.local.backend import LocalBackend
 from airflow_ray_platform.backends.retries import MAX_CONSECUTIVE_ERRORS
 from airflow_ray_platform.records import utilisation
@@ -51,7 +58,7 @@ INTERVAL = 2.0  # RayJobTrigger's default
 CHATTY = "python -c \"import time\nfor i in range(250):\n    print(i, 'x' * 200, flush=True); time.sleep(0.1)\""
 SPEC = ClusterSpec(head={"cpu": "2", "memory": "3Gi", "object_store_memory": "200Mi"})
 MODES = ("shared_poll", "per_trigger_baseline")
-BACKENDS = os.environ.get("BENCH_TRIGGER_BACKENDS", "local,kuberay").split(",")
+BACKENDS = os.environ.get("BENCH_TRIGGER_BACKENDS", "local,dashboard,kuberay").split(",")
 
 calls: Counter[str] = Counter()
 _baseline_log = logging.getLogger("airflow_ray_platform.triggers.ray.RayJobTrigger")
@@ -88,6 +95,23 @@ def _count() -> None:
 
     polling.scrape = scrape
 
+    def count_dashboard(name: str, measure: Callable[[object], int] | None = None) -> None:
+        """Every request to a dashboard: REST GETs, whole-log reads, log tails opened."""
+        real = getattr(JobsApiClient, name)
+
+        def counted(self, *args, **kwargs):
+            result = real(self, *args, **kwargs)
+            calls[f"dashboard {name}"] += 1
+            if measure is not None:
+                log_bytes["fetched"] += measure(result)
+            return result
+
+        setattr(JobsApiClient, name, counted)
+
+    count_dashboard("_get")
+    count_dashboard("logs", lambda text: len(text.encode()))
+    count_dashboard("tail")
+
 
 def _log_new_lines(submission_id: str, logs: str, offset: int) -> int:
     """The baseline's logging: each new line on its own, on the loop."""
@@ -96,8 +120,9 @@ def _log_new_lines(submission_id: str, logs: str, offset: int) -> int:
     return len(logs)
 
 
-async def _baseline_local_wait(backend: LocalBackend, submission_id: str) -> float:
-    """The wait as each trigger did it alone: describe, the whole log, a scrape while running; per interval."""
+async def _baseline_polling_wait(backend: LocalBackend | DashboardBackend, submission_id: str) -> float:
+    """The wait as each trigger did it alone: describe, the whole log, a scrape while running (none on a
+    dashboard); per interval."""
     offset = 0
     while True:
         info = await asyncio.to_thread(backend.describe_job, CLUSTER, submission_id)
@@ -212,7 +237,7 @@ def _local_case(backend: LocalBackend, n: int, mode: str, index: int) -> dict:
     ids = [f"bench-{mode}-{n}-{index}-{job}".replace("_", "-") for job in range(JOBS)]
     _submit_and_wait_running(backend, ids)
     targets = [ids[i % JOBS] for i in range(n)]
-    waits = _waits(mode, targets, lambda sid: _baseline_local_wait(backend, sid))
+    waits = _waits(mode, targets, lambda sid: _baseline_polling_wait(backend, sid))
     calls.clear()
     log_bytes.clear()
     measured = asyncio.run(_measure(waits))
@@ -240,6 +265,51 @@ def _local_cases() -> dict[str, list[dict]]:
     return results
 
 
+def _followed_bytes(ids: list[str]) -> int:
+    """Bytes the followed logs of these jobs received, in this process."""
+    return sum(log.received for key, log in FollowedLogs._logs.items() if key[-1] in ids)
+
+
+def _dashboard_case(backend: DashboardBackend, local: LocalBackend, n: int, mode: str, index: int) -> dict:
+    ids = [f"bench-d-{mode}-{n}-{index}-{job}".replace("_", "-") for job in range(JOBS)]
+    _submit_and_wait_running(backend, ids)
+    targets = [ids[i % JOBS] for i in range(n)]
+    waits = _waits(mode, targets, lambda sid: _baseline_polling_wait(backend, sid))
+    calls.clear()
+    log_bytes.clear()
+    measured = asyncio.run(_measure(waits))
+    counted = {name: count for name, count in calls.items() if name.startswith("dashboard")}
+    logs = {
+        "fetched": log_bytes["fetched"] + _followed_bytes(ids),
+        "size": sum(len(local.job_logs(CLUSTER, sid).encode()) for sid in ids),
+    }
+    return {**_figures(n, measured, targets, local, sum(counted.values()), logs), "calls": counted}
+
+
+def _dashboard_cases() -> dict[str, list[dict]]:
+    """The local cluster, reached by the triggers only through its dashboard (the ray connection's host)."""
+    local = LocalBackend()
+    info = local.create_or_get_cluster(CLUSTER, SPEC, {})
+    wait_for_cluster(local, CLUSTER, timeout=300, poll_interval=0.2)
+    address, token = local.describe_cluster(CLUSTER).dashboard_url, local.registry.read_token(CLUSTER)
+    host, port = address.removeprefix("http://").split(":")
+    extra = {"cluster_name": CLUSTER, "allow_http": True}
+    os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(
+        {"conn_type": "ray", "host": host, "port": int(port), "password": token, "extra": extra}
+    )
+    backend = DashboardBackend(address, CLUSTER, token, allow_http=True)
+    results: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    try:
+        for index, n in enumerate(SIZES):
+            for mode in MODES:
+                results[mode].append(_dashboard_case(backend, local, n, mode, index))
+                print("dashboard", mode, results[mode][-1], flush=True)
+    finally:
+        os.environ.pop("AIRFLOW_CONN_RAY_DEFAULT")
+        local.delete_cluster(info.name)
+    return results
+
+
 def _serve_emulated_kuberay(kubeconfig: str, commands) -> None:
     """The emulated API server and simulated KubeRay, in a process of their own: they answer the
     triggers' process as a real API server would, from elsewhere. ``commands``: a pipe asking for the
@@ -259,8 +329,6 @@ def _serve_emulated_kuberay(kubeconfig: str, commands) -> None:
 
 
 def _kuberay_case(backend, commands, n: int, mode: str, index: int) -> dict:
-    from airflow_ray_platform.backends.kuberay.logs import FollowedLogs
-
     local = LocalBackend()
     ids = [f"bench-k-{mode}-{n}-{index}-{job}".replace("_", "-") for job in range(JOBS)]
     _submit_and_wait_running(backend, ids)
@@ -272,7 +340,7 @@ def _kuberay_case(backend, commands, n: int, mode: str, index: int) -> dict:
     measured = asyncio.run(_measure(waits))
     commands.send("requests")
     after = commands.recv()
-    fetched = log_bytes["fetched"] + sum(log.received for key, log in FollowedLogs._logs.items() if key[2] in ids)
+    fetched = log_bytes["fetched"] + _followed_bytes(ids)
     size = sum(len(local.job_logs(CLUSTER, sid).encode()) for sid in ids)
     requests = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
     logs = {"fetched": fetched, "size": size}
@@ -324,6 +392,7 @@ def main() -> None:
         "trigger_scale",
         {
             **({"local": _local_cases()} if "local" in BACKENDS else {}),
+            **({"dashboard": _dashboard_cases()} if "dashboard" in BACKENDS else {}),
             **({"kuberay_emulated": _kuberay_cases()} if "kuberay" in BACKENDS else {}),
             "poll_interval_s": INTERVAL,
             "targets_at_1000": "cluster calls/s <= 2 per interval (1.0/s); log bytes <= 1.1x; loop lag p99 <= 50 "

@@ -28,6 +28,9 @@ os.environ.update(
     AIRFLOW__CORE__LOAD_EXAMPLES="False",
     AIRFLOW__CORE__PARALLELISM="4",
     AIRFLOW__CORE__UNIT_TEST_MODE="False",
+    # dag.test() runs triggers in its own process, with no scheduler to race a resumed task: no hold (the
+    # deployment tests, where the race is real, run with deploy/airflow.env and the shipped default)
+    AIRFLOW__RAY_PLATFORM__DEFERRAL_SETTLE_SECONDS="0",
     AIRFLOW_RAY_PLATFORM_HOME=str(_SESSION_DIR / "ray-platform"),
     RAY_USAGE_STATS_ENABLED="0",
 )

@@ -37,6 +37,8 @@ class TcpRelay:
         """Down: the port refuses connections and every relayed connection is cut."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread: the port is free at once
             listener.close()
         with self._lock:
             for sock in self._open:

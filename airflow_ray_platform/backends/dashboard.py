@@ -121,6 +121,13 @@ class DashboardBackend:
     def job_logs(self, cluster_name: str, submission_id: str) -> str:
         return self._jobs(cluster_name).logs(submission_id)
 
+    def job_log_since(
+        self, cluster_name: str, submission_id: str, offset: int, *, complete_lines: bool = True
+    ) -> tuple[str, int]:
+        """The driver log after byte ``offset``: one follow of Ray's log tail serves every reader in this
+        process, each byte fetched once (:class:`~airflow_ray_platform.backends.followed_logs.FollowedLog`)."""
+        return self._jobs(cluster_name).log_since(submission_id, offset, complete_lines=complete_lines)
+
     def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
         return self._jobs(cluster_name).log_chunks(submission_id)
 

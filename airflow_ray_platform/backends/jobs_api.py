@@ -28,6 +28,7 @@ from airflow_ray_platform.backends.base import (
     JobInfo,
     JobState,
 )
+from airflow_ray_platform.backends.followed_logs import FollowedLogs
 from airflow_ray_platform.spec.models import JobSpec
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ class JobsApiClient:
         """
         node_id = (self._details(submission_id) or {}).get("driver_node_id")
         if not node_id:  # never started a driver: nothing on any node to read
-            yield from self._tail_chunks(submission_id)
+            yield from self.tail(submission_id)
             return
         query = urllib.parse.urlencode({"node_id": node_id, "filename": driver_log_name(submission_id), "lines": -1})
         doing = f"reading logs of job {submission_id!r}"
@@ -217,12 +218,18 @@ class JobsApiClient:
                 except requests.RequestException as error:
                     raise BackendError(f"{doing}: {error}") from None
                 return
-        yield from self._tail_chunks(submission_id)
+        yield from self.tail(submission_id)
 
-    def _tail_chunks(self, submission_id: str) -> Iterator[bytes]:
-        """The driver log as Ray's log tail (a websocket) sends it, ending once the job is terminal. It
-        runs on an event loop of its own in a helper thread, handing chunks over through a small bounded
-        queue (the consumer sets the pace)."""
+    def log_since(self, submission_id: str, offset: int, *, complete_lines: bool) -> tuple[str, int]:
+        """The driver log after byte ``offset``, from one :meth:`tail` of it followed for every reader in
+        this process (:class:`FollowedLog`): each byte fetched once while the job runs."""
+        followed = FollowedLogs.get(("jobs-api", self.address, submission_id), lambda: self.tail(submission_id))
+        return followed.since(offset, complete_lines=complete_lines)
+
+    def tail(self, submission_id: str) -> Iterator[bytes]:
+        """The driver log from its first byte as Ray's log tail (a websocket) sends it, ending once the job
+        is over and its log read to the end. It runs on an event loop of its own in a helper thread,
+        handing chunks over through a small bounded queue (the consumer sets the pace)."""
         handover: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
 
         async def tail() -> None:

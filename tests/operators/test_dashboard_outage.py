@@ -38,7 +38,6 @@ def test_a_dashboard_restart_mid_wait_fails_neither_wait(dag, local_backend, sha
     token = local_backend.registry.read_token(SHARED_CLUSTER)
     connection = {"conn_type": "ray", "host": "127.0.0.1", "port": relay.port, "password": token}
     monkeypatch.setenv("AIRFLOW_CONN_RAY_RESTARTING", json.dumps({**connection, "extra": {"cluster_name": "existing"}}))
-    monkeypatch.setenv("AIRFLOW__RAY_PLATFORM__DEFERRAL_SETTLE_SECONDS", "0")  # deferred: the trigger waits
     entrypoint = "python -c \"import time; time.sleep(10); print('survived the restart')\""
 
     def restart_mid_wait():

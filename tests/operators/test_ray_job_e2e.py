@@ -231,11 +231,7 @@ def test_a_head_killed_mid_job_fails_the_task_keeps_the_log_and_removes_the_clus
     name = TaskIdentity("ray_job_ephemeral", "job", run_id).ephemeral_cluster_name("e2e-ephemeral")
     log_path = tmp_path / "worker.log"
     entrypoint = "python -c \"import time; print('zone 1 trained', flush=True); time.sleep(300)\""
-    os.environ["AIRFLOW__RAY_PLATFORM__DEFERRAL_SETTLE_SECONDS"] = "0"  # the trigger waits, at once
-    try:
-        worker = dag_test_in_subprocess("ray_job_ephemeral", logical_date, entrypoint, log_path)
-    finally:
-        del os.environ["AIRFLOW__RAY_PLATFORM__DEFERRAL_SETTLE_SECONDS"]
+    worker = dag_test_in_subprocess("ray_job_ephemeral", logical_date, entrypoint, log_path)
     try:
 
         def running_job():

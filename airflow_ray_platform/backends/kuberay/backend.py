@@ -5,7 +5,7 @@ the provider never installs KubeRay or its CRDs, and the first call fails saying
 
 Everything goes through the Kubernetes API, so an Airflow worker that cannot reach the Ray head
 service still creates, waits, reads logs (from the RayJob's submitter pod, a running job's log followed
-once for every reader in the process: :mod:`.logs`) and stops. Job waits in one event loop share one
+once for every reader in the process: :mod:`..followed_logs`) and stops. Job waits in one event loop share one
 watch of the namespace's RayJobs (:mod:`.watch`). Where the dashboard is reachable
 (``dashboard_url_template``), logs come from the Jobs API instead, authenticated as :mod:`.auth` says.
 
@@ -49,10 +49,10 @@ from airflow_ray_platform.backends.base import (
     leases_to_mapping,
     with_lease,
 )
+from airflow_ray_platform.backends.followed_logs import FollowedLogs
 from airflow_ray_platform.backends.jobs_api import JobsApiClient, require_https
 from airflow_ray_platform.backends.kuberay.auth import MIN_KUBERNETES_TOKEN_AUTH_RAY, RAY_AUTH_MODES, JobsApiAuth
 from airflow_ray_platform.backends.kuberay.client import KubeRayClient
-from airflow_ray_platform.backends.kuberay.logs import FollowedLogs
 from airflow_ray_platform.backends.kuberay.manifests import (
     render_ray_cluster,
     render_ray_job,
@@ -78,6 +78,20 @@ from airflow_ray_platform.spec.timestamps import to_text
 #: Label the Kubernetes Job controller puts on its pods: finds a RayJob's submitter pod.
 SUBMITTER_POD_LABEL = "job-name"
 SUBMITTER_CONTAINER = "ray-job-submitter"
+
+
+def _chunks(response: Any | None) -> Iterator[bytes] | None:
+    """A streaming pod log response's chunks, its connection released at their end (None: no pod yet)."""
+    if response is None:
+        return None
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            yield from response.stream(LOG_CHUNK_BYTES, decode_content=True)
+        finally:
+            response.release_conn()
+
+    return chunks()
 
 
 class KubeRayBackend:
@@ -333,13 +347,10 @@ class KubeRayBackend:
         reader in this process (:class:`FollowedLog`); from the Jobs API where reachable, sliced."""
         jobs_api = self._jobs_api_client(cluster_name)
         if jobs_api is not None:
-            data = jobs_api.logs(submission_id).encode()[offset:]
-            if complete_lines:
-                data = data[: data.rfind(b"\n") + 1]
-            return data.decode(errors="replace"), offset + len(data)
+            return jobs_api.log_since(submission_id, offset, complete_lines=complete_lines)
         followed = FollowedLogs.get(
-            (self.kubernetes_conn_id, self.namespace, submission_id),
-            lambda: self._submitter_log(submission_id, follow=True),
+            ("kubernetes", self.kubernetes_conn_id, self.namespace, submission_id),
+            lambda: _chunks(self._submitter_log(submission_id, follow=True)),
         )
         return followed.since(offset, complete_lines=complete_lines)
 
@@ -348,12 +359,7 @@ class KubeRayBackend:
         if jobs_api is not None:
             yield from jobs_api.log_chunks(submission_id)
             return
-        response = self._submitter_log(submission_id)
-        if response is not None:
-            try:
-                yield from response.stream(LOG_CHUNK_BYTES, decode_content=True)
-            finally:
-                response.release_conn()
+        yield from _chunks(self._submitter_log(submission_id)) or ()
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
         """Delete the RayJob (KubeRay then stops the Ray job); False when it had already ended."""

@@ -1,23 +1,27 @@
-"""A RayJob's driver log read once, as it is written: one followed read of its submitter pod's log.
+"""A running job's driver log read once, as it is written: one followed read shared by every reader.
 
-Kubernetes serves a pod's log whole or from a time, never from a byte offset. Read whole on every
-poll, a running job's log costs its size again each time (the square of its duration), and as many
-times more as there are waits on it in one process. A :class:`FollowedLog` opens the submitter's log
-once with ``follow=true`` and receives each byte as the container writes it, in a thread of its own;
-every reader of that job in this process (triggers on one triggerer, a blocking wait) reads from its
-own offset in what was received. The follow ends with the container (the log is then whole) or with a
-dropped connection; a reader that still wants more after a drop opens it again, at most every
-``REOPEN_SECONDS``. Logs nobody has read for ``FORGET_SECONDS`` after their end are forgotten.
+A log read whole on every poll costs its size again each time (the square of its duration), and as many
+times more as there are waits on it in one process. A :class:`FollowedLog` opens one follow of the log,
+which sends every byte from the first as it is written and ends once the log is whole, and receives it in
+a thread of its own; every reader of that job in this process (triggers on one triggerer, a blocking
+wait) reads from its own offset in what was received. Two follows serve it:
+
+* KubeRay: the RayJob's submitter pod log (``follow=true``), which ends with the container;
+* a Ray dashboard (the dashboard backend, KubeRay with ``dashboard_url_template``): the Jobs API's log
+  tail, which ends once the job is over and its log read to the end. Ray's log HTTP API has no byte
+  offset, and its followed stream never ends by itself, so it could not say when the log is whole.
+
+A follow that ends before that (a dropped connection, a server's limit) is opened again by a reader
+that still wants more, at most every ``REOPEN_SECONDS``, skipping what was received already. Logs
+nobody has read for ``FORGET_SECONDS`` after their end are forgotten.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar
-
-from airflow_ray_platform.backends.base import LOG_CHUNK_BYTES
+from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 #: The soonest a reader may open a log again after its follow ended (or found no pod yet).
 REOPEN_SECONDS = 2.0
@@ -25,15 +29,17 @@ REOPEN_SECONDS = 2.0
 CUT_FOLLOW_SECONDS = 10.0
 #: How long an ended log is kept for readers after the last read.
 FORGET_SECONDS = 300.0
-#: How long a final read (the job is over) waits for the container's last bytes.
+#: How long a final read (the job is over) waits for the follow to end with the log's last bytes.
 FINAL_READ_SECONDS = 5.0
+
+#: Opens a follow: the log's chunks from its first byte as they are written (None: no log to follow yet).
+OpenFollow = Callable[[], Iterator[bytes] | None]
 
 
 class FollowedLog:
-    """One pod log, received in a thread by one followed read (``open_follow`` returns the streaming
-    response, None when there is no pod yet)."""
+    """One job's log, received in a thread by one follow at a time."""
 
-    def __init__(self, open_follow: Callable[[], Any]) -> None:
+    def __init__(self, open_follow: OpenFollow) -> None:
         self._open_follow = open_follow
         self._data = bytearray()
         self._lock = threading.Lock()
@@ -45,27 +51,25 @@ class FollowedLog:
         self.complete = False
         self.completed_at = float("-inf")
         self.read_at = time.monotonic()
-        #: Bytes received (skipped ones included): what a benchmark counts.
+        #: Bytes received (skipped ones included) and follows opened: what tests and benchmarks count.
         self.received = 0
+        self.follows = 0
 
     def _follow(self, skip: int) -> None:
         """Receive the log, skipping the ``skip`` bytes an earlier follow already received."""
         try:
-            response = self._open_follow()
-            if response is None:
+            chunks = self._open_follow()
+            if chunks is None:
                 return
-            try:
-                for chunk in response.stream(LOG_CHUNK_BYTES, decode_content=True):
-                    self.received += len(chunk)
-                    if skip:
-                        dropped = min(skip, len(chunk))
-                        chunk, skip = chunk[dropped:], skip - dropped
-                    with self._lock:
-                        self._data += chunk
-                self.complete = True  # the server ended the follow: normally, the container has exited
-                self.completed_at = time.monotonic()
-            finally:
-                response.release_conn()
+            for chunk in chunks:
+                self.received += len(chunk)
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                with self._lock:
+                    self._data += chunk
+            self.complete = True  # the follow ran to its end: normally, the log is whole
+            self.completed_at = time.monotonic()
         except Exception:  # a dropped follow is opened again by the next reader
             pass
         finally:
@@ -74,7 +78,7 @@ class FollowedLog:
     def _reopen_if_due(self, *, job_running: bool) -> None:
         """Follow again if the last follow ended (and, while the job runs, REOPEN_SECONDS passed): if it
         never ran to its end, or if it did but the job still runs CUT_FOLLOW_SECONDS later (the server cut
-        a long follow; a container's exit is followed by the job's end within moments)."""
+        a long follow; a log is whole within moments of the job's end)."""
         with self._opening:  # readers in several threads: one opens
             self._reopen_locked(job_running)
 
@@ -85,6 +89,7 @@ class FollowedLog:
         if (cut or not self.complete) and self._ended.is_set() and due:
             self.complete = False
             self.opened_at = now
+            self.follows += 1
             self._ended.clear()
             with self._lock:
                 skip = len(self._data)
@@ -92,7 +97,7 @@ class FollowedLog:
 
     def since(self, offset: int, *, complete_lines: bool) -> tuple[str, int]:
         """(text after byte ``offset``, the offset after it): whole lines, or everything once the job is
-        over (``complete_lines`` False), after waiting up to FINAL_READ_SECONDS for the container's end."""
+        over (``complete_lines`` False), after waiting up to FINAL_READ_SECONDS for the follow's end."""
         self.read_at = time.monotonic()
         self._reopen_if_due(job_running=complete_lines)
         if not complete_lines:
@@ -105,13 +110,13 @@ class FollowedLog:
 
 
 class FollowedLogs:
-    """Every followed log of this process, by (Kubernetes connection, namespace, submission id)."""
+    """Every followed log of this process, by where it is read from and the job's submission id (last)."""
 
-    _logs: ClassVar[dict[tuple[str, str, str], FollowedLog]] = {}
+    _logs: ClassVar[dict[tuple[str, ...], FollowedLog]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
-    def get(cls, key: tuple[str, str, str], open_follow: Callable[[], Any]) -> FollowedLog:
+    def get(cls, key: tuple[str, ...], open_follow: OpenFollow) -> FollowedLog:
         """The log of ``key``, made on first use; logs not followed and unread for FORGET_SECONDS are dropped."""
         now = time.monotonic()
         with cls._lock:

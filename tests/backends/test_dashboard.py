@@ -1,0 +1,78 @@
+"""The dashboard backend (an existing cluster reached through its Ray dashboard), on the session's real
+local cluster: a running job's log is followed once for every reader, each byte fetched once."""
+
+from __future__ import annotations
+
+import time
+
+from airflow_ray_platform.backends.dashboard import DashboardBackend
+from airflow_ray_platform.backends.followed_logs import FollowedLogs
+from airflow_ray_platform.spec.models import JobSpec
+
+from ..conftest import SHARED_CLUSTER
+
+
+def test_a_running_jobs_log_is_followed_once_for_every_reader_and_each_byte_fetched_once(backend, shared_cluster):
+    """Two readers in one process (two triggers' backends) read a chatty job's log from their offsets
+    while it runs: one follow of Ray's log tail serves both, and the last read waits for the last bytes."""
+    script = "import time\nfor i in range(40):\n    print('line', i, 'x' * 100, flush=True); time.sleep(0.1)"
+    token = backend.registry.read_token(SHARED_CLUSTER)
+    readers = [
+        DashboardBackend(shared_cluster.dashboard_url, "existing", token, allow_http=True),
+        DashboardBackend(shared_cluster.dashboard_url, "existing", token, allow_http=True),
+    ]
+    readers[0].submit_job("existing", "dashboard-follow", JobSpec(entrypoint=f'python -c "{script}"'), {})
+    offsets, texts, reads = [0, 0], ["", ""], 0
+    while True:
+        state = readers[0].describe_job("existing", "dashboard-follow").state
+        for index, reader in enumerate(readers):
+            text, offsets[index] = reader.job_log_since(
+                "existing", "dashboard-follow", offsets[index], complete_lines=not state.is_terminal
+            )
+            assert text == "" or text.endswith("\n")  # whole lines while the job runs
+            texts[index] += text
+            reads += 1
+        if state.is_terminal:
+            break
+        time.sleep(0.3)
+    whole = backend.job_logs(SHARED_CLUSTER, "dashboard-follow")
+    assert "line 39" in whole and texts == [whole, whole]
+    (followed,) = [log for key, log in FollowedLogs._logs.items() if key[-1] == "dashboard-follow"]
+    assert reads > 10 and followed.follows == 1
+    assert followed.received == len(whole.encode())  # each byte fetched once, for both readers and every read
+
+
+def test_a_cut_follow_resumes_without_duplicating_a_byte(backend, shared_cluster):
+    """The connection to the dashboard is cut while the job writes: the next read opens the tail again
+    and skips what was received, so the reader's text is the log, once."""
+    from urllib.parse import urlsplit
+
+    from ..tcp_relay import TcpRelay
+
+    address = urlsplit(shared_cluster.dashboard_url)
+    relay = TcpRelay(address.hostname, address.port).start()
+    script = "import time\nfor i in range(60):\n    print('line', i, flush=True); time.sleep(0.1)"
+    token = backend.registry.read_token(SHARED_CLUSTER)
+    reader = DashboardBackend(f"http://127.0.0.1:{relay.port}", "existing", token, allow_http=True)
+    reader.submit_job("existing", "dashboard-cut", JobSpec(entrypoint=f'python -c "{script}"'), {})
+    offset, text, cut = 0, "", False
+    try:
+        while True:
+            state = reader.describe_job("existing", "dashboard-cut").state
+            new, offset = reader.job_log_since(
+                "existing", "dashboard-cut", offset, complete_lines=not state.is_terminal
+            )
+            text += new
+            if state.is_terminal:
+                break
+            if not cut and "line 20" in text:
+                relay.stop()
+                relay.start()
+                cut = True
+            time.sleep(0.3)
+    finally:
+        relay.stop()
+    whole = backend.job_logs(SHARED_CLUSTER, "dashboard-cut")
+    assert cut and "line 59" in whole and text == whole
+    (followed,) = [log for key, log in FollowedLogs._logs.items() if key[-1] == "dashboard-cut"]
+    assert followed.follows >= 2  # opened again after the cut
