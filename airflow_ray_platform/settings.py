@@ -69,9 +69,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "deferral_settle_seconds": {
         "description": "The soonest a deferred operator's trigger fires after the deferral (the task "
-        "itself defers at once): Airflow up to at least 3.3.2 fails a task resumed before its scheduler "
-        "has processed the deferring process's exit (apache/airflow#67287, #71580). The race window "
-        "measured under load, plus a margin; 0 on an Airflow whose scheduler has the fix.",
+        "itself defers after one look): Airflow up to at least 3.3.2 fails a task resumed before its "
+        "scheduler has processed the deferring process's exit (apache/airflow#67287, #71580). The race "
+        "window measured under a backfill (up to 6.8 s), plus a margin; 0 on an Airflow whose "
+        "scheduler guards QUEUED and RUNNING too (docs/operations.md).",
         "version_added": "0.1.0",
         "type": "float",
         "example": "0",
@@ -179,12 +180,12 @@ def validate_kuberay_manifests() -> bool:
 
 
 def deferral_settle_seconds() -> float:
-    """The soonest a trigger fires after its task deferred (the operators also wait this long in the task
-    before deferring). Airflow 3.3.2 fails a resumed task whose trigger fired before the scheduler had
-    processed the deferring task process's exit: its guard for that case (``process_executor_events``,
-    "resume-after-defer", apache/airflow#66374) accepts the task instance SCHEDULED, not yet QUEUED
-    (apache/airflow#67287) or RUNNING (#71580, #72716), and that exit was measured up to ~6 s after the
-    deferral on a loaded 2-core machine. 0 on an Airflow whose scheduler has the fix."""
+    """The soonest a trigger fires after its task deferred. Airflow 3.3.2 fails a resumed task whose
+    trigger fired before the scheduler had processed the deferring task process's exit: its guard for
+    that case (``process_executor_events``, "resume-after-defer", apache/airflow#66374) accepts the task
+    instance SCHEDULED, not yet QUEUED (apache/airflow#67287) or RUNNING (#71580, #72716). No state a
+    task or trigger can read says the exit was processed (the scheduler keeps it in memory), so this is
+    the window measured by ``bench/deferral_race.py`` plus a margin. 0 on an Airflow with the fix."""
     return _conf().getfloat(
         SECTION, "deferral_settle_seconds", fallback=float(OPTIONS["deferral_settle_seconds"]["default"])
     )

@@ -20,15 +20,12 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import tempfile
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from airflow_ray_platform import settings
-from airflow_ray_platform.runs.cluster import wait_for_cluster
-from airflow_ray_platform.spec.models import ClusterSpec
-from bench.common import record
-from tests.deployment.harness import Deployment, start_deployment
+from bench.common import deployment_with_cluster, record
+from tests.deployment.harness import Deployment
 
 DAG_ID = "ray_job_deferred_daily"
 CLUSTER = "deploy-shared"
@@ -37,7 +34,6 @@ MAX_ACTIVE_RUNS = 5
 JOB = "python -c 'import time; time.sleep(2)'"
 SHIPPED_HOLD = float(settings.OPTIONS["deferral_settle_seconds"]["default"])
 HOLDS = [float(h) for h in os.environ.get("BENCH_RACE_HOLDS", f"0,{SHIPPED_HOLD:g}").split(",")]
-ADMIN_URL = os.environ.get("ARP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)")
 _EXIT_EVENT = re.compile(
     r"Received executor event with state success for task instance "
@@ -135,17 +131,11 @@ def backfill(deployment: Deployment, hold: float, first_day: date) -> dict:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="arp-bench-race-") as root:
-        for deployment in start_deployment(Path(root), ADMIN_URL):
-            backend = deployment.backend
-            spec = ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"})
-            backend.create_or_get_cluster(CLUSTER, spec, {})
-            wait_for_cluster(backend, CLUSTER, timeout=300, poll_interval=0.5)
-            api = deployment.api
-            api.wait("the daily DAG", lambda: api.client.get(f"/dags/{DAG_ID}").is_success, 240)  # noqa: B023
-            api.unpause(DAG_ID)
-            results = [backfill(deployment, hold, date(2026, 1 + index, 1)) for index, hold in enumerate(HOLDS)]
-            backend.delete_cluster(CLUSTER)
+    with deployment_with_cluster("arp-bench-race-", CLUSTER) as (deployment, _):
+        api = deployment.api
+        api.wait("the daily DAG", lambda: api.client.get(f"/dags/{DAG_ID}").is_success, 240)
+        api.unpause(DAG_ID)
+        results = [backfill(deployment, hold, date(2026, 1 + index, 1)) for index, hold in enumerate(HOLDS)]
     record(
         "deferral_race",
         {

@@ -14,26 +14,21 @@ leave out the scheduler, the executor's task processes and the triggerer; these 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from airflow_ray_platform import settings
-from airflow_ray_platform.runs.cluster import wait_for_cluster
-from airflow_ray_platform.spec.models import ClusterSpec
 from airflow_ray_platform.spec.naming import RUN_ID_METADATA
-from bench.common import median, record
-from tests.deployment.harness import Deployment, start_deployment
+from bench.common import deployment_with_cluster, median, record
+from tests.deployment.harness import Deployment
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SLEEPS = [int(s) for s in os.environ.get("BENCH_DEPLOY_SLEEPS", "9,14,19,29").split(",")]
 POLL_INTERVAL = 1.0  # the deployment test DAGs' poll_interval
 CLUSTER = "deploy-shared"
 JOB = "python -c 'import time; time.sleep({seconds})'"
-ADMIN_URL = os.environ.get("ARP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _time(text: str) -> datetime:
@@ -73,25 +68,19 @@ def operator_run(deployment: Deployment, dag_id: str, seconds: int) -> dict[str,
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="arp-bench-deploy-") as root:
-        for deployment in start_deployment(Path(root), ADMIN_URL):
-            backend = deployment.backend
-            spec = ClusterSpec(head={"cpu": "1", "memory": "1Gi", "object_store_memory": "100Mi"})
-            backend.create_or_get_cluster(CLUSTER, spec, {})
-            info = wait_for_cluster(backend, CLUSTER, timeout=300, poll_interval=0.5)
-            token = backend.registry.read_token(CLUSTER)
-            client = JobSubmissionClient(info.dashboard_url, headers={"Authorization": f"Bearer {token}"})
-            for dag_id in ("ray_job_deferred", "ray_job_blocking"):
-                deployment.api.unpause(dag_id)
-            raw_loop(client, 1)  # warm-up: the first job on a fresh cluster starts its workers
-            operator_run(deployment, "ray_job_blocking", 1)
-            samples: dict[int, dict[str, list]] = {}
-            for seconds in SLEEPS:
-                runs = samples[seconds] = {"raw": [raw_loop(client, seconds)], "blocking": [], "deferrable": []}
-                for _ in range(ROUNDS):
-                    runs["blocking"].append(operator_run(deployment, "ray_job_blocking", seconds))
-                    runs["deferrable"].append(operator_run(deployment, "ray_job_deferred", seconds))
-            backend.delete_cluster(CLUSTER)
+    with deployment_with_cluster("arp-bench-deploy-", CLUSTER) as (deployment, info):
+        token = deployment.backend.registry.read_token(CLUSTER)
+        client = JobSubmissionClient(info.dashboard_url, headers={"Authorization": f"Bearer {token}"})
+        for dag_id in ("ray_job_deferred", "ray_job_blocking"):
+            deployment.api.unpause(dag_id)
+        raw_loop(client, 1)  # warm-up: the first job on a fresh cluster starts its workers
+        operator_run(deployment, "ray_job_blocking", 1)
+        samples: dict[int, dict[str, list]] = {}
+        for seconds in SLEEPS:
+            runs = samples[seconds] = {"raw": [raw_loop(client, seconds)], "blocking": [], "deferrable": []}
+            for _ in range(ROUNDS):
+                runs["blocking"].append(operator_run(deployment, "ray_job_blocking", seconds))
+                runs["deferrable"].append(operator_run(deployment, "ray_job_deferred", seconds))
 
     def med(samples: list[dict[str, float]], key: str) -> float:
         return round(median([sample[key] for sample in samples]), 3)

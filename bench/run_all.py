@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench.kuberay_manifests",
     "bench.kuberay_api_calls",
     "bench.deployment_latency",
+    "bench.deferral_race",
     "bench.trigger_scale",
     "bench.detection_lag",
     "bench.record_queries",

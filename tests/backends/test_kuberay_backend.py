@@ -258,6 +258,8 @@ def test_logs_through_the_jobs_api_authenticated_by_a_narrow_short_lived_token(k
         # Without the submitter pod, only the Jobs API has the log.
         kuberay.emulator.store.delete("pods", "default", "kuberay-backend-jobs-api-submitter")
         logs = backend.job_logs(SHARED_CLUSTER, "kuberay-backend-jobs-api")
+        followed = backend.job_log_since(SHARED_CLUSTER, "kuberay-backend-jobs-api", 0, complete_lines=False)
+        assert "via the dashboard" in logs and followed == (logs, len(logs.encode()))  # the tail, followed
         assert head.access_reviews and set(head.access_reviews) == {
             (narrow, "ray:write", "rayclusters", SHARED_CLUSTER)
         }
