@@ -206,6 +206,15 @@ def api_base_url() -> str:
     return _conf().get("api", "base_url", fallback="/") or "/"
 
 
+def metrics_enabled() -> bool:
+    """Whether Airflow sends metrics from this process: ``[metrics]`` StatsD, Datadog or OpenTelemetry on
+    (Airflow's own choice among them, ``get_stats_factory``; off, its stats client drops everything)."""
+    return any(_conf().getboolean("metrics", key, fallback=False) for key in _METRICS_SWITCHES)
+
+
+_METRICS_SWITCHES = ("statsd_datadog_enabled", "statsd_on", "otel_on")
+
+
 def custom_secrets_backend() -> str | None:
     """Airflow's own ``[secrets] backend``: searched for connections before anything else."""
     return _conf().get("secrets", "backend", fallback=None) or None

@@ -49,7 +49,7 @@ def cli_run(config: Path) -> tuple[float, str]:
 
 def quick_commands(submission_id: str, dashboard_url: str, token: str) -> dict[str, float]:
     """One round of the quick commands and their baselines."""
-    ray_env = {**os.environ, "RAY_ADDRESS": dashboard_url, "RAY_AUTH_TOKEN": token}
+    ray_env = {**os.environ, "RAY_ADDRESS": dashboard_url, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     ray = str(Path(sys.executable).parent / "ray")
     return {
         "clusters_list": timed_command(CLI, "clusters", "list", "--json")[0],

@@ -224,7 +224,13 @@ class JobsApiClient:
         """The driver log after byte ``offset``, from one :meth:`tail` of it followed for every reader in
         this process (:class:`FollowedLog`): each byte fetched once while the job runs."""
         followed = FollowedLogs.get(("jobs-api", self.address, submission_id), lambda: self.tail(submission_id))
-        return followed.since(offset, complete_lines=complete_lines)
+        text, after = followed.since(offset, complete_lines=complete_lines)
+        if not complete_lines and not followed.complete and followed.received == 0:
+            # The tail never opened (a proxy in front of the dashboard that does not pass websockets):
+            # the job is over, so its log is read whole, once, rather than lost from the task's log.
+            data = self.logs(submission_id).encode()[offset:]
+            return data.decode(errors="replace"), offset + len(data)
+        return text, after
 
     def tail(self, submission_id: str) -> Iterator[bytes]:
         """The driver log from its first byte as Ray's log tail (a websocket) sends it, ending once the job

@@ -16,10 +16,14 @@ however many jobs run. Emitting never raises: a metric is never worth a failed t
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+
+from airflow_ray_platform import settings
 
 PREFIX = "ray_platform"
 #: What a tag value becomes when there is none (a job without a team, a single-tenant deployment).
@@ -69,6 +73,8 @@ def _tag_value(value: str | None) -> str:
 
 
 def _send(metric: Metric, value: float | timedelta, tags: dict[str, str]) -> None:
+    if not _sending():
+        return
     from airflow.sdk.observability import stats  # imported when the first metric is sent, not before
 
     if metric.kind == Kind.COUNTER:
@@ -78,6 +84,13 @@ def _send(metric: Metric, value: float | timedelta, tags: dict[str, str]) -> Non
         stats.timing(metric.full_name, duration, tags=tags)
     else:
         stats.gauge(metric.full_name, float(value), tags=tags)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _sending() -> bool:
+    """Whether this process sends metrics at all: in one that runs Airflow, Airflow's stats client decides;
+    outside (the CLI, a notebook) a metric imports Airflow (seconds) only if its configuration turns one on."""
+    return "airflow" in sys.modules or settings.metrics_enabled()
 
 
 def _metric(name: str, kind: Kind, tags: str, meaning: str) -> Metric:
