@@ -18,6 +18,7 @@ READERS = (
     "multi_team",
     "api_base_url",
     "custom_secrets_backend",
+    "metrics_enabled",
 )
 
 
@@ -46,6 +47,8 @@ def test_options_from_the_environment_the_file_and_the_defaults_are_read_as_airf
         "default_deferrable = True\n"
         "[api]\n"
         "base_url = http://airflow.example/\n"
+        "[metrics]\n"
+        "statsd_on = True\n"
     )
     environment = {
         "POLICY_DIR": "/etc/ray-platform",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_ray_platform.spec.models import JobSpec
 from airflow_ray_platform.spec.naming import CLI_DAG_ID, TaskIdentity
 
 from ..conftest import SHARED_CLUSTER
@@ -160,3 +161,22 @@ def test_clusters_list_and_a_dry_run_sweep(local_backend):
     assert local_backend.describe_cluster(SHARED_CLUSTER) is not None
     refused = _cli("clusters", "delete", "nowhere", check=1)
     assert refused.stderr.strip() == "error: no Ray cluster 'nowhere' on backend 'local'"
+
+
+def test_quick_commands_import_neither_airflow_nor_ray(local_backend):
+    """``clusters list`` and ``status`` answer in about half a second: connections and options come from the
+    environment and airflow.cfg as Airflow would read them, jobs from the Jobs REST API (docs/cli-and-ray-view.md)."""
+    submission_id = "cli-quick-status"
+    local_backend.submit_job(SHARED_CLUSTER, submission_id, JobSpec(entrypoint="python -c 'print(1)'"), {})
+    commands = [["clusters", "list", "--json"], ["status", submission_id, "--cluster", SHARED_CLUSTER, "--json"]]
+    script = (
+        "import json, sys\n"
+        "from airflow_ray_platform.cli.main import main\n"
+        f"for argv in {commands!r}:\n"
+        "    main(argv, standalone_mode=False)\n"
+        "print(json.dumps(sorted(name for name in ('airflow', 'ray') if name in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    outputs = done.stdout.strip().splitlines()
+    assert json.loads(outputs[-1]) == []
+    assert f'"submission_id": "{submission_id}"' in done.stdout and f'"name": "{SHARED_CLUSTER}"' in done.stdout

@@ -127,7 +127,7 @@ def test_a_finished_jobs_log_is_read_from_rays_log_file_endpoint_whole_and_strea
     def no_tail(self, submission_id):
         raise AssertionError("fell back to the websocket tail")
 
-    monkeypatch.setattr(JobsApiClient, "_tail_chunks", no_tail)
+    monkeypatch.setattr(JobsApiClient, "tail", no_tail)
     client = JobsApiClient("existing", shared_cluster.dashboard_url, backend.registry.read_token(SHARED_CLUSTER))
     script = "import sys; [sys.stdout.write(f'{i} ' + 'y' * 1000 + chr(10)) for i in range(3000)]"
     client.submit("dashboard-log-file-1", JobSpec(entrypoint=f'python -c "{script}"'), {})
