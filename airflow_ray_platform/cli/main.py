@@ -76,7 +76,6 @@ class _Platform:
         from airflow_ray_platform.records.state_store import StateStore
 
         store = StateStore.from_airflow_connection(self.state_store_conn_id)
-        _quiet_logging()  # finding the connection may have imported Airflow, which sets up its logging
         store.migrate()
         return store
 
@@ -98,7 +97,6 @@ class _Platform:
             lambda entry: self.recorder.audit(entry),
             lambda submission_id: self.recorder.job_team(submission_id),
         )
-        _quiet_logging()  # finding the connection may have imported Airflow, which sets up its logging
         return backend
 
 
@@ -164,12 +162,22 @@ def main(ctx: click.Context, conn_id: str, state_store_conn_id: str | None, log_
 
     store = state_store_conn_id or settings.state_store_conn_id()
     logs = log_storage_uri or settings.log_storage_uri()
+    if settings.custom_secrets_backend() or settings.metrics_enabled():
+        _load_airflow()  # connections come from Airflow's secrets backend, or metrics go through Airflow
     _quiet_logging()
     ctx.obj = _Platform(conn_id, store, logs)
     ctx.obj.team = team
 
 
 pass_platform = click.make_pass_decorator(_Platform)
+
+
+def _load_airflow() -> None:
+    """Import Airflow (seconds) for a command that needs it, first thing: it sets up its logging then, which
+    :func:`_quiet_logging` moves off stdout before anything is printed."""
+    import airflow.configuration  # noqa: F401
+
+    _quiet_logging()
 
 
 def _quiet_logging() -> None:
@@ -467,6 +475,7 @@ def status(platform: _Platform, submission_id: str, cluster: str | None, as_json
 
 
 def _persisted(platform: _Platform, submission_id: str) -> Iterator[bytes]:
+    _load_airflow()  # the hook reads it, authorized as a task's read would be
     from airflow_ray_platform.hooks.ray import RayHook
 
     hook = RayHook(platform.conn_id, actor=platform.actor(), recorder=platform.recorder)
@@ -598,6 +607,7 @@ def gc(platform: _Platform, dry_run: bool, as_json: bool) -> None:
 
     The same sweep as the DAG's; Airflow's metadata database says which task instances ended and which
     DAG runs still hold their leases."""
+    _load_airflow()  # the sweep reads Airflow's metadata database
     from airflow_ray_platform.maintenance.abandoned_jobs import task_state_from_metadata_db
     from airflow_ray_platform.maintenance.garbage_collection import report, sweep
     from airflow_ray_platform.maintenance.leases import DagRunLiveness
