@@ -48,7 +48,6 @@ def main() -> None:
     from bench.dags import bench_dags as dags
 
     migrate_airflow_db()
-    os.environ["AIRFLOW__RAY_PLATFORM__DEFERRAL_SETTLE_SECONDS"] = "0"  # dag.test: no scheduler race to avoid
     backend = LocalBackend()
     spec = ClusterSpec(head={"cpu": "2", "memory": "2Gi", "object_store_memory": "200Mi"})
     backend.create_or_get_cluster(BENCH_CLUSTER, spec, {})
