@@ -64,6 +64,12 @@ def require_https(address: str, allow_http: bool, what: str) -> None:
         )
 
 
+def _raise_unless_ok(response: requests.Response, doing: str) -> None:
+    """A REST call's refusal as BackendError, with Ray's own reason (``already exists`` and the like)."""
+    if response.status_code != 200:
+        raise BackendError(f"{doing}: status code {response.status_code}: {response.text[:2000]}")
+
+
 def driver_log_name(submission_id: str) -> str:
     """The file a job's driver log has on its node, as Ray names it."""
     from ray.dashboard.modules.job.common import JOB_LOGS_PATH_TEMPLATE
@@ -142,8 +148,7 @@ class JobsApiClient:
         response = self._get(f"/api/jobs/{urllib.parse.quote(submission_id, safe='')}", doing)
         if response.status_code == 404:
             return None
-        if response.status_code != 200:
-            raise BackendError(f"{doing}: status code {response.status_code}: {response.text[:500]}")
+        _raise_unless_ok(response, doing)
         return response.json()
 
     def _info(self, details: Mapping[str, Any]) -> JobInfo:
@@ -188,14 +193,12 @@ class JobsApiClient:
         """``POST /api/jobs/`` of the Jobs REST API, the request Ray's client sends for a job with nothing
         to upload; without importing Ray's client (about a second, what a quick ``airflow-ray submit`` is)."""
         response = self._request("POST", "/api/jobs/", doing, 60, json=body)
-        if response.status_code != 200:
-            raise BackendError(f"{doing}: status code {response.status_code}: {response.text[:2000]}")
+        _raise_unless_ok(response, doing)
 
     def list(self) -> list[JobInfo]:
         doing = f"listing jobs of cluster {self.cluster_name!r}"
         response = self._get("/api/jobs/", doing)
-        if response.status_code != 200:
-            raise BackendError(f"{doing}: status code {response.status_code}: {response.text[:500]}")
+        _raise_unless_ok(response, doing)
         return [self._info(details) for details in response.json()]
 
     def head_started_at(self) -> datetime | None:
