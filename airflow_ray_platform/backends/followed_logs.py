@@ -14,6 +14,10 @@ wait) reads from its own offset in what was received. Two follows serve it:
 A follow that ends before that (a dropped connection, a server's limit) is opened again by a reader
 that still wants more, at most every ``REOPEN_SECONDS``, skipping what was received already. Logs
 nobody has read for ``FORGET_SECONDS`` after their end are forgotten.
+
+A finished job's whole log, read anyway to persist it, completes the log at once
+(:meth:`FollowedLog.complete_with`): Ray's log tail only closes 2 to 3 s after the job's end (it sleeps a
+second at each end of file), and every reader's last read would otherwise wait for that.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class FollowedLog:
         self._opening = threading.Lock()
         self._ended = threading.Event()
         self._ended.set()
+        #: Which follow may still add to the log: one superseded by a whole read adds nothing more.
+        self._generation = 0
         self.opened_at = float("-inf")
         #: The follow ran to its end: the container exited and the log is whole.
         self.complete = False
@@ -55,7 +61,7 @@ class FollowedLog:
         self.received = 0
         self.follows = 0
 
-    def _follow(self, skip: int) -> None:
+    def _follow(self, skip: int, generation: int) -> None:
         """Receive the log, skipping the ``skip`` bytes an earlier follow already received."""
         try:
             chunks = self._open_follow()
@@ -67,13 +73,36 @@ class FollowedLog:
                     dropped = min(skip, len(chunk))
                     chunk, skip = chunk[dropped:], skip - dropped
                 with self._lock:
+                    if generation != self._generation:  # completed by a whole read meanwhile
+                        return
                     self._data += chunk
-            self.complete = True  # the follow ran to its end: normally, the log is whole
-            self.completed_at = time.monotonic()
+            with self._lock:
+                if generation == self._generation:  # the follow ran to its end: normally, the log is whole
+                    self.complete = True
+                    self.completed_at = time.monotonic()
         except Exception:  # a dropped follow is opened again by the next reader
             pass
         finally:
             self._ended.set()
+
+    def complete_with(self, whole: bytes) -> bool:
+        """The finished job's whole log, as the follow would have sent it, read by someone anyway (its
+        log persisted): it completes this log now, rather than when the follow closes (or extends one a
+        server cut short). Refused unless it extends what the follow received, so that no reader's offset
+        can point elsewhere. Returns whether the log is complete."""
+        with self._lock:
+            if not whole.startswith(self._data):
+                return self.complete
+            self._data = bytearray(whole)
+            self._generation += 1  # a follow still open adds nothing more
+            self.complete = True
+            self.completed_at = time.monotonic()
+            return True
+
+    def wait_for_end(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for an open follow to end: after it, the log's source has it whole."""
+        if not self.complete:
+            self._ended.wait(timeout)
 
     def _reopen_if_due(self, *, job_running: bool) -> None:
         """Follow again if the last follow ended (and, while the job runs, REOPEN_SECONDS passed): if it
@@ -92,8 +121,10 @@ class FollowedLog:
             self.follows += 1
             self._ended.clear()
             with self._lock:
-                skip = len(self._data)
-            threading.Thread(target=self._follow, args=(skip,), name="ray-job-log-follow", daemon=True).start()
+                skip, generation = len(self._data), self._generation
+            threading.Thread(
+                target=self._follow, args=(skip, generation), name="ray-job-log-follow", daemon=True
+            ).start()
 
     def since(self, offset: int, *, complete_lines: bool) -> tuple[str, int]:
         """(text after byte ``offset``, the offset after it): whole lines, or everything once the job is
@@ -101,7 +132,7 @@ class FollowedLog:
         self.read_at = time.monotonic()
         self._reopen_if_due(job_running=complete_lines)
         if not complete_lines:
-            self._ended.wait(FINAL_READ_SECONDS)
+            self.wait_for_end(FINAL_READ_SECONDS)
         with self._lock:
             data = bytes(self._data[offset:])
         if complete_lines:
@@ -114,6 +145,12 @@ class FollowedLogs:
 
     _logs: ClassVar[dict[tuple[str, ...], FollowedLog]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def find(cls, key: tuple[str, ...]) -> FollowedLog | None:
+        """The log of ``key`` if a reader of this process follows it."""
+        with cls._lock:
+            return cls._logs.get(key)
 
     @classmethod
     def get(cls, key: tuple[str, ...], open_follow: OpenFollow) -> FollowedLog:

@@ -8,7 +8,9 @@ raised from here never repeat request headers.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import functools
+import io
 import ipaddress
 import queue
 import re
@@ -222,12 +224,26 @@ class JobsApiClient:
         return self._call(f"reading logs of job {submission_id!r}", self._client.get_job_logs, submission_id)
 
     def log_chunks(self, submission_id: str) -> Iterator[bytes]:
-        """A finished job's driver log, chunk by chunk: never whole in memory.
+        """A finished job's driver log, chunk by chunk, as the file holds it (never whole in memory, unless
+        this process follows the job's log: then the read also completes that, so that its readers' last
+        read need not wait 2 to 3 s for Ray's log tail to close; :meth:`FollowedLog.complete_with`)."""
+        followed = FollowedLogs.find(self._followed_key(submission_id))
+        if followed is None or followed.complete:
+            yield from self._file_chunks(submission_id)
+            return
+        # The tail sends the file as Ray reads it in text mode: UTF-8, every \r\n and \r a \n.
+        as_tail_sends = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")("replace"), translate=True)
+        whole = io.BytesIO()
+        for chunk in self._file_chunks(submission_id):
+            whole.write(as_tail_sends.decode(chunk).encode())
+            yield chunk
+        whole.write(as_tail_sends.decode(b"", final=True).encode())
+        followed.complete_with(whole.getvalue())
 
-        From Ray's log-file endpoint (the State API's ``/api/v0/logs/file``, HTTP streamed, ending at the
+    def _file_chunks(self, submission_id: str) -> Iterator[bytes]:
+        """From Ray's log-file endpoint (the State API's ``/api/v0/logs/file``, HTTP streamed, ending at the
         file's end); Ray's websocket log tail, the fallback where that endpoint does not serve the job,
-        only closes about 5 s after a finished job's end, and that was every deferred task's wait.
-        """
+        closes only seconds after a finished job's end."""
         node_id = (self._details(submission_id) or {}).get("driver_node_id")
         if not node_id:  # never started a driver: nothing on any node to read
             yield from self.tail(submission_id)
@@ -246,7 +262,7 @@ class JobsApiClient:
     def log_since(self, submission_id: str, offset: int, *, complete_lines: bool) -> tuple[str, int]:
         """The driver log after byte ``offset``, from one :meth:`tail` of it followed for every reader in
         this process (:class:`FollowedLog`): each byte fetched once while the job runs."""
-        followed = FollowedLogs.get(("jobs-api", self.address, submission_id), lambda: self.tail(submission_id))
+        followed = FollowedLogs.get(self._followed_key(submission_id), lambda: self.tail(submission_id))
         text, after = followed.since(offset, complete_lines=complete_lines)
         if not complete_lines and not followed.complete and followed.received == 0:
             # The tail never opened (a proxy in front of the dashboard that does not pass websockets):
@@ -254,6 +270,9 @@ class JobsApiClient:
             data = self.logs(submission_id).encode()[offset:]
             return data.decode(errors="replace"), offset + len(data)
         return text, after
+
+    def _followed_key(self, submission_id: str) -> tuple[str, ...]:
+        return ("jobs-api", self.address, submission_id)
 
     def tail(self, submission_id: str) -> Iterator[bytes]:
         """The driver log from its first byte as Ray's log tail (a websocket) sends it, ending once the job

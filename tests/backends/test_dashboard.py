@@ -76,3 +76,38 @@ def test_a_cut_follow_resumes_without_duplicating_a_byte(backend, shared_cluster
     assert cut and "line 59" in whole and text == whole
     (followed,) = [log for key, log in FollowedLogs._logs.items() if key[-1] == "dashboard-cut"]
     assert followed.follows >= 2  # opened again after the cut
+
+
+def test_the_persisting_read_completes_the_followed_log_as_rays_tail_would_send_it(backend, shared_cluster):
+    """A finished job's log, read whole to persist it, completes the followed log at once (Ray's tail
+    closes only 2-3 s after the job's end, and every reader's last read waited for that): the persisted
+    bytes are the file's, and the readers' text is what Ray's tail sends, carriage returns and UTF-8
+    included."""
+    from airflow_ray_platform.backends.jobs_api import JobsApiClient
+
+    script = (
+        "import sys, time\nw = sys.stdout.buffer\nfor i in range(15):\n"
+        "    w.write(('step %d caf\\u00e9 \\u2713\\r\\n' % i).encode()); w.write(b'progress 50%\\rprogress 100%\\n')\n"
+        "    w.flush(); time.sleep(0.1)\nw.write(b'last words'); w.flush()"
+    )
+    token = backend.registry.read_token(SHARED_CLUSTER)
+    reader = DashboardBackend(shared_cluster.dashboard_url, "existing", token, allow_http=True)
+    reader.submit_job("existing", "dashboard-persist", JobSpec(entrypoint=f'python -c "{script}"'), {})
+    offset, text = 0, ""
+    while not reader.describe_job("existing", "dashboard-persist").state.is_terminal:
+        new, offset = reader.job_log_since("existing", "dashboard-persist", offset, complete_lines=True)
+        text += new
+        time.sleep(0.2)
+    (followed,) = [log for key, log in FollowedLogs._logs.items() if key[-1] == "dashboard-persist"]
+    assert followed.received > 0  # followed while the job ran
+
+    persisted = b"".join(reader.job_log_chunks("existing", "dashboard-persist"))
+    assert followed.complete and followed._generation == 1  # completed by that read: the last read does not wait
+    rest, offset = reader.job_log_since("existing", "dashboard-persist", offset, complete_lines=False)
+    text += rest
+
+    raw = b"".join(backend.job_log_chunks(SHARED_CLUSTER, "dashboard-persist"))  # the file, read on its node
+    assert b"\r\n" in raw and b"progress 50%\rprogress" in raw and raw.endswith(b"last words")
+    assert persisted == raw
+    tail_sends = b"".join(JobsApiClient("existing", shared_cluster.dashboard_url, token).tail("dashboard-persist"))
+    assert text.encode() == tail_sends and "step 14 café ✓\n" in text

@@ -49,7 +49,7 @@ from airflow_ray_platform.backends.base import (
     leases_to_mapping,
     with_lease,
 )
-from airflow_ray_platform.backends.followed_logs import FollowedLogs
+from airflow_ray_platform.backends.followed_logs import FINAL_READ_SECONDS, FollowedLogs
 from airflow_ray_platform.backends.jobs_api import JobsApiClient, require_https
 from airflow_ray_platform.backends.kuberay.auth import MIN_KUBERNETES_TOKEN_AUTH_RAY, RAY_AUTH_MODES, JobsApiAuth
 from airflow_ray_platform.backends.kuberay.client import KubeRayClient
@@ -349,16 +349,23 @@ class KubeRayBackend:
         if jobs_api is not None:
             return jobs_api.log_since(submission_id, offset, complete_lines=complete_lines)
         followed = FollowedLogs.get(
-            ("kubernetes", self.kubernetes_conn_id, self.namespace, submission_id),
-            lambda: _chunks(self._submitter_log(submission_id, follow=True)),
+            self._followed_key(submission_id), lambda: _chunks(self._submitter_log(submission_id, follow=True))
         )
         return followed.since(offset, complete_lines=complete_lines)
 
+    def _followed_key(self, submission_id: str) -> tuple[str, ...]:
+        return ("kubernetes", self.kubernetes_conn_id, self.namespace, submission_id)
+
     def job_log_chunks(self, cluster_name: str, submission_id: str) -> Iterator[bytes]:
+        """A finished job's driver log: from the Jobs API where reachable, else the submitter pod's log,
+        once its container has printed the last line (a followed log's end says so)."""
         jobs_api = self._jobs_api_client(cluster_name)
         if jobs_api is not None:
             yield from jobs_api.log_chunks(submission_id)
             return
+        followed = FollowedLogs.find(self._followed_key(submission_id))
+        if followed is not None:
+            followed.wait_for_end(FINAL_READ_SECONDS)
         yield from _chunks(self._submitter_log(submission_id)) or ()
 
     def stop_job(self, cluster_name: str, submission_id: str) -> bool:
