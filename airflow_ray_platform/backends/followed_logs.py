@@ -85,7 +85,7 @@ class FollowedLog:
         finally:
             self._ended.set()
 
-    def complete_with(self, whole: bytes) -> bool:
+    def complete_with(self, whole: bytearray) -> bool:
         """The finished job's whole log, as the follow would have sent it, read by someone anyway (its
         log persisted): it completes this log now, rather than when the follow closes (or extends one a
         server cut short). Refused unless it extends what the follow received, so that no reader's offset
@@ -93,7 +93,7 @@ class FollowedLog:
         with self._lock:
             if not whole.startswith(self._data):
                 return self.complete
-            self._data = bytearray(whole)
+            self._data = whole  # taken, not copied: a chatty job's log is large
             self._generation += 1  # a follow still open adds nothing more
             self.complete = True
             self.completed_at = time.monotonic()

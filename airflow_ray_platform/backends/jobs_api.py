@@ -233,12 +233,12 @@ class JobsApiClient:
             return
         # The tail sends the file as Ray reads it in text mode: UTF-8, every \r\n and \r a \n.
         as_tail_sends = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")("replace"), translate=True)
-        whole = io.BytesIO()
+        whole = bytearray()
         for chunk in self._file_chunks(submission_id):
-            whole.write(as_tail_sends.decode(chunk).encode())
+            whole += as_tail_sends.decode(chunk).encode()
             yield chunk
-        whole.write(as_tail_sends.decode(b"", final=True).encode())
-        followed.complete_with(whole.getvalue())
+        whole += as_tail_sends.decode(b"", final=True).encode()
+        followed.complete_with(whole)
 
     def _file_chunks(self, submission_id: str) -> Iterator[bytes]:
         """From Ray's log-file endpoint (the State API's ``/api/v0/logs/file``, HTTP streamed, ending at the

@@ -33,7 +33,7 @@ def test_a_whole_read_completes_the_log_while_its_follow_is_still_open():
     more, offset = log.since(offset, complete_lines=True)
     assert text + more == "line 1\nline 2\n"
 
-    assert log.complete_with(b"line 1\nline 2\nline 3\n")
+    assert log.complete_with(bytearray(b"line 1\nline 2\nline 3\n"))
     assert log.complete and not log._ended.is_set()  # the follow is still open: the last read does not wait for it
     rest, end = log.since(offset, complete_lines=False)
     assert (rest, end) == ("line 3\n", len(b"line 1\nline 2\nline 3\n"))
@@ -50,7 +50,7 @@ def test_a_whole_read_that_does_not_extend_what_was_received_changes_nothing():
     assert follow.sent.wait(10)
     log.since(0, complete_lines=True)
 
-    assert not log.complete_with(b"other 1\nother 2\n")
+    assert not log.complete_with(bytearray(b"other 1\nother 2\n"))
     assert not log.complete
     assert log.since(0, complete_lines=True)[0] == "line 1\n"
     follow.release.set()
