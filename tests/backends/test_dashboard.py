@@ -111,3 +111,36 @@ def test_the_persisting_read_completes_the_followed_log_as_rays_tail_would_send_
     assert persisted == raw
     tail_sends = b"".join(JobsApiClient("existing", shared_cluster.dashboard_url, token).tail("dashboard-persist"))
     assert text.encode() == tail_sends and "step 14 café ✓\n" in text
+
+
+def test_a_runs_end_persists_first_so_its_last_read_is_served_by_that_read(backend, shared_cluster, tmp_path):
+    """A run's conclusion persists the finished log before it reads the rest into the task's log: the
+    persisting read completes the followed log, and the task's log still gets the job's last line."""
+    import logging
+
+    from airflow_ray_platform.records.lifecycle import LifecycleRecorder
+    from airflow_ray_platform.runs.job_run import RayJobRun
+
+    script = "import time\nfor i in range(10):\n    print('line', i, flush=True); time.sleep(0.1)\nprint('the end')"
+    token = backend.registry.read_token(SHARED_CLUSTER)
+    reader = DashboardBackend(shared_cluster.dashboard_url, "existing", token, allow_http=True)
+    reader.submit_job("existing", "dashboard-conclude", JobSpec(entrypoint=f'python -c "{script}"'), {})
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger("tests.dashboard.conclude")
+    log.addHandler(Collect())
+    log.setLevel(logging.INFO)
+    recorder = LifecycleRecorder(None, log_storage_uri=tmp_path.as_uri())
+    run = RayJobRun(reader, "existing", "dashboard-conclude", recorder=recorder, log=log)
+    event = run.wait(run.describe(), poll_interval=0.2, stream_logs=True)
+    assert event is not None and event.succeeded
+    run.conclude(event, stream_logs=True)
+
+    (followed,) = [log for key, log in FollowedLogs._logs.items() if key[-1] == "dashboard-conclude"]
+    assert followed._generation == 1  # completed by the persisting read, not by waiting for Ray's tail to close
+    assert run.log_uri and "the end" in "\n".join(lines)
+    assert lines[-1].startswith("Ray job 'dashboard-conclude' log persisted to")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from airflow_ray_platform.backends import followed_logs
 from airflow_ray_platform.backends.followed_logs import FollowedLog
 
 
@@ -25,7 +26,8 @@ class HeldFollow:
             yield self.then
 
 
-def test_a_whole_read_completes_the_log_while_its_follow_is_still_open():
+def test_a_whole_read_completes_the_log_while_its_follow_is_still_open(monkeypatch):
+    monkeypatch.setattr(followed_logs, "FINAL_READ_SECONDS", 3600)  # a last read that waited would outlast the hold
     follow = HeldFollow(b"line 1\nline 2\n", then=b"line 3\n")
     log = FollowedLog(follow)
     text, offset = log.since(0, complete_lines=True)  # opens the follow
@@ -37,6 +39,7 @@ def test_a_whole_read_completes_the_log_while_its_follow_is_still_open():
     assert log.complete and not log._ended.is_set()  # the follow is still open: the last read does not wait for it
     rest, end = log.since(offset, complete_lines=False)
     assert (rest, end) == ("line 3\n", len(b"line 1\nline 2\nline 3\n"))
+    assert not log._ended.is_set()  # that last read did not wait for the follow to close
 
     follow.release.set()  # the superseded follow's late bytes are not added a second time
     assert log._ended.wait(10)
